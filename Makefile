@@ -1,0 +1,36 @@
+# jasper-host: build and test entry points. `make help` lists them.
+#
+# One profile (release) for the host and every native test; the plugins use the
+# `plugin` profile for wasm32-wasip2. Everything lands in ./target.
+
+CARGO ?= cargo
+PLUGINS := orders audit noop misbehave
+PLUGIN_DIR := target/wasm32-wasip2/plugin
+
+.PHONY: help plugins build test quickstart bench
+
+help:
+	@echo "make plugins     build the example and test plugins (wasm32-wasip2) into $(PLUGIN_DIR)/"
+	@echo "make build       build the host: target/release/jasper-host"
+	@echo "make test        plugins + build + every test (unit and end-to-end)"
+	@echo "make quickstart  run a host on examples/jasper.toml and send it demo orders"
+	@echo "make bench       run the benchmark (jasper-bench)"
+
+plugins:
+	rustup target add wasm32-wasip2
+	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+build:
+	$(CARGO) build --release -p jasper-host
+
+test: plugins build
+	$(CARGO) test --release
+	$(CARGO) test --release -p orders -p audit
+
+quickstart: plugins build
+	mkdir -p plugins
+	cp $(PLUGIN_DIR)/orders.wasm $(PLUGIN_DIR)/audit.wasm plugins/
+	bash scripts/quickstart.sh
+
+bench:
+	$(CARGO) run --release -p jasper-host --bin jasper-bench

@@ -1,0 +1,97 @@
+//! The command line: flags parsed with clap, each command a small function
+//! over the library. Errors come back as `anyhow` with the thing at fault
+//! named; `main` prints them and exits non-zero.
+
+mod dead_letters;
+mod plugins;
+mod send;
+mod storage;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jasper-host",
+    version,
+    about = "Durable messaging with WebAssembly handlers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// The host's configuration file.
+    #[arg(long, short = 'c', default_value = "jasper.toml", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        load_config(&self.config)
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host until SIGINT or SIGTERM.
+    Run(ConfigArg),
+    /// Write messages durably into the inbox (a host need not be running).
+    Send(send::SendArgs),
+    /// Administer the message store.
+    Storage {
+        #[command(subcommand)]
+        command: storage::StorageCommand,
+    },
+    /// List, replay or purge dead letters.
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
+    /// Inspect plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: plugins::PluginsCommand,
+    },
+}
+
+/// Run one parsed command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(c) => run(&c).await,
+        Command::Send(a) => send::send(&a).await,
+        Command::Storage { command } => storage::run(command).await,
+        Command::DeadLetters { command } => dead_letters::run(command).await,
+        Command::Plugins { command } => plugins::run(command).await,
+    }
+}
+
+async fn run(c: &ConfigArg) -> anyhow::Result<()> {
+    let config = c.load()?;
+    let host = crate::host::Host::start(config)
+        .await
+        .with_context(|| format!("starting the host from {}", c.config.display()))?;
+    wait_for_signal().await?;
+    tracing::info!("signal received; finishing the batch in hand");
+    host.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `jasper-host send`: write messages durably into the inbox, routed to every
+//! plugin that handles the type, whether or not a host is running. All or
+//! nothing: one bad line, an unknown type or a store error writes nothing.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use uuid::Uuid;
+
+use super::ConfigArg;
+use crate::envelope::Envelope;
+use crate::handling::local_row;
+use crate::runtime::Runtime;
+use crate::store;
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The message type, e.g. PlaceOrder.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub message_type: String,
+    /// The message id (a UUID); only with a single body. Sending an id that is
+    /// already in the inbox is a no-op.
+    #[arg(long)]
+    pub id: Option<Uuid>,
+    /// One JSON body.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    pub body: Option<String>,
+    /// A file with one JSON body per line, or - for standard input.
+    #[arg(long, value_name = "PATH|-")]
+    pub file: Option<PathBuf>,
+    /// Correlation id for every message sent (default: the message's id).
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+}
+
+fn read_bodies(args: &SendArgs) -> anyhow::Result<Vec<String>> {
+    let (text, origin) = match (&args.body, &args.file) {
+        (Some(b), _) => (b.clone(), "--body".to_string()),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading bodies from standard input")?;
+            (s, "standard input".to_string())
+        }
+        (None, Some(p)) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        (None, None) => bail!("give --body JSON or --file PATH"),
+    };
+    let mut bodies = Vec::new();
+    let lines: Vec<&str> = if args.body.is_some() {
+        vec![text.as_str()]
+    } else {
+        text.lines().collect()
+    };
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
+            bail!(
+                "line {} of {origin} is not valid JSON: {e}; nothing was sent",
+                i + 1
+            );
+        }
+        bodies.push(line.to_string());
+    }
+    if bodies.is_empty() {
+        bail!("{origin} holds no message body; nothing was sent");
+    }
+    Ok(bodies)
+}
+
+pub async fn send(args: &SendArgs) -> anyhow::Result<()> {
+    let cfg = args.config.load()?;
+    let bodies = read_bodies(args)?;
+    if args.id.is_some() && bodies.len() != 1 {
+        bail!(
+            "--id names one message but {} bodies were given; nothing was sent",
+            bodies.len()
+        );
+    }
+    let runtime = Runtime::new(&cfg.plugins)?;
+    let (plugins, errors) = runtime
+        .load_dir(&cfg.plugins.dir)
+        .await
+        .with_context(|| format!("loading plugins from {}", cfg.plugins.dir.display()))?;
+    let destinations = plugins.router().publish_destinations(&args.message_type);
+    if destinations.is_empty() {
+        let known: Vec<&str> = plugins.router().message_types().collect();
+        let mut msg = format!(
+            "no plugin in {} handles message type '{}' (known types: {}); nothing was sent",
+            cfg.plugins.dir.display(),
+            args.message_type,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        for e in &errors {
+            msg.push_str(&format!("\n  also: {e}"));
+        }
+        bail!(msg);
+    }
+    let mut rows = Vec::with_capacity(bodies.len() * destinations.len());
+    for body in &bodies {
+        let base = args.id.unwrap_or_else(Uuid::now_v7);
+        for (k, dest) in destinations.iter().enumerate() {
+            // One copy per subscriber; later copies get ids derived from the
+            // first, so sending the same --id again is still a duplicate.
+            let id = if k == 0 {
+                base
+            } else {
+                Uuid::new_v5(&base, dest.as_bytes())
+            };
+            let mut env = Envelope::new(args.message_type.clone(), body.as_bytes().to_vec());
+            env.id = id;
+            env.destination = Some(dest.clone());
+            env.source = Some("cli".into());
+            env.correlation_id = Some(
+                args.correlation_id
+                    .clone()
+                    .unwrap_or_else(|| base.to_string()),
+            );
+            rows.push(local_row(&env));
+        }
+    }
+    let store = store::open(&cfg.storage).await?;
+    store.migrate().await?;
+    let report = store.insert_incoming(&rows).await?;
+    println!("sent {} message(s)", report.inserted);
+    if !report.duplicates.is_empty() {
+        println!(
+            "skipped {} duplicate(s) already in the inbox: {}",
+            report.duplicates.len(),
+            report
+                .duplicates
+                .iter()
+                .take(10)
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}

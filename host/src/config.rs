@@ -1,0 +1,657 @@
+//! The host's configuration file.
+//!
+//! This module owns the TOML config format (see `CONTRACT.md`): parsing with
+//! defaults for every key, rejecting unknown keys, resolving relative paths
+//! against the config file's folder, resolving `storage.url` into a
+//! [`Backend`], and validating values. Nothing else reads the file.
+//!
+//! After [`Config::load`], [`Config::from_toml_str`] or [`Config::for_dir`]
+//! every path in the config is resolved (absolute when the base dir is), and
+//! `storage.backend` matches `storage.url`.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub storage: StorageConfig,
+    pub plugins: PluginsConfig,
+    pub handling: HandlingConfig,
+    pub durability: DurabilityConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node name, default `jasper`.
+    pub name: String,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Store URL as written, default `sqlite://jasper.db`.
+    pub url: String,
+    /// Table prefix / schema name, default `jasper`. Used in SQL identifiers.
+    pub schema: String,
+    /// The backend `url` resolves to (not a key in the file).
+    #[serde(skip)]
+    pub backend: Backend,
+}
+
+/// Which store `storage.url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite database file (resolved against the config's folder).
+    Sqlite { path: PathBuf },
+    /// `postgres://` or `postgresql://`, URL kept verbatim.
+    Postgres { url: String },
+    /// `mysql://` or `mariadb://`, URL kept verbatim.
+    Mysql { url: String },
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Folder holding the `.wasm` plugins, default `plugins`.
+    pub dir: PathBuf,
+    /// Memory cap per instance in MiB, default 64.
+    pub memory_mb: u64,
+    /// Wall-clock limit per message in ms, default 5000.
+    pub deadline_ms: u64,
+    /// Fuel per message, 0 = off (default).
+    pub fuel: u64,
+    /// Messages handled concurrently, default 16.
+    pub max_in_flight: usize,
+}
+
+/// `[handling]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlingConfig {
+    /// Rows claimed per poll, default 256.
+    pub batch_size: usize,
+    /// Total tries before dead letters, default 3.
+    pub max_attempts: u32,
+    /// Backoff base in ms (doubles per attempt), default 100.
+    pub retry_delay_ms: u64,
+    /// How long handled rows are kept for dedupe, default one day.
+    pub keep_handled_ms: u64,
+    /// Default 100.
+    pub poll_interval_ms: u64,
+}
+
+/// `[durability]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// Default 1000.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is presumed dead, default 10000.
+    pub stale_after_ms: u64,
+    /// Default 60000.
+    pub cleanup_interval_ms: u64,
+}
+
+/// Why the config could not be loaded. `path` is the config file
+/// (`<inline config>` for [`Config::from_toml_str`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad TOML, unknown key or wrong type; `message` is toml's, with the
+    /// line and key.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// A value out of range; `key` is dotted, e.g. `handling.batch_size`.
+    #[error("invalid config file {}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The path reported in errors from [`Config::from_toml_str`].
+const INLINE_PATH: &str = "<inline config>";
+
+const ACCEPTED_SCHEMES: &str =
+    "sqlite:, sqlite://, postgres://, postgresql://, mysql://, mariadb://";
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "jasper".to_owned(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: "sqlite://jasper.db".to_owned(),
+            schema: "jasper".to_owned(),
+            backend: Backend::default(),
+        }
+    }
+}
+
+impl Default for Backend {
+    /// `jasper.db`, unresolved; configs built by this module resolve it.
+    fn default() -> Self {
+        Backend::Sqlite {
+            path: PathBuf::from("jasper.db"),
+        }
+    }
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("plugins"),
+            memory_mb: 64,
+            deadline_ms: 5000,
+            fuel: 0,
+            max_in_flight: 16,
+        }
+    }
+}
+
+impl Default for HandlingConfig {
+    fn default() -> Self {
+        HandlingConfig {
+            batch_size: 256,
+            max_attempts: 3,
+            retry_delay_ms: 100,
+            keep_handled_ms: 86_400_000,
+            poll_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            heartbeat_ms: 1000,
+            stale_after_ms: 10_000,
+            cleanup_interval_ms: 60_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; relative paths in it are
+    /// resolved against the file's folder (made absolute).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
+        Self::parse(&text, &base_dir, path)
+    }
+
+    /// Parses and validates config text; relative paths are resolved
+    /// against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, Path::new(INLINE_PATH))
+    }
+
+    /// All defaults, paths resolved against `base_dir` (the same as an
+    /// empty file in `base_dir`).
+    pub fn for_dir(base_dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.storage.backend = Backend::Sqlite {
+            path: resolve(base_dir, Path::new("jasper.db")),
+        };
+        config.plugins.dir = resolve(base_dir, &config.plugins.dir);
+        config
+    }
+
+    fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        config.storage.backend = parse_storage_url(&config.storage.url, base_dir)
+            .map_err(|m| invalid("storage.url", m))?;
+        config.plugins.dir = resolve(base_dir, &config.plugins.dir);
+        config
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        Ok(config)
+    }
+
+    /// Range checks; the error is the dotted key and what is wrong.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), (&'static str, String)> {
+            if value < min {
+                return Err((key, format!("must be at least {min}, got {value}")));
+            }
+            Ok(())
+        }
+        if !valid_schema(&self.storage.schema) {
+            return Err((
+                "storage.schema",
+                format!(
+                    "{:?} is not a valid SQL identifier: use 1 to 63 ASCII letters, digits or \
+                     underscores, not starting with a digit",
+                    self.storage.schema
+                ),
+            ));
+        }
+        let p = &self.plugins;
+        at_least("plugins.memory_mb", p.memory_mb, 2)?;
+        at_least("plugins.deadline_ms", p.deadline_ms, 1)?;
+        at_least("plugins.max_in_flight", p.max_in_flight as u64, 1)?;
+        let h = &self.handling;
+        if !(1..=10_000).contains(&h.batch_size) {
+            return Err((
+                "handling.batch_size",
+                format!("must be between 1 and 10000, got {}", h.batch_size),
+            ));
+        }
+        at_least("handling.max_attempts", u64::from(h.max_attempts), 1)?;
+        // Zero intervals would make timers spin (or panic in tokio).
+        at_least("handling.poll_interval_ms", h.poll_interval_ms, 1)?;
+        let d = &self.durability;
+        at_least("durability.heartbeat_ms", d.heartbeat_ms, 1)?;
+        at_least("durability.cleanup_interval_ms", d.cleanup_interval_ms, 1)?;
+        if d.stale_after_ms <= d.heartbeat_ms {
+            return Err((
+                "durability.stale_after_ms",
+                format!(
+                    "must be greater than durability.heartbeat_ms ({}), got {}",
+                    d.heartbeat_ms, d.stale_after_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]{0,62}$`
+fn valid_schema(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
+        _ => return false,
+    }
+    s.len() <= 63 && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `base_dir/path` for a relative `path`, without `.` components.
+fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+    base_dir
+        .join(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+fn parse_storage_url(url: &str, base_dir: &Path) -> Result<Backend, String> {
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(format!(
+            "{url:?} has no scheme; accepted schemes: {ACCEPTED_SCHEMES}"
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(format!("{url:?} names no database file"));
+            }
+            if path == ":memory:" || path.contains("mode=memory") {
+                return Err(format!(
+                    "{url:?} is an in-memory database; the durable store needs a file, \
+                     e.g. sqlite://jasper.db"
+                ));
+            }
+            if path.contains('?') {
+                return Err(format!(
+                    "{url:?}: query parameters are not supported for SQLite; \
+                     the host sets connection options itself"
+                ));
+            }
+            Ok(Backend::Sqlite {
+                path: resolve(base_dir, Path::new(path)),
+            })
+        }
+        "postgres" | "postgresql" if rest.starts_with("//") => Ok(Backend::Postgres {
+            url: url.to_owned(),
+        }),
+        "mysql" | "mariadb" if rest.starts_with("//") => Ok(Backend::Mysql {
+            url: url.to_owned(),
+        }),
+        _ => Err(format!(
+            "unsupported scheme in {url:?}; accepted schemes: {ACCEPTED_SCHEMES}"
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn base() -> PathBuf {
+        PathBuf::from("/srv/jasper")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, &base())
+    }
+
+    /// The error's key and display text, for an `Invalid` error.
+    fn invalid(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let shown = e.to_string();
+                let ConfigError::Invalid { key, .. } = e else {
+                    unreachable!()
+                };
+                (key, shown)
+            }
+            other => panic!("expected Invalid for {text:?}, got {other:?}"),
+        }
+    }
+
+    fn parse_error(text: &str) -> String {
+        match parse(text) {
+            Err(e @ ConfigError::Parse { .. }) => e.to_string(),
+            other => panic!("expected Parse for {text:?}, got {other:?}"),
+        }
+    }
+
+    fn sqlite_path(url: &str) -> PathBuf {
+        match parse(&format!("[storage]\nurl = {url:?}\n"))
+            .unwrap()
+            .storage
+            .backend
+        {
+            Backend::Sqlite { path } => path,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::for_dir(&base()));
+        assert_eq!(c.node.name, "jasper");
+        assert_eq!(c.storage.url, "sqlite://jasper.db");
+        assert_eq!(c.storage.schema, "jasper");
+        assert_eq!(
+            c.storage.backend,
+            Backend::Sqlite {
+                path: PathBuf::from("/srv/jasper/jasper.db")
+            }
+        );
+        assert_eq!(c.plugins.dir, PathBuf::from("/srv/jasper/plugins"));
+        assert_eq!(
+            (c.plugins.memory_mb, c.plugins.deadline_ms, c.plugins.fuel),
+            (64, 5000, 0)
+        );
+        assert_eq!(c.plugins.max_in_flight, 16);
+        assert_eq!(c.handling, HandlingConfig::default());
+        assert_eq!(c.handling.batch_size, 256);
+        assert_eq!(c.handling.max_attempts, 3);
+        assert_eq!(c.handling.retry_delay_ms, 100);
+        assert_eq!(c.handling.keep_handled_ms, 86_400_000);
+        assert_eq!(c.handling.poll_interval_ms, 100);
+        assert_eq!(
+            c.durability,
+            DurabilityConfig {
+                heartbeat_ms: 1000,
+                stale_after_ms: 10_000,
+                cleanup_interval_ms: 60_000
+            }
+        );
+        // Empty tables are fine too.
+        assert_eq!(parse("[node]\n[storage]\n[plugins]\n").unwrap(), c);
+    }
+
+    #[test]
+    fn full_file() {
+        let text = r#"
+[node]
+name = "node-1"
+[storage]
+url = "sqlite://data/store.db"
+schema = "jasper_test"
+[plugins]
+dir = "/opt/plugins"
+memory_mb = 128
+deadline_ms = 250
+fuel = 1000000
+max_in_flight = 4
+[handling]
+batch_size = 10
+max_attempts = 5
+retry_delay_ms = 7
+keep_handled_ms = 0
+poll_interval_ms = 20
+[durability]
+heartbeat_ms = 500
+stale_after_ms = 2000
+cleanup_interval_ms = 30000
+"#;
+        let c = parse(text).unwrap();
+        let expected = Config {
+            node: NodeConfig {
+                name: "node-1".into(),
+            },
+            storage: StorageConfig {
+                url: "sqlite://data/store.db".into(),
+                schema: "jasper_test".into(),
+                backend: Backend::Sqlite {
+                    path: "/srv/jasper/data/store.db".into(),
+                },
+            },
+            plugins: PluginsConfig {
+                dir: "/opt/plugins".into(),
+                memory_mb: 128,
+                deadline_ms: 250,
+                fuel: 1_000_000,
+                max_in_flight: 4,
+            },
+            handling: HandlingConfig {
+                batch_size: 10,
+                max_attempts: 5,
+                retry_delay_ms: 7,
+                keep_handled_ms: 0,
+                poll_interval_ms: 20,
+            },
+            durability: DurabilityConfig {
+                heartbeat_ms: 500,
+                stale_after_ms: 2000,
+                cleanup_interval_ms: 30_000,
+            },
+        };
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let msg = parse_error("[handling]\nbatch_sise = 3\n");
+        assert!(msg.contains("batch_sise"), "{msg}");
+        assert!(msg.contains(INLINE_PATH), "{msg}");
+        let msg = parse_error("[nodes]\nname = \"x\"\n");
+        assert!(msg.contains("nodes"), "{msg}");
+        let msg = parse_error("verbose = true\n");
+        assert!(msg.contains("verbose"), "{msg}");
+        // `backend` is derived, not a key.
+        let msg = parse_error("[storage]\nbackend = \"sqlite\"\n");
+        assert!(msg.contains("backend"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let msg = parse_error("[plugins]\nmemory_mb = \"64\"\n");
+        assert!(msg.contains("memory_mb"), "{msg}");
+        let msg = parse_error("[handling]\nmax_attempts = -1\n");
+        assert!(msg.contains("max_attempts"), "{msg}");
+        parse_error("node = 3\n");
+        parse_error("[node\n");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases = [
+            ("[handling]\nbatch_size = 0", "handling.batch_size"),
+            ("[handling]\nbatch_size = 10001", "handling.batch_size"),
+            ("[handling]\nmax_attempts = 0", "handling.max_attempts"),
+            (
+                "[handling]\npoll_interval_ms = 0",
+                "handling.poll_interval_ms",
+            ),
+            ("[plugins]\nmemory_mb = 1", "plugins.memory_mb"),
+            ("[plugins]\ndeadline_ms = 0", "plugins.deadline_ms"),
+            ("[plugins]\nmax_in_flight = 0", "plugins.max_in_flight"),
+            ("[durability]\nheartbeat_ms = 0", "durability.heartbeat_ms"),
+            (
+                "[durability]\ncleanup_interval_ms = 0",
+                "durability.cleanup_interval_ms",
+            ),
+            (
+                "[durability]\nheartbeat_ms = 5000\nstale_after_ms = 5000",
+                "durability.stale_after_ms",
+            ),
+            ("[storage]\nschema = \"\"", "storage.schema"),
+            ("[storage]\nschema = \"1abc\"", "storage.schema"),
+            ("[storage]\nschema = \"a-b\"", "storage.schema"),
+            ("[storage]\nschema = \"a; DROP TABLE x\"", "storage.schema"),
+            ("[storage]\nschema = \"sch\u{e9}ma\"", "storage.schema"),
+        ];
+        for (text, want) in cases {
+            let (key, shown) = invalid(text);
+            assert_eq!(key, want, "{text}");
+            assert!(shown.contains(want), "{shown}");
+            assert!(shown.contains(INLINE_PATH), "{shown}");
+        }
+        let (_, shown) = invalid("[handling]\nbatch_size = 0");
+        assert!(shown.contains("between 1 and 10000, got 0"), "{shown}");
+
+        // Boundaries that are accepted.
+        parse("[handling]\nbatch_size = 1\nmax_attempts = 1").unwrap();
+        parse("[handling]\nbatch_size = 10000").unwrap();
+        parse("[plugins]\nmemory_mb = 2\ndeadline_ms = 1\nmax_in_flight = 1").unwrap();
+        parse(&format!("[storage]\nschema = \"_{}\"", "a".repeat(62))).unwrap();
+        invalid(&format!("[storage]\nschema = \"_{}\"", "a".repeat(63)));
+        parse("[storage]\nschema = \"Jasper_2\"").unwrap();
+    }
+
+    #[test]
+    fn sqlite_url_forms() {
+        assert_eq!(sqlite_path("sqlite://jasper.db"), base().join("jasper.db"));
+        assert_eq!(sqlite_path("sqlite:jasper.db"), base().join("jasper.db"));
+        assert_eq!(sqlite_path("sqlite://./x.db"), base().join("x.db"));
+        assert_eq!(sqlite_path("sqlite:./x.db"), base().join("x.db"));
+        assert_eq!(
+            sqlite_path("sqlite://../data/x.db"),
+            PathBuf::from("/srv/jasper/../data/x.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///abs/path.db"),
+            PathBuf::from("/abs/path.db")
+        );
+        assert_eq!(
+            sqlite_path("SQLite:///abs/path.db"),
+            PathBuf::from("/abs/path.db")
+        );
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://file?mode=memory",
+        ] {
+            let (key, shown) = invalid(&format!("[storage]\nurl = {url:?}"));
+            assert_eq!(key, "storage.url");
+            assert!(shown.contains("needs a file"), "{shown}");
+        }
+        for url in ["sqlite:", "sqlite://", "sqlite://x.db?mode=rwc"] {
+            let (key, _) = invalid(&format!("[storage]\nurl = {url:?}"));
+            assert_eq!(key, "storage.url");
+        }
+    }
+
+    #[test]
+    fn server_url_forms() {
+        for (url, pg) in [
+            ("postgres://u:p@db:5432/jasper", true),
+            ("postgresql://db/jasper?sslmode=require", true),
+            ("mysql://root@localhost/jasper", false),
+            ("mariadb://db/jasper", false),
+        ] {
+            let c = parse(&format!("[storage]\nurl = {url:?}")).unwrap();
+            let expected = if pg {
+                Backend::Postgres { url: url.into() }
+            } else {
+                Backend::Mysql { url: url.into() }
+            };
+            assert_eq!(c.storage.backend, expected);
+        }
+        for url in ["redis://x", "jasper.db", "http://x", "postgres:db", ""] {
+            let (key, shown) = invalid(&format!("[storage]\nurl = {url:?}"));
+            assert_eq!(key, "storage.url");
+            assert!(shown.contains("postgres://"), "{shown}");
+            assert!(shown.contains("sqlite:"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn load_resolves_against_the_file_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("conf");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("jasper.toml");
+        std::fs::write(
+            &file,
+            "[storage]\nurl = \"sqlite://./db/j.db\"\n[plugins]\ndir = \"../plugins\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(
+            c.storage.backend,
+            Backend::Sqlite {
+                path: sub.join("db/j.db")
+            }
+        );
+        assert_eq!(c.plugins.dir, sub.join("../plugins"));
+
+        std::fs::write(&file, "[handling]\nbatch_size = 0\n").unwrap();
+        let shown = Config::load(&file).unwrap_err().to_string();
+        assert!(shown.contains(&*file.to_string_lossy()), "{shown}");
+        assert!(shown.contains("handling.batch_size"), "{shown}");
+
+        std::fs::write(&file, "[handling]\nbogus = 0\n").unwrap();
+        let shown = Config::load(&file).unwrap_err().to_string();
+        assert!(shown.contains(&*file.to_string_lossy()), "{shown}");
+        assert!(shown.contains("bogus"), "{shown}");
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+}

@@ -1,0 +1,286 @@
+//! One batch of messages through their handlers and into one commit. The
+//! worker claims due rows, runs each handler on a fresh instance with no
+//! transaction open, buffers what it did, and commits the handled marks,
+//! state writes, new local messages, retries and dead letters of the whole
+//! batch together (group commit). A batch whose state reads went stale is run
+//! again from fresh reads, never committed.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::HandlingConfig;
+use crate::envelope::{Envelope, now_ms};
+use crate::runtime::routing::local_plugin;
+use crate::runtime::state_view::{BatchState, StateView};
+use crate::runtime::{Plugins, Runtime};
+use crate::store::{
+    ClaimedRow, CommitBatch, DeadLetter, MessageStore, NewIncoming, RetryMark, StoreError,
+};
+use policy::{Disposition, Failure, decide};
+
+/// What one batch came to (for logs, tests and benchmarks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub handled: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+    pub sent: usize,
+    /// Times the batch was run again because its state reads went stale.
+    pub reruns: usize,
+}
+
+/// The message loop of one node.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub store: Arc<dyn MessageStore>,
+    pub runtime: Arc<Runtime>,
+    pub plugins: Arc<Plugins>,
+    pub config: HandlingConfig,
+    pub node_id: i64,
+    /// Woken when new local messages may be waiting.
+    pub wake: Arc<Notify>,
+}
+
+/// Turn a handler's sent envelope into an inbox row (local queues).
+pub fn local_row(env: &Envelope) -> NewIncoming {
+    NewIncoming {
+        id: env.id,
+        message_type: env.message_type.clone(),
+        destination: env.destination.clone().unwrap_or_default(),
+        owner_id: 0,
+        execute_at: env.scheduled_at,
+        attempts: 0,
+        body: env.encode(),
+    }
+}
+
+impl Worker {
+    /// Claim, handle and commit until `shutdown` turns true. The batch in hand
+    /// is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut db_backoff = Duration::from_millis(50);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = now_ms();
+            let rows = match self
+                .store
+                .claim_incoming(self.node_id, now, self.config.batch_size)
+                .await
+            {
+                Ok(rows) => {
+                    db_backoff = Duration::from_millis(50);
+                    rows
+                }
+                Err(e) => {
+                    error!(error = %e, "claiming messages failed; retrying");
+                    self.pause(&mut shutdown, db_backoff).await;
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if rows.is_empty() {
+                let wait = self.idle_wait(now).await;
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let n = rows.len();
+            let report = self.handle_batch(&rows, &mut shutdown).await;
+            debug!(claimed = n, ?report, "batch committed");
+        }
+    }
+
+    async fn pause(&self, shutdown: &mut watch::Receiver<bool>, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// How long to sleep with nothing to do: the poll interval, or less when
+    /// a scheduled message falls due sooner.
+    async fn idle_wait(&self, now: i64) -> Duration {
+        let poll = Duration::from_millis(self.config.poll_interval_ms.max(1));
+        match self.store.next_scheduled().await {
+            Ok(Some(at)) if at > now => poll.min(Duration::from_millis((at - now) as u64)),
+            Ok(Some(_)) => Duration::from_millis(1),
+            _ => poll,
+        }
+    }
+
+    /// Run and commit one claimed batch. Commit failures other than stale
+    /// state are retried with backoff until they succeed or shutdown; the
+    /// rows stay owned by this node, so a crash leaves them to recovery.
+    pub async fn handle_batch(
+        &self,
+        rows: &[ClaimedRow],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> BatchReport {
+        let mut reruns = 0;
+        loop {
+            let (commit, mut report) = self.run_rows(rows).await;
+            report.reruns = reruns;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.store.commit(&commit).await {
+                    Ok(()) => {
+                        if report.sent > 0 || report.retried > 0 {
+                            self.wake.notify_one();
+                        }
+                        return report;
+                    }
+                    Err(StoreError::StaleState { plugin, key, .. }) => {
+                        debug!(%plugin, %key, "state went stale; running the batch again");
+                        reruns += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        error!(error = %e, rows = rows.len(), "commit failed; retrying");
+                        if *shutdown.borrow() {
+                            warn!(
+                                "shutting down with an uncommitted batch; it will be recovered on restart"
+                            );
+                            return report;
+                        }
+                        self.pause(shutdown, backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run every row's handler and gather the batch's commit.
+    async fn run_rows(&self, rows: &[ClaimedRow]) -> (CommitBatch, BatchReport) {
+        let now = now_ms();
+        let keep_until =
+            now.saturating_add(i64::try_from(self.config.keep_handled_ms).unwrap_or(i64::MAX));
+        let mut commit = CommitBatch::default();
+        let mut report = BatchReport::default();
+        let mut state = BatchState::default();
+        for row in rows {
+            let (result, envelope) = match Envelope::decode(&row.body) {
+                Ok(mut env) => {
+                    env.attempts = row.attempts;
+                    let span = info_span!(
+                        "handle",
+                        message_id = %env.id,
+                        message_type = %env.message_type,
+                        correlation_id = env.correlation_id.as_deref().unwrap_or(""),
+                        destination = %row.destination,
+                        attempt = row.attempts + 1,
+                    );
+                    let (result, next_state) =
+                        self.run_one(row, &env, now, state).instrument(span).await;
+                    state = next_state;
+                    (result, Some(env))
+                }
+                Err(e) => (
+                    Err(Failure::BadMessage(format!(
+                        "stored envelope cannot be decoded: {e}"
+                    ))),
+                    None,
+                ),
+            };
+            match result {
+                Ok(sent) => {
+                    report.handled += 1;
+                    report.sent += sent.len();
+                    commit.handled.push((row.id, keep_until));
+                    commit.new_incoming.extend(sent.iter().map(local_row));
+                }
+                Err(failure) => match decide(&failure, row.attempts, &self.config, now) {
+                    Disposition::Retry {
+                        attempts,
+                        execute_at,
+                    } => {
+                        let (kind, message) = failure.describe();
+                        warn!(message_id = %row.id, kind, %message, attempts, "handling failed; will retry");
+                        report.retried += 1;
+                        commit.retries.push(RetryMark {
+                            id: row.id,
+                            attempts,
+                            execute_at,
+                        });
+                    }
+                    Disposition::DeadLetter {
+                        attempts,
+                        kind,
+                        message,
+                        replayable,
+                    } => {
+                        warn!(message_id = %row.id, kind, %message, attempts, "moved to dead letters");
+                        report.dead_lettered += 1;
+                        commit.dead_letters.push(DeadLetter {
+                            id: row.id,
+                            message_type: envelope
+                                .as_ref()
+                                .map(|e| e.message_type.clone())
+                                .unwrap_or_default(),
+                            received_at: row.destination.clone(),
+                            source: envelope.as_ref().and_then(|e| e.source.clone()),
+                            error_kind: kind.to_string(),
+                            error_message: message,
+                            failed_at: now,
+                            attempts,
+                            replayable,
+                            body: row.body.clone(),
+                        });
+                    }
+                },
+            }
+        }
+        let (writes, checks) = state.into_commit();
+        commit.state_writes = writes;
+        commit.state_checks = checks;
+        (commit, report)
+    }
+
+    /// One message through its plugin. Returns what it sent, or why it failed.
+    async fn run_one(
+        &self,
+        row: &ClaimedRow,
+        env: &Envelope,
+        now: i64,
+        state: BatchState,
+    ) -> (Result<Vec<Envelope>, Failure>, BatchState) {
+        if env.is_expired(now) {
+            info!("expired before it was handled (deliver_by passed); discarded");
+            return (Ok(Vec::new()), state);
+        }
+        let Some(name) = local_plugin(&row.destination) else {
+            let msg = format!("destination {} is not a local queue", row.destination);
+            return (Err(Failure::NoHandler(msg)), state);
+        };
+        let Some(plugin) = self.plugins.get(name) else {
+            let msg = format!("no plugin named '{name}' is loaded");
+            return (Err(Failure::NoHandler(msg)), state);
+        };
+        if !plugin.subscriptions.iter().any(|t| *t == env.message_type) {
+            let msg = format!(
+                "plugin '{name}' does not handle message type '{}'",
+                env.message_type
+            );
+            return (Err(Failure::NoHandler(msg)), state);
+        }
+        let view = StateView::new(self.store.clone(), plugin.name.clone(), state);
+        let outcome = self
+            .runtime
+            .handle(plugin, env, self.plugins.router().clone(), view)
+            .await;
+        (
+            outcome.result.map(|()| outcome.sent).map_err(Failure::Call),
+            outcome.state,
+        )
+    }
+}

@@ -1,0 +1,164 @@
+//! The error policy: what a failed attempt becomes. A rejection or an
+//! unreadable message goes to dead letters at once; other failures are tried
+//! again with exponential backoff until `max_attempts`, then dead-lettered
+//! with the kind of their last failure. A host fault does not count as an
+//! attempt.
+
+use crate::config::HandlingConfig;
+use crate::runtime::{CallError, HandleError};
+
+/// Why a message could not be handled.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    Call(CallError),
+    /// No loaded plugin takes this message.
+    NoHandler(String),
+    /// The stored envelope cannot be decoded.
+    BadMessage(String),
+}
+
+impl Failure {
+    /// `(error_kind, message)` as recorded in dead letters.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Failure::Call(CallError::Handler(HandleError::Reject(m))) => ("rejected", m.clone()),
+            Failure::Call(CallError::Handler(HandleError::Retry(m))) => ("retry", m.clone()),
+            Failure::Call(CallError::Handler(HandleError::Failed(m))) => ("failed", m.clone()),
+            Failure::Call(CallError::Trap { kind, message }) => (kind.as_str(), message.clone()),
+            Failure::Call(CallError::HostFault(m)) => ("host", m.clone()),
+            Failure::NoHandler(m) => ("no-handler", m.clone()),
+            Failure::BadMessage(m) => ("bad-message", m.clone()),
+        }
+    }
+}
+
+/// What happens to the message after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again; `execute_at: None` means as soon as possible.
+    Retry {
+        attempts: u32,
+        execute_at: Option<i64>,
+    },
+    DeadLetter {
+        attempts: u32,
+        kind: &'static str,
+        message: String,
+        replayable: bool,
+    },
+}
+
+/// Decide after a failure; `attempts_before` is the count of earlier failed attempts.
+pub fn decide(
+    failure: &Failure,
+    attempts_before: u32,
+    cfg: &HandlingConfig,
+    now: i64,
+) -> Disposition {
+    let attempts = attempts_before.saturating_add(1);
+    let (kind, message) = failure.describe();
+    let dead = |replayable| Disposition::DeadLetter {
+        attempts,
+        kind,
+        message: message.clone(),
+        replayable,
+    };
+    match failure {
+        Failure::Call(CallError::HostFault(_)) => Disposition::Retry {
+            attempts: attempts_before,
+            execute_at: None,
+        },
+        Failure::BadMessage(_) => dead(false),
+        Failure::Call(CallError::Handler(HandleError::Reject(_))) => dead(true),
+        _ if attempts >= cfg.max_attempts => dead(true),
+        _ => Disposition::Retry {
+            attempts,
+            execute_at: backoff(cfg.retry_delay_ms, attempts).map(|d| now.saturating_add(d)),
+        },
+    }
+}
+
+/// Delay before attempt `attempts + 1`: base * 2^(attempts-1), at most one hour.
+fn backoff(base_ms: u64, attempts: u32) -> Option<i64> {
+    if base_ms == 0 {
+        return None;
+    }
+    let factor = 1u64 << attempts.saturating_sub(1).min(20);
+    let delay = base_ms.saturating_mul(factor).min(3_600_000);
+    Some(i64::try_from(delay).unwrap_or(3_600_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::TrapKind;
+
+    fn cfg(max_attempts: u32) -> HandlingConfig {
+        HandlingConfig {
+            max_attempts,
+            retry_delay_ms: 100,
+            ..HandlingConfig::default()
+        }
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_until_max_attempts_then_dead_letter_with_their_kind() {
+        let f = Failure::Call(CallError::Trap {
+            kind: TrapKind::Panic,
+            message: "boom".into(),
+        });
+        assert_eq!(
+            decide(&f, 0, &cfg(3), 1000),
+            Disposition::Retry {
+                attempts: 1,
+                execute_at: Some(1100)
+            }
+        );
+        assert_eq!(
+            decide(&f, 1, &cfg(3), 1000),
+            Disposition::Retry {
+                attempts: 2,
+                execute_at: Some(1200)
+            }
+        );
+        assert_eq!(
+            decide(&f, 2, &cfg(3), 1000),
+            Disposition::DeadLetter {
+                attempts: 3,
+                kind: "panic",
+                message: "boom".into(),
+                replayable: true
+            }
+        );
+    }
+
+    #[test]
+    fn reject_and_bad_messages_skip_retries_and_host_faults_do_not_count() {
+        let reject = Failure::Call(CallError::Handler(HandleError::Reject("no".into())));
+        assert!(matches!(
+            decide(&reject, 0, &cfg(5), 0),
+            Disposition::DeadLetter {
+                attempts: 1,
+                kind: "rejected",
+                ..
+            }
+        ));
+        let bad = Failure::BadMessage("truncated".into());
+        assert!(matches!(
+            decide(&bad, 0, &cfg(5), 0),
+            Disposition::DeadLetter {
+                kind: "bad-message",
+                replayable: false,
+                ..
+            }
+        ));
+        let host = Failure::Call(CallError::HostFault("db".into()));
+        assert_eq!(
+            decide(&host, 2, &cfg(3), 0),
+            Disposition::Retry {
+                attempts: 2,
+                execute_at: None
+            }
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! A running host in-process: open the store, load the plugins, recover, and
+//! run the message worker and the durability agent until shut down. The
+//! binary's `run` and the tests both start hosts through here.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::durability;
+use crate::handling::Worker;
+use crate::runtime::{Plugins, Runtime};
+use crate::store::{self, MessageStore};
+
+/// A host started with [`Host::start`].
+#[derive(Debug)]
+pub struct Host {
+    pub node_id: i64,
+    pub store: Arc<dyn MessageStore>,
+    pub runtime: Arc<Runtime>,
+    pub plugins: Arc<Plugins>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Host {
+    /// Start a host from a configuration: the store's tables are created if
+    /// missing, every plugin in the folder is loaded (failures are logged
+    /// with their file and reason; the others run), and rows left by earlier
+    /// runs are recovered.
+    pub async fn start(config: Config) -> anyhow::Result<Host> {
+        let store = store::open(&config.storage).await?;
+        store.migrate().await?;
+        let runtime = Arc::new(Runtime::new(&config.plugins)?);
+        let (plugins, errors) = runtime
+            .load_dir(&config.plugins.dir)
+            .await
+            .with_context(|| format!("loading plugins from {}", config.plugins.dir.display()))?;
+        for e in &errors {
+            warn!(error = %e, "plugin not loaded");
+        }
+        for p in plugins.iter() {
+            info!(plugin = %p.name, path = %p.path.display(), subscriptions = ?p.subscriptions, "plugin loaded");
+        }
+        if plugins.is_empty() {
+            warn!(dir = %config.plugins.dir.display(), "no plugin loaded: messages will wait in the inbox");
+        }
+        let plugins = Arc::new(plugins);
+        let node_id = rand::rng().random_range(1..i64::MAX);
+        durability::recover_on_start(&*store, node_id, &config.node.name, &config.durability)
+            .await?;
+        let (shutdown, rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let worker = Worker {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            plugins: plugins.clone(),
+            config: config.handling.clone(),
+            node_id,
+            wake: wake.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(worker.run(rx.clone())),
+            tokio::spawn(durability::run_agent(
+                store.clone(),
+                node_id,
+                config.durability.clone(),
+                wake,
+                rx,
+            )),
+        ];
+        info!(node_id, name = %config.node.name, plugins = plugins.len(), "host started");
+        Ok(Host {
+            node_id,
+            store,
+            runtime,
+            plugins,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Finish the batch in hand, stop every task and deregister the node.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.await.context("host task panicked")?;
+        }
+        self.store.remove_node(self.node_id).await?;
+        info!(node_id = self.node_id, "host stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! jasper-host: durable messaging and command processing whose message
+//! handlers are WebAssembly components.
+//!
+//! A tour, in the order a message meets them:
+//! - [`config`]: the TOML file, parsed once into typed structs.
+//! - [`envelope`]: the message record and its one binary codec.
+//! - [`store`]: the message store (inbox, scheduled, dead letters, state, nodes).
+//! - [`runtime`]: wasmtime, the loaded plugins, one handler call under limits.
+//! - [`handling`]: a batch of messages through their handlers into one commit.
+//! - [`durability`]: heartbeat, recovery of dead nodes' messages, cleanup.
+//! - [`host`]: all of the above started together, in-process.
+//! - [`cli`]: the `jasper-host` command line.
+
+pub mod cli;
+pub mod config;
+pub mod durability;
+pub mod envelope;
+pub mod handling;
+pub mod host;
+pub mod runtime;
+pub mod store;
+
+pub use config::Config;
+pub use envelope::Envelope;
+pub use host::Host;

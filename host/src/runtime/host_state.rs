@@ -1,0 +1,266 @@
+//! The store data of one handler call and the host imports the plugin calls:
+//! `outbox` (recorded as effects, nothing leaves before commit), `state`
+//! (through the batch's [`StateView`]) and `log` (into `tracing`). Values from
+//! the guest are checked against fixed caps before the host keeps them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::jasper::messaging::{log, outbox, state, types};
+use super::bindings::{ScheduleTime, SendError, SendOptions};
+use super::limits::Limiter;
+use super::routing::{Router, local_uri};
+use super::state_view::StateView;
+use crate::envelope::{Envelope, now_ms};
+
+/// Most messages one handler call may send.
+pub const MAX_SENDS_PER_CALL: usize = 10_000;
+/// Largest body a handler may send.
+pub const MAX_SEND_BODY: usize = 16 << 20;
+/// Longest state key.
+pub const MAX_STATE_KEY: usize = 1024;
+/// Largest state value.
+pub const MAX_STATE_VALUE: usize = 4 << 20;
+/// Guest stderr kept per call (panic messages).
+pub const STDERR_CAPACITY: usize = 16 << 10;
+
+/// What the current message is, for the envelopes it causes.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub conversation_id: Option<String>,
+}
+
+/// Data of one wasmtime `Store`: one handler call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) origin: Origin,
+    pub(crate) router: Arc<Router>,
+    pub(crate) state: StateView,
+    /// Envelopes the handler sent, published or scheduled (destination set).
+    pub(crate) sent: Vec<Envelope>,
+    /// A fault of the host (not the plugin) during the call, e.g. the database.
+    pub(crate) host_fault: Option<String>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin)
+            .field("sent", &self.sent.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    pub fn new(
+        plugin: Arc<str>,
+        origin: Origin,
+        router: Arc<Router>,
+        state: StateView,
+        max_memory: usize,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // No preopens, no sockets, no env: a handler reaches the world only
+        // through the jasper imports.
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(max_memory),
+            stderr,
+            plugin,
+            origin,
+            router,
+            state,
+            sent: Vec::new(),
+            host_fault: None,
+        }
+    }
+
+    fn new_envelope(
+        &self,
+        destination: String,
+        message_type: &str,
+        body: Vec<u8>,
+        options: &SendOptions,
+        scheduled_at: Option<i64>,
+    ) -> Envelope {
+        let mut env = Envelope::new(message_type, body);
+        if let Some(ct) = &options.content_type {
+            env.content_type = ct.clone();
+        }
+        env.destination = Some(destination);
+        env.source = Some(local_uri(&self.plugin));
+        env.causation_id = self.origin.id.clone();
+        env.correlation_id = options
+            .correlation_id
+            .clone()
+            .or_else(|| self.origin.correlation_id.clone())
+            .or_else(|| self.origin.id.clone());
+        env.conversation_id = self
+            .origin
+            .conversation_id
+            .clone()
+            .or_else(|| self.origin.id.clone());
+        env.headers = options.headers.iter().cloned().collect::<BTreeMap<_, _>>();
+        env.deliver_by = options.deliver_by;
+        env.scheduled_at = scheduled_at;
+        env
+    }
+
+    fn check_send(&self, message_type: &str, body: &[u8], copies: usize) -> Result<(), SendError> {
+        if message_type.is_empty() || message_type.len() > 256 {
+            return Err(SendError::Invalid(
+                "message type must be 1 to 256 bytes".into(),
+            ));
+        }
+        if body.len() > MAX_SEND_BODY {
+            return Err(SendError::Invalid(format!(
+                "body of {} bytes exceeds the limit of {MAX_SEND_BODY}",
+                body.len()
+            )));
+        }
+        if self.sent.len() + copies > MAX_SENDS_PER_CALL {
+            return Err(SendError::Invalid(format!(
+                "a handler may send at most {MAX_SENDS_PER_CALL} messages per call"
+            )));
+        }
+        Ok(())
+    }
+
+    fn publish_at(
+        &mut self,
+        message_type: String,
+        body: Vec<u8>,
+        options: SendOptions,
+        scheduled_at: Option<i64>,
+    ) -> Result<Vec<String>, SendError> {
+        let destinations = self.router.publish_destinations(&message_type);
+        self.check_send(&message_type, &body, destinations.len())?;
+        let mut ids = Vec::with_capacity(destinations.len());
+        for dest in destinations {
+            let env = self.new_envelope(dest, &message_type, body.clone(), &options, scheduled_at);
+            ids.push(env.id.to_string());
+            self.sent.push(env);
+        }
+        Ok(ids)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl outbox::Host for HostState {
+    fn send(
+        &mut self,
+        destination: String,
+        message_type: String,
+        body: Vec<u8>,
+        options: SendOptions,
+    ) -> wasmtime::Result<Result<String, SendError>> {
+        if let Err(e) = self.check_send(&message_type, &body, 1) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.router.check_send(&destination, &message_type) {
+            return Ok(Err(SendError::UnknownDestination(e.to_string())));
+        }
+        let env = self.new_envelope(destination, &message_type, body, &options, None);
+        let id = env.id.to_string();
+        self.sent.push(env);
+        Ok(Ok(id))
+    }
+
+    fn publish(
+        &mut self,
+        message_type: String,
+        body: Vec<u8>,
+        options: SendOptions,
+    ) -> wasmtime::Result<Result<Vec<String>, SendError>> {
+        Ok(self.publish_at(message_type, body, options, None))
+    }
+
+    fn schedule(
+        &mut self,
+        message_type: String,
+        body: Vec<u8>,
+        when: ScheduleTime,
+        options: SendOptions,
+    ) -> wasmtime::Result<Result<Vec<String>, SendError>> {
+        let at = match when {
+            ScheduleTime::At(t) => t,
+            ScheduleTime::DelayMs(d) => {
+                now_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+            }
+        };
+        Ok(self.publish_at(message_type, body, options, Some(at)))
+    }
+}
+
+impl state::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        match self.state.get(&key).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let msg = format!("state read of {}/{key} failed: {e}", self.plugin);
+                self.host_fault = Some(msg.clone());
+                Err(wasmtime::Error::msg(msg))
+            }
+        }
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        if key.len() > MAX_STATE_KEY || value.len() > MAX_STATE_VALUE {
+            return Err(wasmtime::Error::msg(format!(
+                "state put rejected: key of {} bytes (max {MAX_STATE_KEY}) or value of {} bytes (max {MAX_STATE_VALUE})",
+                key.len(),
+                value.len()
+            )));
+        }
+        self.state.put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.state.delete(key);
+        Ok(())
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let plugin = &*self.plugin;
+        let message: &str = if message.len() > 8192 {
+            message
+                .get(..8192)
+                .unwrap_or("(log line not UTF-8 at the cut)")
+        } else {
+            &message
+        };
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! The Wasm runtime: one wasmtime engine (pooling allocator, epoch deadlines,
+//! optional fuel), the plugins loaded from the plugin folder (each pre-linked
+//! once), and one handler call on a fresh instance with its limits. Owns no
+//! database work and no policy: a call returns what the handler did and how
+//! it ended; `handling` decides what that means.
+
+mod bindings;
+mod host_state;
+mod limits;
+mod plugins;
+pub mod routing;
+pub mod state_view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::config::PluginsConfig;
+use crate::envelope::Envelope;
+use bindings::{Plugin as PluginBindings, WitEnvelope};
+use host_state::{HostState, Origin};
+use limits::{EPOCH_TICK, EpochTicker};
+pub use plugins::{Plugin, PluginError, Plugins};
+use routing::Router;
+use state_view::{BatchState, StateView};
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+/// How a trap ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The guest panicked (or aborted).
+    Panic,
+    /// The wall-clock deadline passed.
+    Deadline,
+    /// The guest asked for more memory than the cap.
+    Memory,
+    /// The fuel budget ran out.
+    Fuel,
+    /// Any other trap (stack overflow, bad instantiation, ...).
+    Other,
+}
+
+impl TrapKind {
+    /// The `error_kind` recorded in dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Panic => "panic",
+            TrapKind::Deadline => "deadline",
+            TrapKind::Memory => "memory",
+            TrapKind::Fuel => "fuel",
+            TrapKind::Other => "trap",
+        }
+    }
+}
+
+/// Handler errors as the host sees them.
+pub use bindings::HandleError;
+
+/// How a handler call ended, when it did not succeed.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// The handler returned an error.
+    Handler(HandleError),
+    /// The instance trapped; it is discarded.
+    Trap { kind: TrapKind, message: String },
+    /// The host failed during the call (e.g. a state read); not the plugin's fault.
+    HostFault(String),
+}
+
+/// What one handler call did.
+#[derive(Debug)]
+pub struct CallOutcome {
+    pub result: Result<(), CallError>,
+    /// Messages it sent (empty unless it succeeded).
+    pub sent: Vec<Envelope>,
+    /// The batch's state, with this call's writes if it succeeded.
+    pub state: BatchState,
+}
+
+/// The engine, the linker and the limits every call runs under.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    max_memory: usize,
+    deadline: Duration,
+    fuel: u64,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("max_memory", &self.max_memory)
+            .field("deadline", &self.deadline)
+            .field("fuel", &self.fuel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(cfg: &PluginsConfig) -> Result<Self, RuntimeError> {
+        let max_memory = usize::try_from(cfg.memory_mb.saturating_mul(1 << 20))
+            .map_err(|_| RuntimeError::Engine("plugins.memory_mb is too large".into()))?;
+        let slots = u32::try_from(cfg.max_in_flight.saturating_mul(2).saturating_add(8))
+            .unwrap_or(u32::MAX)
+            .min(1000);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            // The limiter refuses growth past the cap first, so it can say why.
+            .max_memory_size(max_memory.saturating_add(1 << 20));
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(cfg.fuel > 0)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
+        PluginBindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("linking jasper imports: {e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(Runtime {
+            engine,
+            linker,
+            max_memory,
+            deadline: Duration::from_millis(cfg.deadline_ms.max(1)),
+            fuel: cfg.fuel,
+            _ticker: ticker,
+        })
+    }
+
+    fn new_store(&self, data: HostState) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = self.deadline.as_millis() / EPOCH_TICK.as_millis() + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        if self.fuel > 0 {
+            // Fuel is only enabled on the engine when configured, so this cannot fail.
+            let _ = store.set_fuel(self.fuel);
+        }
+        store
+    }
+
+    /// Run `plugin`'s handler on `envelope` in a fresh instance.
+    pub async fn handle(
+        &self,
+        plugin: &Plugin,
+        envelope: &Envelope,
+        router: Arc<Router>,
+        state: StateView,
+    ) -> CallOutcome {
+        let origin = Origin {
+            id: Some(envelope.id.to_string()),
+            correlation_id: envelope.correlation_id.clone(),
+            conversation_id: envelope.conversation_id.clone(),
+        };
+        let data = HostState::new(plugin.name.clone(), origin, router, state, self.max_memory);
+        let mut store = self.new_store(data);
+        let wit = to_wit(envelope);
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .jasper_messaging_handler()
+                .call_handle(&mut store, &wit)
+                .await
+        };
+        // The epoch deadline stops guest code; the outer timeout also stops a
+        // call stuck in a host import.
+        let outer = self.deadline + Duration::from_secs(1);
+        let raw = tokio::time::timeout(outer, call).await;
+        let data = store.into_data();
+        let result = match raw {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(handler_error))) => Err(CallError::Handler(handler_error)),
+            Ok(Err(e)) => Err(classify(&data, &e)),
+            Err(_elapsed) => Err(CallError::Trap {
+                kind: TrapKind::Deadline,
+                message: format!(
+                    "handler ran past the deadline of {} ms (stuck in a host call)",
+                    self.deadline.as_millis()
+                ),
+            }),
+        };
+        let ok = result.is_ok();
+        CallOutcome {
+            result,
+            sent: if ok { data.sent } else { Vec::new() },
+            state: data.state.finish(ok),
+        }
+    }
+}
+
+fn classify(data: &HostState, e: &wasmtime::Error) -> CallError {
+    if let Some(fault) = &data.host_fault {
+        return CallError::HostFault(fault.clone());
+    }
+    let kind = if data.limiter.memory_hit {
+        TrapKind::Memory
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapKind::Deadline,
+            Some(Trap::OutOfFuel) => TrapKind::Fuel,
+            Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
+            _ => TrapKind::Other,
+        }
+    };
+    let mut message = format!("{e}");
+    let stderr = data.stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = stderr.trim();
+    if !stderr.is_empty() {
+        let tail: String = {
+            let chars: Vec<char> = stderr.chars().collect();
+            let start = chars.len().saturating_sub(2000);
+            chars[start..].iter().collect()
+        };
+        message.push_str(": ");
+        message.push_str(&tail);
+    }
+    CallError::Trap { kind, message }
+}
+
+fn to_wit(e: &Envelope) -> WitEnvelope {
+    WitEnvelope {
+        id: e.id.to_string(),
+        message_type: e.message_type.clone(),
+        content_type: e.content_type.clone(),
+        body: e.body.clone(),
+        destination: e.destination.clone(),
+        source: e.source.clone(),
+        reply_uri: e.reply_uri.clone(),
+        correlation_id: e.correlation_id.clone(),
+        conversation_id: e.conversation_id.clone(),
+        causation_id: e.causation_id.clone(),
+        headers: e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        attempts: e.attempts,
+        scheduled_at: e.scheduled_at,
+        deliver_by: e.deliver_by,
+        sent_at: e.sent_at,
+    }
+}

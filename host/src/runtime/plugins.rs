@@ -1,0 +1,224 @@
+//! The plugins of a plugin folder: each `.wasm` compiled and pre-linked once,
+//! asked for its subscriptions, and kept by name (the file stem). A plugin
+//! that fails to load is reported with its file and reason; the rest load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+
+use super::Runtime;
+use super::bindings::PluginPre;
+use super::host_state::{HostState, Origin};
+use super::routing::Router;
+use super::state_view::StateView;
+
+/// Why a plugin did not load.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    #[error("plugin folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin {path}: the file name must be NAME.wasm with NAME made of letters, digits, '-' or '_'"
+    )]
+    BadName { path: PathBuf },
+    #[error("plugin {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plugin {path}: not a valid component: {message}")]
+    Compile { path: PathBuf, message: String },
+    #[error("plugin {path}: does not fit the jasper:messaging/plugin world: {message}")]
+    Link { path: PathBuf, message: String },
+    #[error("plugin {path}: subscriptions() failed: {message}")]
+    Subscriptions { path: PathBuf, message: String },
+    #[error("plugin {path}: a plugin named '{name}' is already loaded")]
+    Duplicate { path: PathBuf, name: String },
+}
+
+/// One loaded plugin.
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pub subscriptions: Vec<String>,
+    pub(crate) pre: PluginPre<HostState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The loaded plugins and the routes they make.
+#[derive(Debug, Default, Clone)]
+pub struct Plugins {
+    by_name: BTreeMap<String, Arc<Plugin>>,
+    router: Arc<Router>,
+}
+
+impl Plugins {
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    fn insert(&mut self, plugin: Plugin) -> Result<(), PluginError> {
+        let name = plugin.name.to_string();
+        if self.by_name.contains_key(&name) {
+            return Err(PluginError::Duplicate {
+                path: plugin.path,
+                name,
+            });
+        }
+        Arc::make_mut(&mut self.router).add(&name, &plugin.subscriptions);
+        self.by_name.insert(name, Arc::new(plugin));
+        Ok(())
+    }
+}
+
+fn plugin_name(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    let ok = !stem.is_empty()
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| stem.to_string())
+}
+
+impl Runtime {
+    /// Compile, pre-link and inspect one plugin file.
+    pub async fn load_plugin(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let name = plugin_name(path).ok_or_else(|| PluginError::BadName {
+            path: path.to_path_buf(),
+        })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| PluginError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| PluginError::Compile {
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            })?;
+        let link_err = |e: wasmtime::Error| PluginError::Link {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let pre = PluginPre::new(self.linker.instantiate_pre(&component).map_err(link_err)?)
+            .map_err(link_err)?;
+        let name: Arc<str> = name.into();
+        let subscriptions = self
+            .subscriptions_of(&name, &pre)
+            .await
+            .map_err(|message| PluginError::Subscriptions {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(Plugin {
+            name,
+            path: path.to_path_buf(),
+            subscriptions,
+            pre,
+        })
+    }
+
+    async fn subscriptions_of(
+        &self,
+        name: &Arc<str>,
+        pre: &PluginPre<HostState>,
+    ) -> Result<Vec<String>, String> {
+        let data = HostState::new(
+            name.clone(),
+            Origin::default(),
+            Arc::new(Router::default()),
+            StateView::detached(name.clone()),
+            self.max_memory,
+        );
+        let mut store = self.new_store(data);
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .jasper_messaging_handler()
+                .call_subscriptions(&mut store)
+                .await
+        };
+        let mut subs =
+            tokio::time::timeout(self.deadline + std::time::Duration::from_secs(1), call)
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| format!("{e:#}"))?;
+        subs.sort();
+        subs.dedup();
+        if let Some(bad) = subs.iter().find(|s| s.is_empty() || s.len() > 256) {
+            return Err(format!("invalid message type {bad:?} (1 to 256 bytes)"));
+        }
+        Ok(subs)
+    }
+
+    /// Load every `*.wasm` in `dir` (sorted by name). Plugins that fail are
+    /// returned beside the ones that loaded.
+    pub async fn load_dir(&self, dir: &Path) -> Result<(Plugins, Vec<PluginError>), PluginError> {
+        let folder_err = |source| PluginError::Folder {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut paths = Vec::new();
+        let mut entries = tokio::fs::read_dir(dir).await.map_err(folder_err)?;
+        while let Some(entry) = entries.next_entry().await.map_err(folder_err)? {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut plugins = Plugins::default();
+        let mut errors = Vec::new();
+        for path in paths {
+            match self.load_plugin(&path).await {
+                Ok(p) => {
+                    if let Err(e) = plugins.insert(p) {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok((plugins, errors))
+    }
+}

@@ -1,0 +1,126 @@
+//! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject or
+//! fail a few times, so the host's limits and error policy can be tested.
+
+// Panicking is this plugin's job.
+#![allow(clippy::panic)]
+
+use std::hint::black_box;
+
+use jasper_guest::{Context, HandleError};
+use serde::{Deserialize, Serialize};
+
+/// Body of `test.Ok`, `test.Panic`, `test.Spin`, `test.MemBomb`, `test.Reject`.
+macro_rules! numbered {
+    ($($name:ident = $ty:literal),+ $(,)?) => {$(
+        #[doc = concat!("Body of `", $ty, "`: `{\"n\":1}`.")]
+        #[derive(Debug, Serialize, Deserialize)]
+        pub struct $name {
+            /// The test's tag for this message.
+            pub n: u64,
+        }
+        jasper_guest::message!($name = $ty);
+    )+};
+}
+
+numbered!(
+    TestOk = "test.Ok",
+    TestPanic = "test.Panic",
+    TestSpin = "test.Spin",
+    TestMemBomb = "test.MemBomb",
+    TestReject = "test.Reject",
+);
+
+/// Body of `test.Flaky`: fails while the envelope's attempts are below `fail_times`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestFlaky {
+    /// The test's tag for this message.
+    pub n: u64,
+    /// How many attempts fail before one succeeds.
+    pub fail_times: u32,
+}
+
+jasper_guest::message!(TestFlaky = "test.Flaky");
+
+/// Puts `ok/{n}` = true.
+pub fn ok(ctx: &mut Context, msg: TestOk) -> Result<(), HandleError> {
+    ctx.state().put(&format!("ok/{}", msg.n), &true)?;
+    Ok(())
+}
+
+/// Panics (a trap on the host side).
+pub fn panic(_ctx: &mut Context, msg: TestPanic) -> Result<(), HandleError> {
+    panic!("test.Panic {}", msg.n)
+}
+
+/// Loops forever; only the host's deadline stops it.
+pub fn spin(_ctx: &mut Context, msg: TestSpin) -> Result<(), HandleError> {
+    let mut i = msg.n;
+    loop {
+        // black_box keeps the optimiser from proving the loop useless.
+        i = black_box(i.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB chunks, writes them and keeps them, until the memory cap traps it.
+pub fn mem_bomb(_ctx: &mut Context, msg: TestMemBomb) -> Result<(), HandleError> {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // vec![x; n] with x != 0 writes every byte, so the pages are really used.
+        kept.push(black_box(vec![msg.n as u8 | 1; 1 << 20]));
+        black_box(&kept);
+    }
+}
+
+/// Rejects with `rejected {n}`.
+pub fn reject(_ctx: &mut Context, msg: TestReject) -> Result<(), HandleError> {
+    Err(HandleError::reject(format!("rejected {}", msg.n)))
+}
+
+/// Fails while attempts < fail_times, then puts `flaky/{n}` = attempts.
+pub fn flaky(ctx: &mut Context, msg: TestFlaky) -> Result<(), HandleError> {
+    let attempts = ctx.envelope().attempts;
+    if attempts < msg.fail_times {
+        return Err(HandleError::failed(format!(
+            "flaky {}: attempt {attempts} of {} failing",
+            msg.n, msg.fail_times
+        )));
+    }
+    ctx.state().put(&format!("flaky/{}", msg.n), &attempts)?;
+    Ok(())
+}
+
+jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use jasper_guest::testing::TestContext;
+
+    #[test]
+    fn flaky_fails_then_records_attempts() {
+        let mut ctx = TestContext::new();
+        let body = br#"{"n":7,"fail_times":2}"#;
+        for attempts in 0..2 {
+            ctx.envelope_mut().attempts = attempts;
+            let err = ctx.deliver_raw(&HANDLERS, "test.Flaky", body).unwrap_err();
+            assert!(matches!(err, HandleError::Failed(_)));
+        }
+        ctx.envelope_mut().attempts = 2;
+        ctx.deliver_raw(&HANDLERS, "test.Flaky", body).unwrap();
+        assert_eq!(ctx.state().get::<u32>("flaky/7").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn ok_and_reject() {
+        let mut ctx = TestContext::new();
+        ctx.deliver_raw(&HANDLERS, "test.Ok", br#"{"n":1}"#)
+            .unwrap();
+        assert_eq!(ctx.state().get::<bool>("ok/1").unwrap(), Some(true));
+        let err = ctx
+            .deliver_raw(&HANDLERS, "test.Reject", br#"{"n":3}"#)
+            .unwrap_err();
+        assert_eq!(err, HandleError::reject("rejected 3"));
+    }
+}

@@ -1,0 +1,1285 @@
+//! End-to-end harness for jasper-host: real processes, a real SQLite file.
+//!
+//! Every test builds a [`TestHost`]: its own temp dir holding a config file, a
+//! plugin dir (the needed `.wasm` files copied from
+//! `target/wasm32-wasip2/plugin/`), the SQLite db and the host's log. The host
+//! binary (`target/release/jasper-host`) is run as a child process: `run` for
+//! the long-lived host, `send`, `storage counts`, `dead-letters list` as short
+//! commands. Conditions are awaited by polling the database with a deadline
+//! ([`wait_until`], [`TestHost::wait_for`]), never by sleeping.
+//!
+//! Nothing here passes quietly: a missing or stale binary or plugin panics with
+//! the command that builds it (`make build`, `make plugins`).
+//!
+//! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
+//! `E2E_KEEP=1` (keep the temp dirs), `JASPER_HOST_BIN` (another host binary).
+
+// A test harness fails by panicking; these lints guard library code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Debug, Write as _};
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+
+pub use serde_json::json;
+
+/// How long one short CLI command (`send`, `storage counts`, ...) may take.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `stop()` waits for the host to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default polling interval of the wait helpers.
+pub const POLL: Duration = Duration::from_millis(25);
+
+// ---------------------------------------------------------------------------
+// Paths
+// ---------------------------------------------------------------------------
+
+/// The workspace root (the folder holding the root Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo target dir: `CARGO_TARGET_DIR` if set, else `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Newest modification time of the files under `paths` (files or folders).
+fn newest_mtime(paths: &[PathBuf]) -> Option<(SystemTime, PathBuf)> {
+    fn walk(p: &Path, best: &mut Option<(SystemTime, PathBuf)>, budget: &mut u32) {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let Ok(md) = fs::metadata(p) else { return };
+        if md.is_dir() {
+            let Ok(rd) = fs::read_dir(p) else { return };
+            for e in rd.flatten() {
+                walk(&e.path(), best, budget);
+            }
+        } else if let Ok(m) = md.modified()
+            && best.as_ref().is_none_or(|(b, _)| m > *b)
+        {
+            *best = Some((m, p.to_path_buf()));
+        }
+    }
+    let mut best = None;
+    let mut budget = 10_000;
+    for p in paths {
+        walk(p, &mut best, &mut budget);
+    }
+    best
+}
+
+/// Panics unless `artifact` exists and is newer than every file of `sources`.
+fn check_artifact(artifact: &Path, what: &str, sources: &[PathBuf], build: &str) {
+    let md = fs::metadata(artifact).unwrap_or_else(|e| {
+        panic!(
+            "{what} not found at {} ({e}).\nBuild it first, from {}:\n    {build}",
+            artifact.display(),
+            workspace_root().display()
+        )
+    });
+    if std::env::var_os("E2E_ALLOW_STALE").is_some() {
+        return;
+    }
+    if let (Ok(built), Some((src_time, src))) = (md.modified(), newest_mtime(sources))
+        && src_time > built
+    {
+        panic!(
+            "{what} at {} is older than {} (edited after the last build).\nRebuild it, from {}:\n    {build}\n(or set E2E_ALLOW_STALE=1 to test the old build anyway)",
+            artifact.display(),
+            src.display(),
+            workspace_root().display()
+        );
+    }
+}
+
+/// The host binary, checked to exist and to be newer than host/ and wit/.
+pub fn host_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("JASPER_HOST_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "JASPER_HOST_BIN={} is not a file", p.display());
+        return p;
+    }
+    let root = workspace_root();
+    let bin = target_dir().join("release").join("jasper-host");
+    check_artifact(
+        &bin,
+        "the jasper-host binary",
+        &[
+            root.join("host/src"),
+            root.join("host/Cargo.toml"),
+            root.join("wit"),
+        ],
+        "make build      # = cargo build --release -p jasper-host",
+    );
+    bin
+}
+
+/// Where `make plugins` puts the plugin `name` (the .wasm file stem).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let wasm = target_dir()
+        .join("wasm32-wasip2")
+        .join("plugin")
+        .join(format!("{name}.wasm"));
+    let src = match name {
+        "orders" | "audit" => root.join("plugins-example").join(name),
+        other => root.join("tests/plugins").join(other),
+    };
+    check_artifact(
+        &wasm,
+        &format!("the plugin {name}.wasm"),
+        &[src, root.join("guest-sdk/src"), root.join("wit")],
+        "make plugins",
+    );
+    wasm
+}
+
+fn rust_log() -> String {
+    std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------
+
+/// A TOML scalar for [`HostConfig::set`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val {
+    Int(i64),
+    Str(String),
+    Bool(bool),
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+impl From<i32> for Val {
+    fn from(v: i32) -> Self {
+        Val::Int(i64::from(v))
+    }
+}
+impl From<u32> for Val {
+    fn from(v: u32) -> Self {
+        Val::Int(i64::from(v))
+    }
+}
+impl From<u64> for Val {
+    fn from(v: u64) -> Self {
+        Val::Int(i64::try_from(v).expect("config value fits i64"))
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::Str(v.to_owned())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Self {
+        Val::Str(v)
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Self {
+        Val::Bool(v)
+    }
+}
+
+impl fmt::Display for Val {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Val::Int(i) => write!(f, "{i}"),
+            Val::Bool(b) => write!(f, "{b}"),
+            Val::Str(s) => {
+                f.write_char('"')?;
+                for c in s.chars() {
+                    match c {
+                        '"' => f.write_str("\\\"")?,
+                        '\\' => f.write_str("\\\\")?,
+                        '\n' => f.write_str("\\n")?,
+                        c => f.write_char(c)?,
+                    }
+                }
+                f.write_char('"')
+            }
+        }
+    }
+}
+
+/// Builder for the host's TOML config (keys of CONTRACT.md). Only keys that were
+/// set are written; the host's defaults apply to the rest.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    sections: BTreeMap<String, BTreeMap<String, Val>>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostConfig {
+    /// node.name = "e2e", storage.url = "sqlite://jasper.db", plugins.dir = "plugins"
+    /// (both relative to the config file's folder, as the contract says).
+    pub fn new() -> Self {
+        HostConfig {
+            sections: BTreeMap::new(),
+        }
+        .set("node", "name", "e2e")
+        .set("storage", "url", "sqlite://jasper.db")
+        .set("plugins", "dir", "plugins")
+    }
+
+    /// Sets `[section] key = value` (any key: tests of unknown keys use this too).
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<Val>) -> Self {
+        self.sections
+            .entry(section.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn get(&self, section: &str, key: &str) -> Option<&Val> {
+        self.sections.get(section).and_then(|s| s.get(key))
+    }
+
+    pub fn memory_mb(self, v: u64) -> Self {
+        self.set("plugins", "memory_mb", v)
+    }
+    pub fn deadline_ms(self, v: u64) -> Self {
+        self.set("plugins", "deadline_ms", v)
+    }
+    pub fn max_in_flight(self, v: u64) -> Self {
+        self.set("plugins", "max_in_flight", v)
+    }
+    pub fn batch_size(self, v: u64) -> Self {
+        self.set("handling", "batch_size", v)
+    }
+    pub fn max_attempts(self, v: u64) -> Self {
+        self.set("handling", "max_attempts", v)
+    }
+    pub fn retry_delay_ms(self, v: u64) -> Self {
+        self.set("handling", "retry_delay_ms", v)
+    }
+    pub fn keep_handled_ms(self, v: u64) -> Self {
+        self.set("handling", "keep_handled_ms", v)
+    }
+    pub fn poll_interval_ms(self, v: u64) -> Self {
+        self.set("handling", "poll_interval_ms", v)
+    }
+    pub fn heartbeat_ms(self, v: u64) -> Self {
+        self.set("durability", "heartbeat_ms", v)
+    }
+    pub fn stale_after_ms(self, v: u64) -> Self {
+        self.set("durability", "stale_after_ms", v)
+    }
+    pub fn cleanup_interval_ms(self, v: u64) -> Self {
+        self.set("durability", "cleanup_interval_ms", v)
+    }
+
+    /// The TOML text: known sections in the contract's order, then the others.
+    pub fn render(&self) -> String {
+        const ORDER: [&str; 5] = ["node", "storage", "plugins", "handling", "durability"];
+        let mut names: Vec<&str> = ORDER
+            .iter()
+            .copied()
+            .filter(|s| self.sections.contains_key(*s))
+            .collect();
+        names.extend(
+            self.sections
+                .keys()
+                .map(String::as_str)
+                .filter(|s| !ORDER.contains(s)),
+        );
+        let mut out = String::from("# written by the jasper-e2e harness\n");
+        for name in names {
+            let _ = writeln!(out, "\n[{name}]");
+            for (k, v) in &self.sections[name] {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+        }
+        out
+    }
+
+    /// The SQLite file the config points at, resolved against `dir`.
+    fn sqlite_path(&self, dir: &Path) -> Option<PathBuf> {
+        let Some(Val::Str(url)) = self.get("storage", "url") else {
+            return Some(dir.join("jasper.db"));
+        };
+        let rest = url.strip_prefix("sqlite://")?;
+        let rest = rest.split('?').next().unwrap_or(rest);
+        let p = Path::new(rest);
+        Some(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command output
+// ---------------------------------------------------------------------------
+
+/// What a finished CLI command left.
+#[derive(Debug)]
+pub struct CmdOut {
+    pub cmd: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOut {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// stdout and stderr together (for "does the output mention X").
+    pub fn all_output(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "command: {}\nexit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmd,
+            self.status,
+            tail(&self.stdout, 40),
+            tail(&self.stderr, 40)
+        )
+    }
+
+    /// Panics with the command, exit status and output unless it exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.status.success(), "command failed\n{}", self.describe());
+        self
+    }
+
+    /// Panics unless it exited non-zero.
+    #[track_caller]
+    pub fn assert_failure(&self) -> &Self {
+        assert!(
+            !self.status.success(),
+            "command was expected to fail but exited 0\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics unless stderr contains `needle` (case-insensitive).
+    #[track_caller]
+    pub fn assert_stderr_contains(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "stderr does not mention {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panics unless `send` exited 0 and printed `sent N message(s)`.
+    #[track_caller]
+    pub fn assert_sent(&self, n: usize) -> &Self {
+        self.assert_success();
+        let want = format!("sent {n} message");
+        assert!(
+            self.stdout.contains(&want),
+            "send did not print {want:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    if start > 0 {
+        let _ = writeln!(out, "[... {start} earlier lines ...]");
+    }
+    out.push_str(&lines[start..].join("\n"));
+    out
+}
+
+/// Waits for `child` to exit, at most `timeout`; None if still running then.
+fn wait_child(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let max_polls = timeout.as_millis() / 5 + 2;
+    for _ in 0..max_polls {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.try_wait()
+}
+
+// ---------------------------------------------------------------------------
+// CLI JSON outputs
+// ---------------------------------------------------------------------------
+
+/// `storage counts --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub incoming: u64,
+    pub scheduled: u64,
+    pub handled: u64,
+    pub outgoing: u64,
+    pub dead_letters: u64,
+}
+
+/// One element of `dead-letters list --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub message_type: String,
+    pub error_kind: String,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    pub attempts: u32,
+}
+
+// ---------------------------------------------------------------------------
+// TestHost
+// ---------------------------------------------------------------------------
+
+/// One isolated host: temp dir, config, plugins, db, and maybe a running child.
+pub struct TestHost {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    config_path: PathBuf,
+    db_path: PathBuf,
+    log_path: PathBuf,
+    cwd: PathBuf,
+    bin: PathBuf,
+    child: Mutex<Option<Child>>,
+    spawns: AtomicU32,
+    cmds: AtomicU32,
+}
+
+impl Debug for TestHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestHost")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl TestHost {
+    /// A temp dir with `plugins/` holding copies of the named plugins and
+    /// `jasper.toml` rendered from `config`. Panics (with the build command)
+    /// if the host binary or a plugin is missing.
+    pub fn new(plugins: &[&str], config: HostConfig) -> TestHost {
+        Self::with_config_text(plugins, &config.render(), &config)
+    }
+
+    /// Like [`TestHost::new`] but with the config file's text given verbatim
+    /// (`paths_from` tells where the db and plugin dir are).
+    pub fn with_config_text(plugins: &[&str], text: &str, paths_from: &HostConfig) -> TestHost {
+        let bin = host_bin();
+        let wasm: Vec<PathBuf> = plugins.iter().map(|p| plugin_wasm(p)).collect();
+        let dir = tempfile::Builder::new()
+            .prefix("jasper-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = dir.path().to_path_buf();
+        let plugin_dir = match paths_from.get("plugins", "dir") {
+            Some(Val::Str(d)) => root.join(d),
+            _ => root.join("plugins"),
+        };
+        fs::create_dir_all(&plugin_dir).expect("create plugin dir");
+        for w in &wasm {
+            let name = w.file_name().expect("wasm file name");
+            fs::copy(w, plugin_dir.join(name)).unwrap_or_else(|e| {
+                panic!("copy {} into {}: {e}", w.display(), plugin_dir.display())
+            });
+        }
+        let config_path = root.join("jasper.toml");
+        fs::write(&config_path, text).expect("write config");
+        // The commands run from a sub-folder, so a host that resolved the
+        // config's relative paths against its cwd (not the config's folder)
+        // would put the db where the tests do not look.
+        let cwd = root.join("cwd");
+        fs::create_dir_all(&cwd).expect("create cwd");
+        let db_path = paths_from
+            .sqlite_path(&root)
+            .unwrap_or_else(|| root.join("jasper.db"));
+        let keep = std::env::var_os("E2E_KEEP").is_some();
+        let (dir, root) = if keep {
+            let p = dir.keep();
+            eprintln!("e2e: keeping {}", p.display());
+            (None, p)
+        } else {
+            (Some(dir), root)
+        };
+        TestHost {
+            dir,
+            log_path: root.join("host.log"),
+            root,
+            config_path,
+            db_path,
+            cwd,
+            bin,
+            child: Mutex::new(None),
+            spawns: AtomicU32::new(0),
+            cmds: AtomicU32::new(0),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+    /// Whether the temp dir is removed on drop (false with E2E_KEEP).
+    pub fn is_temporary(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    fn log_line(&self, line: &str) {
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+        {
+            let _ = writeln!(f, "\n===== e2e: {line} =====");
+        }
+    }
+
+    /// The last `n` lines of the host's log (all runs).
+    pub fn log_tail(&self, n: usize) -> String {
+        match fs::read(&self.log_path) {
+            Ok(b) => tail(&String::from_utf8_lossy(&b), n),
+            Err(e) => format!("(no host log at {}: {e})", self.log_path.display()),
+        }
+    }
+
+    // -- the long-running host ------------------------------------------------
+
+    /// Starts `jasper-host run --config F`, stdout and stderr appended to host.log.
+    pub fn spawn(&self) {
+        let mut slot = self.child.lock().expect("child lock");
+        if let Some(c) = slot.as_mut()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            panic!("spawn(): the host is already running (pid {})", c.id());
+        }
+        let n = self.spawns.fetch_add(1, Ordering::SeqCst) + 1;
+        self.log_line(&format!("spawn #{n}"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open host log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(&self.cwd)
+            .env("RUST_LOG", rust_log())
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} run: {e}", self.bin.display()));
+        *slot = Some(child);
+    }
+
+    /// How many times `spawn()` was called.
+    pub fn spawn_count(&self) -> u32 {
+        self.spawns.load(Ordering::SeqCst)
+    }
+
+    /// Some(status) if the spawned host has exited, None if it runs (or was never spawned).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut slot = self.child.lock().expect("child lock");
+        slot.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn is_running(&self) -> bool {
+        let mut slot = self.child.lock().expect("child lock");
+        match slot.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Panics (with the log tail) unless the spawned host is still running.
+    #[track_caller]
+    pub fn assert_alive(&self, when: &str) {
+        let mut slot = self.child.lock().expect("child lock");
+        match slot.as_mut() {
+            None => panic!("{when}: the host was never spawned"),
+            Some(c) => match c.try_wait() {
+                Ok(None) => {}
+                Ok(Some(st)) => panic!(
+                    "{when}: the host process exited ({st}); log tail:\n{}",
+                    self.log_tail(60)
+                ),
+                Err(e) => panic!("{when}: try_wait: {e}"),
+            },
+        }
+    }
+
+    /// SIGKILL (Child::kill is SIGKILL on unix) and reap. Panics if it was not running.
+    #[track_caller]
+    pub fn kill9(&self) {
+        let mut slot = self.child.lock().expect("child lock");
+        let mut c = slot.take().expect("kill9(): the host was never spawned");
+        if let Ok(Some(st)) = c.try_wait() {
+            panic!(
+                "kill9(): the host had already exited ({st}) before it could be killed; log tail:\n{}",
+                self.log_tail(60)
+            );
+        }
+        c.kill().expect("SIGKILL the host");
+        let st = c.wait().expect("reap the killed host");
+        self.log_line(&format!("SIGKILL sent ({st})"));
+    }
+
+    /// SIGTERM, then wait up to `STOP_TIMEOUT` for the exit. Returns its status;
+    /// panics (after a SIGKILL) if it did not exit in time.
+    #[track_caller]
+    pub fn stop(&self) -> ExitStatus {
+        let mut slot = self.child.lock().expect("child lock");
+        let mut c = slot.take().expect("stop(): the host was never spawned");
+        if let Ok(Some(st)) = c.try_wait() {
+            return st;
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the host");
+        self.log_line("SIGTERM sent");
+        match wait_child(&mut c, STOP_TIMEOUT) {
+            Ok(Some(st)) => st,
+            other => {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "the host did not exit within {STOP_TIMEOUT:?} of SIGTERM ({other:?}); log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+        }
+    }
+
+    // -- short commands ---------------------------------------------------------
+
+    /// Runs `jasper-host <words...> --config F <rest...>` from the cwd sub-folder,
+    /// stdin from `stdin` (or /dev/null), at most `timeout`.
+    pub fn cli_timeout(
+        &self,
+        words: &[&str],
+        rest: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> CmdOut {
+        let n = self.cmds.fetch_add(1, Ordering::SeqCst) + 1;
+        let out_path = self.root.join(format!("cmd-{n}.out"));
+        let err_path = self.root.join(format!("cmd-{n}.err"));
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(words)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(rest)
+            .current_dir(&self.cwd)
+            .env("RUST_LOG", rust_log())
+            .env("NO_COLOR", "1")
+            .stdout(File::create(&out_path).expect("create stdout file"))
+            .stderr(File::create(&err_path).expect("create stderr file"));
+        match stdin {
+            Some(bytes) => {
+                let in_path = self.root.join(format!("cmd-{n}.in"));
+                fs::write(&in_path, bytes).expect("write stdin file");
+                cmd.stdin(File::open(&in_path).expect("open stdin file"));
+            }
+            None => {
+                cmd.stdin(Stdio::null());
+            }
+        }
+        let shown = format!(
+            "jasper-host {} --config {} {}",
+            words.join(" "),
+            self.config_path.display(),
+            rest.iter()
+                .map(|a| if a.len() > 120 {
+                    format!("{}...", &a[..a.floor_char_boundary(120)])
+                } else {
+                    (*a).to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn `{shown}`: {e}"));
+        let status = match wait_child(&mut child, timeout) {
+            Ok(Some(st)) => st,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`{shown}` did not finish within {timeout:?} ({other:?}); stderr tail:\n{}",
+                    tail(&fs::read_to_string(&err_path).unwrap_or_default(), 40)
+                );
+            }
+        };
+        CmdOut {
+            cmd: shown,
+            status,
+            stdout: String::from_utf8_lossy(&fs::read(&out_path).unwrap_or_default()).into_owned(),
+            stderr: String::from_utf8_lossy(&fs::read(&err_path).unwrap_or_default()).into_owned(),
+        }
+    }
+
+    /// [`TestHost::cli_timeout`] with [`CLI_TIMEOUT`] and no stdin.
+    pub fn cli(&self, words: &[&str], rest: &[&str]) -> CmdOut {
+        self.cli_timeout(words, rest, None, CLI_TIMEOUT)
+    }
+
+    fn jsonl(bodies: &[Value]) -> String {
+        let mut s = String::new();
+        for b in bodies {
+            s.push_str(&serde_json::to_string(b).expect("serialize body"));
+            s.push('\n');
+        }
+        s
+    }
+
+    /// `send --type T --file PATH` with one JSON body per line.
+    pub fn send_file(&self, message_type: &str, bodies: &[Value]) -> CmdOut {
+        self.send_file_text(message_type, &Self::jsonl(bodies))
+    }
+
+    /// `send --type T --file PATH` with the file's text given verbatim.
+    pub fn send_file_text(&self, message_type: &str, text: &str) -> CmdOut {
+        let n = self.cmds.load(Ordering::SeqCst) + 1;
+        let path = self.root.join(format!("send-{n}.jsonl"));
+        fs::write(&path, text).expect("write send file");
+        let p = path.to_str().expect("utf-8 temp path").to_owned();
+        self.cli(&["send"], &["--type", message_type, "--file", &p])
+    }
+
+    /// `send --type T --file -` with the bodies on stdin.
+    pub fn send_stdin(&self, message_type: &str, bodies: &[Value]) -> CmdOut {
+        let text = Self::jsonl(bodies);
+        self.cli_timeout(
+            &["send"],
+            &["--type", message_type, "--file", "-"],
+            Some(text.as_bytes()),
+            CLI_TIMEOUT,
+        )
+    }
+
+    /// `send --type T [--id ID] --body JSON`.
+    pub fn send_body(&self, message_type: &str, body: &Value, id: Option<&str>) -> CmdOut {
+        let body = serde_json::to_string(body).expect("serialize body");
+        let mut rest = vec!["--type", message_type];
+        if let Some(id) = id {
+            rest.extend(["--id", id]);
+        }
+        rest.extend(["--body", &body]);
+        self.cli(&["send"], &rest)
+    }
+
+    /// `storage counts --json`, parsed.
+    #[track_caller]
+    pub fn counts(&self) -> Counts {
+        let out = self.cli(&["storage", "counts"], &["--json"]);
+        out.assert_success();
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "`storage counts --json` printed no Counts object ({e}):\n{}",
+                out.stdout
+            )
+        })
+    }
+
+    /// `dead-letters list --json`, parsed.
+    #[track_caller]
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        let out = self.cli(&["dead-letters", "list"], &["--json"]);
+        out.assert_success();
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "`dead-letters list --json` printed no array of dead letters ({e}):\n{}",
+                out.stdout
+            )
+        })
+    }
+
+    // -- the database -------------------------------------------------------------
+
+    pub fn db(&self) -> Db {
+        Db {
+            path: self.db_path.clone(),
+            prefix: "jasper_".to_owned(),
+        }
+    }
+
+    /// Polls `probe` every [`POLL`] until `done` holds; panics after `timeout`
+    /// with the last observed value, or at once (with the host log) if the
+    /// spawned host exits meanwhile.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: F,
+        done: impl FnMut(&T) -> bool,
+    ) -> T
+    where
+        T: Debug,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        poll_until(what, timeout, POLL, probe, done, Some(self)).await
+    }
+
+    /// [`TestHost::wait_for`] with a chosen polling interval.
+    pub async fn wait_for_every<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+        probe: F,
+        done: impl FnMut(&T) -> bool,
+    ) -> T
+    where
+        T: Debug,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        poll_until(what, timeout, every, probe, done, Some(self)).await
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = self.child.lock()
+            && let Some(mut c) = slot.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== e2e: test failed; host dir {} ; tail of {} =====\n{}\n===== end of host log =====",
+                self.root.display(),
+                self.log_path.display(),
+                self.log_tail(80)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Polls `probe` every [`POLL`] until `done(&value)` holds and returns that
+/// value. Panics after `timeout` with `what` and the last observed value (or
+/// the last probe error). Bounded by count and time.
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    probe: F,
+    done: impl FnMut(&T) -> bool,
+) -> T
+where
+    T: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    poll_until(what, timeout, POLL, probe, done, None).await
+}
+
+async fn poll_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+    mut done: impl FnMut(&T) -> bool,
+    host: Option<&TestHost>,
+) -> T
+where
+    T: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let every = every.max(Duration::from_millis(1));
+    let max_polls = timeout.as_millis() / every.as_millis() + 2;
+    let mut last: Option<anyhow::Result<T>> = None;
+    let watch_host = host.filter(|h| h.is_running());
+    for _ in 0..max_polls {
+        match probe().await {
+            Ok(v) if done(&v) => return v,
+            other => last = Some(other),
+        }
+        if let Some(h) = watch_host
+            && let Some(st) = h.exit_status()
+        {
+            panic!(
+                "the host exited ({st}) after {:.1?} while waiting for {what}; last observed: {}\nhost log tail:\n{}",
+                start.elapsed(),
+                show_last(&last),
+                h.log_tail(60)
+            );
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    panic!(
+        "timed out after {:.1?} waiting for {what}; last observed: {}",
+        start.elapsed(),
+        show_last(&last)
+    );
+}
+
+fn show_last<T: Debug>(last: &Option<anyhow::Result<T>>) -> String {
+    match last {
+        None => "(nothing: no probe ran)".to_owned(),
+        Some(Ok(v)) => format!("{v:#?}"),
+        Some(Err(e)) => format!("error: {e:#}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Direct SQL (read-only)
+// ---------------------------------------------------------------------------
+
+/// Read-only access to a host's SQLite file. Every call opens its own
+/// connection, so no read snapshot outlives a query.
+#[derive(Clone, Debug)]
+pub struct Db {
+    path: PathBuf,
+    prefix: String,
+}
+
+/// One `jasper_state` row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRow {
+    pub value: Vec<u8>,
+    pub version: i64,
+}
+
+impl StateRow {
+    /// The value as JSON (state values are JSON bytes).
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_slice(&self.value).with_context(|| {
+            format!(
+                "state value is not JSON: {:?}",
+                String::from_utf8_lossy(&self.value)
+            )
+        })
+    }
+    /// The value as a JSON integer.
+    pub fn as_i64(&self) -> anyhow::Result<i64> {
+        match self.json()? {
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                .with_context(|| format!("state value {n} is not an integer")),
+            other => bail!("state value {other} is not a number"),
+        }
+    }
+}
+
+/// One `jasper_dead_letters` row (without the body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    pub id: String,
+    pub message_type: String,
+    pub error_kind: String,
+    pub error_message: Option<String>,
+    pub attempts: i64,
+}
+
+/// Row counts of `jasper_incoming` by (message_type, status), plus the other tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub incoming: BTreeMap<(String, String), i64>,
+    pub outgoing: i64,
+    pub dead_letters: i64,
+}
+
+impl Progress {
+    /// Rows of `message_type` with `status`.
+    pub fn get(&self, message_type: &str, status: &str) -> i64 {
+        self.incoming
+            .get(&(message_type.to_owned(), status.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+    /// Rows of `message_type` in any status.
+    pub fn of_type(&self, message_type: &str) -> i64 {
+        self.incoming
+            .iter()
+            .filter(|((t, _), _)| t == message_type)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Rows with `status`, any type.
+    pub fn with_status(&self, status: &str) -> i64 {
+        self.incoming
+            .iter()
+            .filter(|((_, s), _)| s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl Db {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn table(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<SqliteConnection> {
+        if !self.path.exists() {
+            bail!("no database file at {} (yet)", self.path.display());
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(10));
+        SqliteConnection::connect_with(&opts)
+            .await
+            .with_context(|| format!("open {} read-only", self.path.display()))
+    }
+
+    /// Runs a query returning one integer (e.g. `SELECT count(*) ...`), with
+    /// text binds.
+    pub async fn scalar(&self, sql: &str, binds: &[&str]) -> anyhow::Result<i64> {
+        let mut conn = self.connect().await?;
+        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()));
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let v = q
+            .fetch_one(&mut conn)
+            .await
+            .with_context(|| format!("query {sql}"))?;
+        conn.close().await.ok();
+        Ok(v)
+    }
+
+    /// `count(*)` of jasper_incoming with the given status and/or type.
+    pub async fn incoming_count(
+        &self,
+        status: Option<&str>,
+        message_type: Option<&str>,
+    ) -> anyhow::Result<i64> {
+        let mut sql = format!("SELECT count(*) FROM {} WHERE 1=1", self.table("incoming"));
+        let mut binds = Vec::new();
+        if let Some(s) = status {
+            sql.push_str(" AND status = ?");
+            binds.push(s);
+        }
+        if let Some(t) = message_type {
+            sql.push_str(" AND message_type = ?");
+            binds.push(t);
+        }
+        self.scalar(&sql, &binds).await
+    }
+
+    /// Counts of all message tables in one connection.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let mut conn = self.connect().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT message_type, status, count(*) AS n FROM {} GROUP BY message_type, status",
+            self.table("incoming")
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .context("count incoming")?;
+        let mut p = Progress::default();
+        for r in rows {
+            let t: String = r.try_get("message_type")?;
+            let s: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            p.incoming.insert((t, s), n);
+        }
+        p.outgoing = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.table("outgoing")
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .context("count outgoing")?;
+        p.dead_letters = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.table("dead_letters")
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .context("count dead letters")?;
+        conn.close().await.ok();
+        Ok(p)
+    }
+
+    /// All state rows of `plugin`: key -> (value, version).
+    pub async fn state(&self, plugin: &str) -> anyhow::Result<BTreeMap<String, StateRow>> {
+        let mut conn = self.connect().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT key, value, version FROM {} WHERE plugin = ?",
+            self.table("state")
+        )))
+        .bind(plugin)
+        .fetch_all(&mut conn)
+        .await
+        .context("read state")?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let key: String = r.try_get("key")?;
+            let value: Vec<u8> = r.try_get("value")?;
+            let version: i64 = r.try_get("version")?;
+            out.insert(key, StateRow { value, version });
+        }
+        conn.close().await.ok();
+        Ok(out)
+    }
+
+    /// One state row.
+    pub async fn state_get(&self, plugin: &str, key: &str) -> anyhow::Result<Option<StateRow>> {
+        let mut conn = self.connect().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT value, version FROM {} WHERE plugin = ? AND key = ?",
+            self.table("state")
+        )))
+        .bind(plugin)
+        .bind(key)
+        .fetch_optional(&mut conn)
+        .await
+        .context("read state row")?;
+        conn.close().await.ok();
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(StateRow {
+                value: r.try_get("value")?,
+                version: r.try_get("version")?,
+            })),
+        }
+    }
+
+    /// All dead letters (without bodies), oldest first.
+    pub async fn dead_letter_rows(&self) -> anyhow::Result<Vec<DeadLetterRow>> {
+        let mut conn = self.connect().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, message_type, error_kind, error_message, attempts FROM {} ORDER BY failed_at, id",
+            self.table("dead_letters")
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .context("read dead letters")?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(DeadLetterRow {
+                id: r.try_get("id")?,
+                message_type: r.try_get("message_type")?,
+                error_kind: r.try_get("error_kind")?,
+                error_message: r.try_get("error_message")?,
+                attempts: r.try_get("attempts")?,
+            });
+        }
+        conn.close().await.ok();
+        Ok(out)
+    }
+
+    /// (id, status, attempts) of the incoming rows of `message_type`.
+    pub async fn incoming_rows(
+        &self,
+        message_type: &str,
+    ) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let mut conn = self.connect().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, status, attempts FROM {} WHERE message_type = ? ORDER BY id",
+            self.table("incoming")
+        )))
+        .bind(message_type)
+        .fetch_all(&mut conn)
+        .await
+        .context("read incoming rows")?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.try_get("id")?,
+                r.try_get("status")?,
+                r.try_get("attempts")?,
+            ));
+        }
+        conn.close().await.ok();
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Message bodies of the example plugins
+// ---------------------------------------------------------------------------
+
+/// A `PlaceOrder` body.
+pub fn place_order(order_id: &str, amount_cents: u64, remind_after_ms: u64) -> Value {
+    json!({
+        "order_id": order_id,
+        "customer": "e2e",
+        "amount_cents": amount_cents,
+        "remind_after_ms": remind_after_ms,
+    })
+}
+
+/// Ten days: reminders that stay `scheduled` for the whole test.
+pub const REMIND_LATER_MS: u64 = 10 * 24 * 3600 * 1000;

@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 BIN=target/release/jasper-host
 CONFIG=examples/jasper.toml
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [[ -t 1 ]]; then
+    step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n==> %s\n' "$*"; }
+fi
 
 if [[ ! -x $BIN ]]; then
     echo "missing $BIN: run 'make build' (or just 'make quickstart')" >&2
@@ -45,9 +49,26 @@ step "Plugins in ./plugins (each .wasm is a message handler)"
 
 step "Starting the host in the background (its log: $LOG)"
 echo "$BIN run --config $CONFIG &"
-RUST_LOG=${RUST_LOG:-info} "$BIN" run --config "$CONFIG" >"$LOG" 2>&1 &
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$BIN" run --config "$CONFIG" >"$LOG" 2>&1 &
 HOST_PID=$!
 echo "host pid $HOST_PID"
+
+# The host creates its tables on start: wait until the store answers.
+ready=
+for _ in $(seq 1 150); do  # at most ~30 s
+    if ! kill -0 "$HOST_PID" 2>/dev/null; then
+        echo "the host exited; its log:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+    if "$BIN" storage counts --config "$CONFIG" --json >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.2
+done
+if [[ -z $ready ]]; then
+    echo "the message store did not become ready within 30 s; host log:" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+fi
 
 # A database may remain from an earlier run: measure from where it stands.
 handled_before=$(count handled)

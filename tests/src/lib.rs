@@ -71,9 +71,15 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Newest modification time of the files under `paths` (files or folders).
-fn newest_mtime(paths: &[PathBuf]) -> Option<(SystemTime, PathBuf)> {
-    fn walk(p: &Path, best: &mut Option<(SystemTime, PathBuf)>, budget: &mut u32) {
-        if *budget == 0 {
+/// `skip` folders are not looked into.
+fn newest_mtime(paths: &[PathBuf], skip: &[PathBuf]) -> Option<(SystemTime, PathBuf)> {
+    fn walk(
+        p: &Path,
+        skip: &[PathBuf],
+        best: &mut Option<(SystemTime, PathBuf)>,
+        budget: &mut u32,
+    ) {
+        if *budget == 0 || skip.iter().any(|s| s == p) {
             return;
         }
         *budget -= 1;
@@ -81,7 +87,7 @@ fn newest_mtime(paths: &[PathBuf]) -> Option<(SystemTime, PathBuf)> {
         if md.is_dir() {
             let Ok(rd) = fs::read_dir(p) else { return };
             for e in rd.flatten() {
-                walk(&e.path(), best, budget);
+                walk(&e.path(), skip, best, budget);
             }
         } else if let Ok(m) = md.modified()
             && best.as_ref().is_none_or(|(b, _)| m > *b)
@@ -92,13 +98,13 @@ fn newest_mtime(paths: &[PathBuf]) -> Option<(SystemTime, PathBuf)> {
     let mut best = None;
     let mut budget = 10_000;
     for p in paths {
-        walk(p, &mut best, &mut budget);
+        walk(p, skip, &mut best, &mut budget);
     }
     best
 }
 
 /// Panics unless `artifact` exists and is newer than every file of `sources`.
-fn check_artifact(artifact: &Path, what: &str, sources: &[PathBuf], build: &str) {
+fn check_artifact(artifact: &Path, what: &str, sources: &[PathBuf], skip: &[PathBuf], build: &str) {
     let md = fs::metadata(artifact).unwrap_or_else(|e| {
         panic!(
             "{what} not found at {} ({e}).\nBuild it first, from {}:\n    {build}",
@@ -109,7 +115,7 @@ fn check_artifact(artifact: &Path, what: &str, sources: &[PathBuf], build: &str)
     if std::env::var_os("E2E_ALLOW_STALE").is_some() {
         return;
     }
-    if let (Ok(built), Some((src_time, src))) = (md.modified(), newest_mtime(sources))
+    if let (Ok(built), Some((src_time, src))) = (md.modified(), newest_mtime(sources, skip))
         && src_time > built
     {
         panic!(
@@ -138,6 +144,8 @@ pub fn host_bin() -> PathBuf {
             root.join("host/Cargo.toml"),
             root.join("wit"),
         ],
+        // other binaries (jasper-bench) do not go into jasper-host
+        &[root.join("host/src/bin")],
         "make build      # = cargo build --release -p jasper-host",
     );
     bin
@@ -158,6 +166,7 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
         &wasm,
         &format!("the plugin {name}.wasm"),
         &[src, root.join("guest-sdk/src"), root.join("wit")],
+        &[],
         "make plugins",
     );
     wasm
@@ -1283,3 +1292,141 @@ pub fn place_order(order_id: &str, amount_cents: u64, remind_after_ms: u64) -> V
 
 /// Ten days: reminders that stay `scheduled` for the whole test.
 pub const REMIND_LATER_MS: u64 = 10 * 24 * 3600 * 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_renders_sections_in_contract_order_with_escaping() {
+        let c = HostConfig::new()
+            .max_attempts(2)
+            .heartbeat_ms(200)
+            .memory_mb(32)
+            .set("node", "name", "a \"quoted\" \\ name");
+        let text = c.render();
+        let pos = |s: &str| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s} missing in\n{text}"))
+        };
+        assert!(pos("[node]") < pos("[storage]"));
+        assert!(pos("[storage]") < pos("[plugins]"));
+        assert!(pos("[plugins]") < pos("[handling]"));
+        assert!(pos("[handling]") < pos("[durability]"));
+        assert!(text.contains("max_attempts = 2\n"), "{text}");
+        assert!(text.contains("memory_mb = 32\n"), "{text}");
+        assert!(text.contains(r#"name = "a \"quoted\" \\ name""#), "{text}");
+        assert!(text.contains(r#"url = "sqlite://jasper.db""#), "{text}");
+        let dir = Path::new("/x");
+        assert_eq!(c.sqlite_path(dir), Some(PathBuf::from("/x/jasper.db")));
+        let abs = HostConfig::new().set("storage", "url", "sqlite:///data/j.db?mode=rwc");
+        assert_eq!(abs.sqlite_path(dir), Some(PathBuf::from("/data/j.db")));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc", 2), "[... 1 earlier lines ...]\nb\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    /// The read-only helpers work on a WAL-mode file another connection writes,
+    /// and report a missing file as an error (not as zero rows).
+    #[tokio::test]
+    async fn db_reads_a_wal_database_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jasper.db");
+        let db = Db {
+            path: path.clone(),
+            prefix: "jasper_".to_owned(),
+        };
+        let err = db.progress().await.unwrap_err();
+        assert!(format!("{err:#}").contains("no database file"), "{err:#}");
+
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut w = SqliteConnection::connect_with(&opts).await.unwrap();
+        for sql in [
+            "CREATE TABLE jasper_incoming (id TEXT PRIMARY KEY, status TEXT, owner_id INTEGER, execute_at INTEGER, attempts INTEGER, message_type TEXT, destination TEXT, received_at TEXT, keep_until INTEGER, body BLOB)",
+            "CREATE TABLE jasper_outgoing (id TEXT PRIMARY KEY, owner_id INTEGER, destination TEXT, deliver_by INTEGER, attempts INTEGER, message_type TEXT, body BLOB)",
+            "CREATE TABLE jasper_dead_letters (id TEXT PRIMARY KEY, message_type TEXT, received_at TEXT, source TEXT, error_kind TEXT, error_message TEXT, failed_at INTEGER, attempts INTEGER, replayable INTEGER, body BLOB)",
+            "CREATE TABLE jasper_state (plugin TEXT, key TEXT, value BLOB, version INTEGER, PRIMARY KEY (plugin, key))",
+            "INSERT INTO jasper_incoming (id, status, attempts, message_type) VALUES ('1', 'handled', 0, 'A'), ('2', 'incoming', 0, 'A'), ('3', 'scheduled', 0, 'B')",
+            "INSERT INTO jasper_dead_letters (id, message_type, error_kind, error_message, failed_at, attempts) VALUES ('9', 'C', 'panic', 'boom', 1, 2)",
+            "INSERT INTO jasper_state VALUES ('audit', 'count', CAST('12' AS BLOB), 3), ('audit', 'seen/x', CAST('1' AS BLOB), 1)",
+        ] {
+            sqlx::query(sql).execute(&mut w).await.unwrap();
+        }
+        // Read while the writer's connection is open (WAL + shm exist) ...
+        let p = db.progress().await.unwrap();
+        assert_eq!(p.get("A", "handled"), 1);
+        assert_eq!(p.of_type("A"), 2);
+        assert_eq!(p.with_status("scheduled"), 1);
+        assert_eq!((p.outgoing, p.dead_letters), (0, 1));
+        assert_eq!(
+            db.incoming_count(Some("incoming"), Some("A"))
+                .await
+                .unwrap(),
+            1
+        );
+        let st = db.state("audit").await.unwrap();
+        assert_eq!(st["count"].as_i64().unwrap(), 12);
+        assert_eq!(st["count"].version, 3);
+        assert_eq!(
+            db.state_get("audit", "seen/x")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_i64()
+                .unwrap(),
+            1
+        );
+        assert_eq!(db.state_get("audit", "nope").await.unwrap(), None);
+        let dl = db.dead_letter_rows().await.unwrap();
+        assert_eq!(dl[0].error_kind, "panic");
+        assert_eq!(dl[0].attempts, 2);
+        // ... and after it closed (the WAL checkpointed and removed).
+        w.close().await.unwrap();
+        assert_eq!(db.incoming_rows("A").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn wait_until_returns_the_value_or_panics_with_the_last_one() {
+        let mut n = 0;
+        let v = wait_until(
+            "n to reach 3",
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                let v = n;
+                async move { Ok(v) }
+            },
+            |v| *v >= 3,
+        )
+        .await;
+        assert_eq!(v, 3);
+
+        let r = tokio::spawn(async {
+            wait_until(
+                "never",
+                Duration::from_millis(100),
+                || async { Ok(41) },
+                |v| *v == 42,
+            )
+            .await
+        })
+        .await;
+        let msg = match r {
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                p.downcast_ref::<String>().cloned().unwrap_or_default()
+            }
+            other => panic!("wait_until should have panicked: {other:?}"),
+        };
+        assert!(
+            msg.contains("timed out") && msg.contains("never") && msg.contains("41"),
+            "{msg}"
+        );
+    }
+}

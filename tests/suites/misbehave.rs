@@ -35,17 +35,13 @@ async fn panic_spin_membomb_are_dead_lettered_and_ok_messages_pass() {
     let db = host.db();
     let p = host
         .wait_for(
-            "50 test.Ok handled and 3 dead letters",
+            "no work left (nothing incoming, no retry scheduled)",
             Duration::from_secs(120),
             || db.progress(),
-            |p| {
-                p.get("test.Ok", "handled") == 50
-                    && p.dead_letters >= 3
-                    && p.with_status("incoming") == 0
-                    && p.with_status("scheduled") == 0
-            },
+            |p| p.with_status("incoming") == 0 && p.with_status("scheduled") == 0,
         )
         .await;
+    assert_eq!(p.get("test.Ok", "handled"), 50, "{p:?}");
     assert_eq!(p.dead_letters, 3, "{p:?}");
 
     let state = db.state("misbehave").await.unwrap();
@@ -111,25 +107,43 @@ async fn reject_goes_to_dead_letters_at_once_and_flaky_succeeds_on_retry() {
         .assert_sent(1);
     host.send_body("test.Flaky", &json!({"n": 8, "fail_times": 1}), None)
         .assert_sent(1);
+    // Fails on both of its max_attempts = 2 tries: dead letters, kind `failed`.
+    host.send_body("test.Flaky", &json!({"n": 9, "fail_times": 2}), None)
+        .assert_sent(1);
 
     let db = host.db();
     let p = host
         .wait_for(
-            "test.Reject dead-lettered and test.Flaky handled",
+            "no work left (nothing incoming, no retry scheduled)",
             Duration::from_secs(60),
             || db.progress(),
-            |p| p.dead_letters >= 1 && p.get("test.Flaky", "handled") == 1,
+            |p| p.with_status("incoming") == 0 && p.with_status("scheduled") == 0,
         )
         .await;
-    assert_eq!(p.dead_letters, 1, "{p:?}");
+    assert_eq!(p.get("test.Flaky", "handled"), 1, "{p:?}");
+    assert_eq!(p.dead_letters, 2, "{p:?}");
 
     let dls = host.dead_letters();
-    assert_eq!(dls.len(), 1, "{dls:#?}");
-    assert_eq!(dls[0].message_type, "test.Reject", "{dls:?}");
-    assert_eq!(dls[0].error_kind, "rejected", "{dls:?}");
-    assert_eq!(dls[0].attempts, 1, "a rejection is not retried: {dls:?}");
-    let msg = dls[0].error_message.clone().unwrap_or_default();
+    assert_eq!(dls.len(), 2, "{dls:#?}");
+    let reject = dls
+        .iter()
+        .find(|d| d.message_type == "test.Reject")
+        .unwrap_or_else(|| panic!("no dead letter of test.Reject: {dls:#?}"));
+    assert_eq!(reject.error_kind, "rejected", "{reject:?}");
+    assert_eq!(reject.attempts, 1, "a rejection is not retried: {reject:?}");
+    let msg = reject.error_message.clone().unwrap_or_default();
     assert!(msg.contains("rejected 7"), "error_message {msg:?}");
+    let failed = dls
+        .iter()
+        .find(|d| d.message_type == "test.Flaky")
+        .unwrap_or_else(|| panic!("no dead letter of test.Flaky n=9: {dls:#?}"));
+    assert_eq!(failed.error_kind, "failed", "{failed:?}");
+    assert_eq!(failed.attempts, 2, "max_attempts = 2: {failed:?}");
+    assert_eq!(
+        db.state_get("misbehave", "flaky/9").await.unwrap(),
+        None,
+        "flaky/9 never succeeded"
+    );
 
     let flaky = db
         .state_get("misbehave", "flaky/8")

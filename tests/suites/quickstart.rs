@@ -30,17 +30,26 @@ async fn thousand_orders_are_handled_once_each() {
     let n = N as i64;
     let p = host
         .wait_for(
-            "1000 PlaceOrder and 1000 OrderPlaced handled, nothing incoming",
+            "no work left (nothing incoming, no retry scheduled, outgoing empty)",
             Duration::from_secs(180),
             || db.progress(),
             |p| {
-                p.get("PlaceOrder", "handled") == n
-                    && p.get("OrderPlaced", "handled") == n
-                    && p.with_status("incoming") == 0
+                p.with_status("incoming") == 0
+                    && p.with_status("scheduled") == p.get("OrderReminder", "scheduled")
                     && p.outgoing == 0
             },
         )
         .await;
+    assert_eq!(
+        p.get("PlaceOrder", "handled"),
+        n,
+        "PlaceOrder handled: {p:?}"
+    );
+    assert_eq!(
+        p.get("OrderPlaced", "handled"),
+        n,
+        "OrderPlaced handled: {p:?}"
+    );
     assert_eq!(
         p.dead_letters,
         0,

@@ -59,7 +59,7 @@ async fn commit_probe(dir: &std::path::Path, secs: f64) -> anyhow::Result<f64> {
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full),
         )
         .await?;
-    sqlx::query("CREATE TABLE p (id INTEGER PRIMARY KEY, v BLOB)")
+    sqlx::query("CREATE TABLE IF NOT EXISTS p (id INTEGER PRIMARY KEY, v BLOB)")
         .execute(&pool)
         .await?;
     let start = Instant::now();
@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("only {} of {} handled after 600 s", c.handled, a.messages);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let handled = a.messages as f64 / t.elapsed().as_secs_f64();
     host.shutdown().await?;

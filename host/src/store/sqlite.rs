@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -59,11 +59,9 @@ impl Tables {
 /// Pre-built statements (table names are configuration, checked to be plain identifiers).
 #[derive(Debug)]
 struct Sql {
-    insert_incoming: Arc<str>,
     claim: Arc<str>,
     next_scheduled: Arc<str>,
     read_state: Arc<str>,
-    mark_handled: Arc<str>,
     retry: Arc<str>,
     delete_incoming: Arc<str>,
     insert_dead: Arc<str>,
@@ -80,10 +78,6 @@ impl Sql {
         let (inc, dl, st) = (&t.incoming, &t.dead_letters, &t.state);
         let s = |x: String| -> Arc<str> { x.into() };
         Sql {
-            insert_incoming: s(format!(
-                "INSERT INTO {inc} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING"
-            )),
             // Ready rows first in id (= time) order, then due scheduled rows.
             claim: s(format!(
                 "UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}' WHERE id IN ( \
@@ -98,9 +92,6 @@ impl Sql {
             )),
             read_state: s(format!(
                 "SELECT value, version FROM {st} WHERE plugin = ?1 AND key = ?2"
-            )),
-            mark_handled: s(format!(
-                "UPDATE {inc} SET status = '{STATUS_HANDLED}', keep_until = ?2, owner_id = 0 WHERE id = ?1"
             )),
             retry: s(format!(
                 "UPDATE {inc} SET owner_id = 0, attempts = ?2, execute_at = ?3, \
@@ -170,7 +161,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // 64 MiB of page cache per connection: the inbox's hot pages stay in memory.
+            .pragma("cache_size", "-65536");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -317,7 +310,7 @@ impl MessageStore for SqliteStore {
             return Ok(report);
         }
         let mut tx = self.begin().await?;
-        insert_rows(&mut tx, &self.sql, rows, &mut report).await?;
+        insert_rows(&mut tx, &self.tables, rows, &mut report).await?;
         tx.commit()
             .await
             .map_err(StoreError::db("insert incoming"))?;
@@ -445,15 +438,8 @@ impl MessageStore for SqliteStore {
             }
         }
         let mut report = InsertReport::default();
-        insert_rows(&mut tx, sql, &batch.new_incoming, &mut report).await?;
-        for (id, keep_until) in &batch.handled {
-            q(&sql.mark_handled)
-                .bind(id.to_string())
-                .bind(keep_until)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::db(op))?;
-        }
+        insert_rows(&mut tx, &self.tables, &batch.new_incoming, &mut report).await?;
+        mark_handled(&mut tx, &self.tables, &batch.handled).await?;
         for r in &batch.retries {
             q(&sql.retry)
                 .bind(r.id.to_string())
@@ -726,35 +712,80 @@ impl MessageStore for SqliteStore {
     }
 }
 
+/// Rows per multi-row statement (8 parameters each, far below SQLite's limit).
+const CHUNK: usize = 500;
+
+/// Insert rows with multi-row statements; ids already present are reported
+/// as duplicates (the inbox dedupes by id).
 async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
-    sql: &Sql,
+    tables: &Tables,
     rows: &[NewIncoming],
     report: &mut InsertReport,
 ) -> StoreResult<()> {
-    for row in rows {
-        let status = if row.execute_at.is_some() {
-            STATUS_SCHEDULED
-        } else {
-            STATUS_INCOMING
-        };
-        let n = q(&sql.insert_incoming)
-            .bind(row.id.to_string())
-            .bind(status)
-            .bind(row.owner_id)
-            .bind(row.execute_at)
-            .bind(row.attempts as i64)
-            .bind(&row.message_type)
-            .bind(&row.destination)
-            .bind(&row.body)
-            .execute(&mut **tx)
+    for chunk in rows.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT INTO {} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) ",
+            tables.incoming
+        ));
+        qb.push_values(chunk, |mut b, row| {
+            let status = if row.execute_at.is_some() {
+                STATUS_SCHEDULED
+            } else {
+                STATUS_INCOMING
+            };
+            b.push_bind(row.id.to_string())
+                .push_bind(status)
+                .push_bind(row.owner_id)
+                .push_bind(row.execute_at)
+                .push_bind(row.attempts as i64)
+                .push_bind(row.message_type.clone())
+                .push_bind(row.destination.clone())
+                .push_bind(row.body.clone());
+        });
+        qb.push(" ON CONFLICT(id) DO NOTHING RETURNING id");
+        let inserted: Vec<String> = qb
+            .build_query_scalar()
+            .fetch_all(&mut **tx)
             .await
-            .map_err(StoreError::db("insert incoming"))?
-            .rows_affected();
-        if n == 0 {
-            report.duplicates.push(row.id);
-        } else {
-            report.inserted += 1;
+            .map_err(StoreError::db("insert incoming"))?;
+        report.inserted += inserted.len();
+        if inserted.len() < chunk.len() {
+            let set: std::collections::HashSet<&str> =
+                inserted.iter().map(String::as_str).collect();
+            report.duplicates.extend(
+                chunk
+                    .iter()
+                    .map(|r| r.id)
+                    .filter(|id| !set.contains(id.to_string().as_str())),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Mark rows handled, one statement per chunk of ids.
+async fn mark_handled(
+    tx: &mut Transaction<'static, Sqlite>,
+    tables: &Tables,
+    handled: &[(Uuid, i64)],
+) -> StoreResult<()> {
+    let mut by_keep: std::collections::BTreeMap<i64, Vec<Uuid>> = Default::default();
+    for (id, keep) in handled {
+        by_keep.entry(*keep).or_default().push(*id);
+    }
+    for (keep, ids) in by_keep {
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {} SET status = '{STATUS_HANDLED}', keep_until = ?1, owner_id = 0 WHERE id IN ({})",
+                tables.incoming,
+                ids_list(chunk)
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(keep)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::db("mark handled"))?;
         }
     }
     Ok(())

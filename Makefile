@@ -20,8 +20,10 @@ plugins:
 	rustup target add wasm32-wasip2
 	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 
+# The whole default workspace, not `-p jasper-host`: the same feature set as
+# `cargo test --release`, so the heavy crates (wasmtime, sqlx) build once.
 build:
-	$(CARGO) build --release -p jasper-host
+	$(CARGO) build --release
 
 test: plugins build
 	$(CARGO) test --release
@@ -32,5 +34,5 @@ quickstart: plugins build
 	cp $(PLUGIN_DIR)/orders.wasm $(PLUGIN_DIR)/audit.wasm plugins/
 	bash scripts/quickstart.sh
 
-bench:
-	$(CARGO) run --release -p jasper-host --bin jasper-bench
+bench: plugins build
+	./target/release/jasper-bench --noop $(PLUGIN_DIR)/noop.wasm

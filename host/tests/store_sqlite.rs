@@ -79,7 +79,7 @@ async fn commit_marks_handled_writes_state_and_inserts_new_messages_together() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let a = row("local://a");
-    s.insert_incoming(&[a.clone()]).await.unwrap();
+    s.insert_incoming(std::slice::from_ref(&a)).await.unwrap();
     s.claim_incoming(1, 0, 10).await.unwrap();
     let new = row("local://b");
     let batch = CommitBatch {
@@ -100,7 +100,10 @@ async fn commit_marks_handled_writes_state_and_inserts_new_messages_together() {
     assert_eq!((st.value.as_slice(), st.version), (&b"1"[..], 1));
     // The handled row still dedupes.
     assert_eq!(
-        s.insert_incoming(&[a.clone()]).await.unwrap().duplicates,
+        s.insert_incoming(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .duplicates,
         vec![a.id]
     );
     // Until its keep window ends.
@@ -114,7 +117,7 @@ async fn a_stale_state_version_fails_the_whole_commit() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir).await;
     let a = row("local://a");
-    s.insert_incoming(&[a.clone()]).await.unwrap();
+    s.insert_incoming(std::slice::from_ref(&a)).await.unwrap();
     let write = |expected| StateWrite {
         plugin: "p".into(),
         key: "k".into(),

@@ -266,7 +266,7 @@ impl Worker {
             let msg = format!("no plugin named '{name}' is loaded");
             return (Err(Failure::NoHandler(msg)), state);
         };
-        if !plugin.subscriptions.iter().any(|t| *t == env.message_type) {
+        if !plugin.subscriptions.contains(&env.message_type) {
             let msg = format!(
                 "plugin '{name}' does not handle message type '{}'",
                 env.message_type

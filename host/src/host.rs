@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::durability;
-use crate::handling::Worker;
+use crate::handling::{BatchEvent, Worker, local_row};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{self, MessageStore};
 
@@ -23,6 +23,8 @@ pub struct Host {
     pub store: Arc<dyn MessageStore>,
     pub runtime: Arc<Runtime>,
     pub plugins: Arc<Plugins>,
+    events: broadcast::Sender<Arc<BatchEvent>>,
+    wake: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -55,6 +57,7 @@ impl Host {
             .await?;
         let (shutdown, rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
+        let (events, _) = broadcast::channel(4096);
         let worker = Worker {
             store: store.clone(),
             runtime: runtime.clone(),
@@ -62,6 +65,7 @@ impl Host {
             config: config.handling.clone(),
             node_id,
             wake: wake.clone(),
+            events: events.clone(),
         };
         let tasks = vec![
             tokio::spawn(worker.run(rx.clone())),
@@ -69,7 +73,7 @@ impl Host {
                 store.clone(),
                 node_id,
                 config.durability.clone(),
-                wake,
+                wake.clone(),
                 rx,
             )),
         ];
@@ -79,9 +83,53 @@ impl Host {
             store,
             runtime,
             plugins,
+            events,
+            wake,
             shutdown,
             tasks,
         })
+    }
+
+    /// Committed batches, as they happen (for tracked sessions and tests).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<BatchEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Write a message into the inbox, one copy per subscribing plugin, and
+    /// wake the worker. Returns the envelopes written (a duplicate id writes
+    /// nothing and returns an empty list).
+    pub async fn send(
+        &self,
+        message_type: &str,
+        body: Vec<u8>,
+        id: Option<uuid::Uuid>,
+    ) -> anyhow::Result<Vec<crate::Envelope>> {
+        let envelopes = crate::sending::envelopes_for(
+            self.plugins.router(),
+            message_type,
+            body,
+            id,
+            None,
+            "host",
+        )?;
+        let rows: Vec<_> = envelopes.iter().map(local_row).collect();
+        let report = self.store.insert_incoming(&rows).await?;
+        self.wake.notify_one();
+        Ok(envelopes
+            .into_iter()
+            .filter(|e| !report.duplicates.contains(&e.id))
+            .collect())
+    }
+
+    /// Drop and recreate every message-store object: the test set-up of
+    /// Jasper's `RebuildMessageSchema()`.
+    pub async fn rebuild_message_schema(&self) -> anyhow::Result<()> {
+        Ok(self.store.rebuild().await?)
+    }
+
+    /// Delete every persisted message of every kind (state stays).
+    pub async fn clear_all_persisted_messages(&self) -> anyhow::Result<()> {
+        Ok(self.store.clear().await?)
     }
 
     /// Finish the batch in hand, stop every task and deregister the node.

@@ -9,6 +9,8 @@
 //! - [`handling`]: a batch of messages through their handlers into one commit.
 //! - [`durability`]: heartbeat, recovery of dead nodes' messages, cleanup.
 //! - [`host`]: all of the above started together, in-process.
+//! - [`sending`]: messages entering from outside a handler.
+//! - [`testing`]: tracked sessions for tests of a host in-process.
 //! - [`cli`]: the `jasper-host` command line.
 
 pub mod cli;
@@ -18,7 +20,9 @@ pub mod envelope;
 pub mod handling;
 pub mod host;
 pub mod runtime;
+pub mod sending;
 pub mod store;
+pub mod testing;
 
 pub use config::Config;
 pub use envelope::Envelope;

@@ -10,9 +10,9 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::ConfigArg;
-use crate::envelope::Envelope;
 use crate::handling::local_row;
 use crate::runtime::Runtime;
+use crate::sending::envelopes_for;
 use crate::store;
 
 #[derive(Debug, Args)]
@@ -92,46 +92,29 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<()> {
         .load_dir(&cfg.plugins.dir)
         .await
         .with_context(|| format!("loading plugins from {}", cfg.plugins.dir.display()))?;
-    let destinations = plugins.router().publish_destinations(&args.message_type);
-    if destinations.is_empty() {
-        let known: Vec<&str> = plugins.router().message_types().collect();
-        let mut msg = format!(
-            "no plugin in {} handles message type '{}' (known types: {}); nothing was sent",
-            cfg.plugins.dir.display(),
-            args.message_type,
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        );
-        for e in &errors {
-            msg.push_str(&format!("\n  also: {e}"));
-        }
-        bail!(msg);
-    }
-    let mut rows = Vec::with_capacity(bodies.len() * destinations.len());
+    let mut rows = Vec::with_capacity(bodies.len());
     for body in &bodies {
-        let base = args.id.unwrap_or_else(Uuid::now_v7);
-        for (k, dest) in destinations.iter().enumerate() {
-            // One copy per subscriber; later copies get ids derived from the
-            // first, so sending the same --id again is still a duplicate.
-            let id = if k == 0 {
-                base
-            } else {
-                Uuid::new_v5(&base, dest.as_bytes())
-            };
-            let mut env = Envelope::new(args.message_type.clone(), body.as_bytes().to_vec());
-            env.id = id;
-            env.destination = Some(dest.clone());
-            env.source = Some("cli".into());
-            env.correlation_id = Some(
-                args.correlation_id
-                    .clone()
-                    .unwrap_or_else(|| base.to_string()),
-            );
-            rows.push(local_row(&env));
-        }
+        let envelopes = match envelopes_for(
+            plugins.router(),
+            &args.message_type,
+            body.as_bytes().to_vec(),
+            args.id,
+            args.correlation_id.as_deref(),
+            "cli",
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                let mut msg = format!(
+                    "{e}; nothing was sent (plugin folder {})",
+                    cfg.plugins.dir.display()
+                );
+                for e in &errors {
+                    msg.push_str(&format!("\n  also: {e}"));
+                }
+                bail!(msg);
+            }
+        };
+        rows.extend(envelopes.iter().map(local_row));
     }
     let store = store::open(&cfg.storage).await?;
     store.migrate().await?;

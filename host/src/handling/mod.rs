@@ -10,8 +10,9 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
 
 use crate::config::HandlingConfig;
 use crate::envelope::{Envelope, now_ms};
@@ -34,6 +35,19 @@ pub struct BatchReport {
     pub reruns: usize,
 }
 
+/// What a committed batch did, for observers such as tracked sessions.
+#[derive(Debug, Clone, Default)]
+pub struct BatchEvent {
+    /// Messages handled successfully.
+    pub handled: Vec<Envelope>,
+    /// Messages their handlers sent, published or scheduled.
+    pub sent: Vec<Envelope>,
+    /// Messages that failed and will be tried again.
+    pub retried: Vec<Uuid>,
+    /// Messages moved to dead letters.
+    pub dead_lettered: Vec<DeadLetter>,
+}
+
 /// The message loop of one node.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -44,6 +58,8 @@ pub struct Worker {
     pub node_id: i64,
     /// Woken when new local messages may be waiting.
     pub wake: Arc<Notify>,
+    /// Committed batches are announced here when anyone listens.
+    pub events: broadcast::Sender<Arc<BatchEvent>>,
 }
 
 /// Turn a handler's sent envelope into an inbox row (local queues).
@@ -128,7 +144,7 @@ impl Worker {
     ) -> BatchReport {
         let mut reruns = 0;
         loop {
-            let (commit, mut report) = self.run_rows(rows).await;
+            let (commit, mut report, event) = self.run_rows(rows).await;
             report.reruns = reruns;
             let mut backoff = Duration::from_millis(50);
             loop {
@@ -136,6 +152,10 @@ impl Worker {
                     Ok(()) => {
                         if report.sent > 0 || report.retried > 0 {
                             self.wake.notify_one();
+                        }
+                        if let Some(event) = event {
+                            // Nobody listening is fine.
+                            let _ = self.events.send(Arc::new(event));
                         }
                         return report;
                     }
@@ -161,7 +181,11 @@ impl Worker {
     }
 
     /// Run every row's handler and gather the batch's commit.
-    async fn run_rows(&self, rows: &[ClaimedRow]) -> (CommitBatch, BatchReport) {
+    async fn run_rows(
+        &self,
+        rows: &[ClaimedRow],
+    ) -> (CommitBatch, BatchReport, Option<BatchEvent>) {
+        let mut event = (self.events.receiver_count() > 0).then(BatchEvent::default);
         let now = now_ms();
         let keep_until =
             now.saturating_add(i64::try_from(self.config.keep_handled_ms).unwrap_or(i64::MAX));
@@ -198,6 +222,10 @@ impl Worker {
                     report.sent += sent.len();
                     commit.handled.push((row.id, keep_until));
                     commit.new_incoming.extend(sent.iter().map(local_row));
+                    if let Some(ev) = event.as_mut() {
+                        ev.handled.extend(envelope);
+                        ev.sent.extend(sent);
+                    }
                 }
                 Err(failure) => match decide(&failure, row.attempts, &self.config, now) {
                     Disposition::Retry {
@@ -212,6 +240,9 @@ impl Worker {
                             attempts,
                             execute_at,
                         });
+                        if let Some(ev) = event.as_mut() {
+                            ev.retried.push(row.id);
+                        }
                     }
                     Disposition::DeadLetter {
                         attempts,
@@ -221,7 +252,7 @@ impl Worker {
                     } => {
                         warn!(message_id = %row.id, kind, %message, attempts, "moved to dead letters");
                         report.dead_lettered += 1;
-                        commit.dead_letters.push(DeadLetter {
+                        let dead = DeadLetter {
                             id: row.id,
                             message_type: envelope
                                 .as_ref()
@@ -235,7 +266,11 @@ impl Worker {
                             attempts,
                             replayable,
                             body: row.body.clone(),
-                        });
+                        };
+                        if let Some(ev) = event.as_mut() {
+                            ev.dead_lettered.push(dead.clone());
+                        }
+                        commit.dead_letters.push(dead);
                     }
                 },
             }
@@ -243,7 +278,7 @@ impl Worker {
         let (writes, checks) = state.into_commit();
         commit.state_writes = writes;
         commit.state_checks = checks;
-        (commit, report)
+        (commit, report, event)
     }
 
     /// One message through its plugin. Returns what it sent, or why it failed.

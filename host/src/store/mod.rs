@@ -3,6 +3,8 @@
 //! backend chosen by the `[storage] url` scheme. Owns no policy: what to retry
 //! or dead-letter is decided in `handling`; the store only makes it durable.
 
+mod mysql;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -71,6 +73,31 @@ pub struct NewIncoming {
     pub execute_at: Option<i64>,
     pub attempts: u32,
     /// The encoded envelope.
+    pub body: Vec<u8>,
+}
+
+/// A new row for the outgoing table: a message for a remote destination,
+/// written in the handler's transaction and deleted once the peer confirms.
+#[derive(Debug, Clone)]
+pub struct NewOutgoing {
+    pub id: Uuid,
+    pub destination: String,
+    pub deliver_by: Option<i64>,
+    pub attempts: u32,
+    pub message_type: String,
+    /// The node that will send it; 0 lets any node take it.
+    pub owner_id: i64,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+}
+
+/// An outgoing row taken for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRow {
+    pub id: Uuid,
+    pub destination: String,
+    pub deliver_by: Option<i64>,
+    pub attempts: u32,
     pub body: Vec<u8>,
 }
 
@@ -148,6 +175,8 @@ pub struct CommitBatch {
     /// Incoming ids to mark handled, kept until the given time (ms).
     pub handled: Vec<(Uuid, i64)>,
     pub new_incoming: Vec<NewIncoming>,
+    /// Messages for remote destinations (inserted; an existing id is kept).
+    pub outgoing: Vec<NewOutgoing>,
     pub state_writes: Vec<StateWrite>,
     pub state_checks: Vec<StateCheck>,
     pub retries: Vec<RetryMark>,
@@ -158,6 +187,7 @@ impl CommitBatch {
     pub fn is_empty(&self) -> bool {
         self.handled.is_empty()
             && self.new_incoming.is_empty()
+            && self.outgoing.is_empty()
             && self.state_writes.is_empty()
             && self.retries.is_empty()
             && self.dead_letters.is_empty()
@@ -182,6 +212,9 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     async fn migrate(&self) -> StoreResult<()>;
     /// Drop and recreate every message-store object.
     async fn rebuild(&self) -> StoreResult<()>;
+    /// Drop every message-store object (and, on PostgreSQL, the schema if it
+    /// is empty afterwards). For tests that must leave nothing behind.
+    async fn drop_all(&self) -> StoreResult<()>;
     /// Fail with [`StoreError::MissingSchema`] when the tables are not there.
     async fn check_schema(&self) -> StoreResult<()>;
     /// The DDL that `migrate` runs, as one script.
@@ -203,6 +236,11 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Make a batch's outcome durable in one transaction. A stale state
     /// version fails the whole commit with [`StoreError::StaleState`].
     async fn commit(&self, batch: &CommitBatch) -> StoreResult<()>;
+    /// Take up to `limit` outgoing rows that any node may send (owner 0) for
+    /// `node_id`, oldest first.
+    async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>>;
+    /// Delete outgoing rows (the peer confirmed them, or they expired); returns how many.
+    async fn delete_outgoing(&self, ids: &[Uuid]) -> StoreResult<u64>;
     /// Delete up to `limit` handled rows whose keep window ended; returns how many.
     async fn delete_expired_handled(&self, now: i64, limit: usize) -> StoreResult<u64>;
 
@@ -236,13 +274,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
 pub async fn open(config: &StorageConfig) -> StoreResult<Arc<dyn MessageStore>> {
     match &config.backend {
         Backend::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path, &config.schema).await?)),
-        Backend::Postgres { url } => Err(StoreError::Unsupported {
-            backend: "PostgreSQL",
-            url: url.clone(),
-        }),
-        Backend::Mysql { url } => Err(StoreError::Unsupported {
-            backend: "MySQL/MariaDB",
-            url: url.clone(),
-        }),
+        Backend::Postgres { url } => postgres::open(url, &config.schema).await,
+        Backend::Mysql { url } => mysql::open(url, &config.schema).await,
     }
 }

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, InsertReport, MessageStore, NewIncoming,
-    STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, StateValue, StoreError, StoreResult,
+    NewOutgoing, OutgoingRow, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, StateValue,
+    StoreError, StoreResult,
 };
 
 /// Table names for one prefix.
@@ -216,6 +217,10 @@ impl SqliteStore {
                 t.outgoing
             ),
             format!(
+                "CREATE INDEX IF NOT EXISTS {p}outgoing_free ON {} (id) WHERE owner_id = 0",
+                t.outgoing
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS {} (\n  id TEXT PRIMARY KEY NOT NULL,\n  message_type TEXT NOT NULL,\n  received_at TEXT NOT NULL,\n  source TEXT,\n  error_kind TEXT NOT NULL,\n  error_message TEXT NOT NULL,\n  failed_at INTEGER NOT NULL,\n  attempts INTEGER NOT NULL,\n  replayable INTEGER NOT NULL DEFAULT 1,\n  body BLOB NOT NULL\n)",
                 t.dead_letters
             ),
@@ -272,6 +277,16 @@ impl MessageStore for SqliteStore {
             .collect();
         stmts.extend(self.ddl());
         self.exec_script(&stmts, "rebuild schema").await
+    }
+
+    async fn drop_all(&self) -> StoreResult<()> {
+        let stmts: Vec<String> = self
+            .tables
+            .all()
+            .iter()
+            .map(|t| format!("DROP TABLE IF EXISTS {t}"))
+            .collect();
+        self.exec_script(&stmts, "drop schema").await
     }
 
     async fn check_schema(&self) -> StoreResult<()> {
@@ -440,6 +455,7 @@ impl MessageStore for SqliteStore {
         let mut report = InsertReport::default();
         insert_rows(&mut tx, &self.tables, &batch.new_incoming, &mut report).await?;
         mark_handled(&mut tx, &self.tables, &batch.handled).await?;
+        insert_outgoing(&mut tx, &self.tables, &batch.outgoing).await?;
         for r in &batch.retries {
             q(&sql.retry)
                 .bind(r.id.to_string())
@@ -471,6 +487,57 @@ impl MessageStore for SqliteStore {
                 .map_err(StoreError::db(op))?;
         }
         tx.commit().await.map_err(StoreError::db(op))
+    }
+
+    async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>> {
+        let op = "claim outgoing";
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {out} SET owner_id = ?1 WHERE id IN (SELECT id FROM {out} WHERE owner_id = 0 ORDER BY id LIMIT ?2) \
+             RETURNING id, destination, deliver_by, attempts, body",
+            out = self.tables.outgoing
+        )))
+        .bind(node_id)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::db(op))?;
+        tx.commit().await.map_err(StoreError::db(op))?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let attempts: i64 = r.get(3);
+                Ok(OutgoingRow {
+                    id: parse_id(&id)?,
+                    destination: r.get(1),
+                    deliver_by: r.get(2),
+                    attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+                    body: r.get(4),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    async fn delete_outgoing(&self, ids: &[Uuid]) -> StoreResult<u64> {
+        let op = "delete outgoing";
+        let mut n = 0;
+        let mut tx = self.begin().await?;
+        for chunk in ids.chunks(CHUNK) {
+            n += sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE id IN ({})",
+                self.tables.outgoing,
+                ids_list(chunk)
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(op))?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(StoreError::db(op))?;
+        Ok(n)
     }
 
     async fn delete_expired_handled(&self, now: i64, limit: usize) -> StoreResult<u64> {
@@ -751,15 +818,45 @@ async fn insert_rows(
             .map_err(StoreError::db("insert incoming"))?;
         report.inserted += inserted.len();
         if inserted.len() < chunk.len() {
-            let set: std::collections::HashSet<&str> =
-                inserted.iter().map(String::as_str).collect();
+            // Every row not returned is a duplicate, including a second copy
+            // of an id inside this very statement.
+            let mut fresh: std::collections::HashSet<String> = inserted.into_iter().collect();
             report.duplicates.extend(
                 chunk
                     .iter()
                     .map(|r| r.id)
-                    .filter(|id| !set.contains(id.to_string().as_str())),
+                    .filter(|id| !fresh.remove(&id.to_string())),
             );
         }
+    }
+    Ok(())
+}
+
+/// Insert outgoing rows with multi-row statements; an existing id is kept.
+async fn insert_outgoing(
+    tx: &mut Transaction<'static, Sqlite>,
+    tables: &Tables,
+    rows: &[NewOutgoing],
+) -> StoreResult<()> {
+    for chunk in rows.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT INTO {} (id, owner_id, destination, deliver_by, attempts, message_type, body) ",
+            tables.outgoing
+        ));
+        qb.push_values(chunk, |mut b, row| {
+            b.push_bind(row.id.to_string())
+                .push_bind(row.owner_id)
+                .push_bind(row.destination.clone())
+                .push_bind(row.deliver_by)
+                .push_bind(row.attempts as i64)
+                .push_bind(row.message_type.clone())
+                .push_bind(row.body.clone());
+        });
+        qb.push(" ON CONFLICT(id) DO NOTHING");
+        qb.build()
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::db("insert outgoing"))?;
     }
     Ok(())
 }

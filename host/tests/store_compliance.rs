@@ -1,0 +1,508 @@
+//! The message-store compliance suite: every backend (SQLite, PostgreSQL,
+//! MySQL/MariaDB) must pass the same tests against a real database. Each test
+//! gets its own schema (PostgreSQL) or table prefix (SQLite file, MySQL) and
+//! drops it at the end, even when it fails.
+//!
+//! Servers: `JASPER_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `JASPER_TEST_MYSQL_URL`
+//! (default `mysql://root@127.0.0.1:3306/test`). `.ci/run` starts them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use jasper_host::config::{Backend, StorageConfig};
+use jasper_host::envelope::Envelope;
+use jasper_host::handling::local_row;
+use jasper_host::store::{
+    self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, StateCheck,
+    StateWrite, StoreError,
+};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+fn postgres_url() -> String {
+    std::env::var("JASPER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn mysql_url() -> String {
+    std::env::var("JASPER_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// A store in a schema of its own; dropped when the test ends, pass or fail.
+struct TestStore {
+    store: Arc<dyn MessageStore>,
+    config: StorageConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = Arc<dyn MessageStore>;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        // Drop the schema on a runtime of its own: the test's runtime may be
+        // unwinding. SQLite's file goes with the temp dir.
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(s) = store::open(&config).await {
+                    s.drop_all().await.unwrap();
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn config_for(kind: Kind, dir: &tempfile::TempDir) -> StorageConfig {
+    let schema = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let (url, backend) = match kind {
+        Kind::Sqlite => (
+            "sqlite://t.db".to_string(),
+            Backend::Sqlite {
+                path: dir.path().join("t.db"),
+            },
+        ),
+        Kind::Postgres => (
+            postgres_url(),
+            Backend::Postgres {
+                url: postgres_url(),
+            },
+        ),
+        Kind::Mysql => (mysql_url(), Backend::Mysql { url: mysql_url() }),
+    };
+    StorageConfig {
+        url,
+        schema,
+        backend,
+    }
+}
+
+async fn open(kind: Kind) -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(kind, &dir);
+    let store = store::open(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?} store: {e}"));
+    let t = TestStore {
+        store,
+        config,
+        _dir: dir,
+    };
+    t.migrate().await.unwrap();
+    t
+}
+
+/// Each test below runs once per backend.
+macro_rules! compliance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Kind::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Kind::Postgres).await } )*
+        }
+        mod mysql {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Kind::Mysql).await } )*
+        }
+    };
+}
+
+compliance!(
+    insert_dedupes_by_id_and_claim_takes_each_row_once,
+    a_duplicate_inside_one_insert_does_not_fail_the_rest,
+    scheduled_rows_are_claimed_only_when_due,
+    commit_marks_handled_writes_state_and_inserts_new_messages_together,
+    expired_handled_rows_are_deleted_in_bounded_batches,
+    a_stale_state_version_fails_the_whole_commit,
+    state_deletes_are_version_checked,
+    retries_reschedule_and_dead_letters_replay_into_the_inbox,
+    outgoing_rows_commit_with_the_batch_and_are_claimed_and_deleted,
+    rows_of_dead_nodes_and_earlier_runs_are_released,
+    clear_keeps_schema_and_state_and_rebuild_empties_everything,
+    migrate_is_idempotent_and_safe_when_two_hosts_start_together,
+    a_missing_schema_is_named_with_the_command_that_creates_it,
+);
+
+fn row(dest: &str) -> NewIncoming {
+    let mut env = Envelope::new("T", b"{}".to_vec());
+    env.destination = Some(dest.into());
+    local_row(&env)
+}
+
+async fn insert_dedupes_by_id_and_claim_takes_each_row_once(kind: Kind) {
+    let s = open(kind).await;
+    let rows: Vec<_> = (0..10).map(|_| row("local://a")).collect();
+    let r = s.insert_incoming(&rows).await.unwrap();
+    assert_eq!((r.inserted, r.duplicates.len()), (10, 0));
+    let r = s.insert_incoming(&rows[3..5]).await.unwrap();
+    assert_eq!(r.inserted, 0);
+    assert_eq!(r.duplicates, vec![rows[3].id, rows[4].id]);
+
+    let first = s.claim_incoming(1, 0, 6).await.unwrap();
+    let second = s.claim_incoming(2, 0, 6).await.unwrap();
+    assert_eq!((first.len(), second.len()), (6, 4));
+    let mut all: Vec<Uuid> = first.iter().chain(&second).map(|r| r.id).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 10, "a row was claimed twice");
+    assert!(s.claim_incoming(3, 0, 6).await.unwrap().is_empty());
+    // Claimed in id (= time) order.
+    let ids: Vec<Uuid> = first.iter().map(|r| r.id).collect();
+    assert_eq!(ids, rows[..6].iter().map(|r| r.id).collect::<Vec<_>>());
+}
+
+async fn scheduled_rows_are_claimed_only_when_due(kind: Kind) {
+    let s = open(kind).await;
+    let mut r = row("local://a");
+    r.execute_at = Some(5_000);
+    s.insert_incoming(&[r.clone()]).await.unwrap();
+    assert_eq!(s.counts().await.unwrap().scheduled, 1);
+    assert_eq!(s.next_scheduled().await.unwrap(), Some(5_000));
+    assert!(s.claim_incoming(1, 4_999, 10).await.unwrap().is_empty());
+    let got = s.claim_incoming(1, 5_000, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, r.id);
+}
+
+async fn commit_marks_handled_writes_state_and_inserts_new_messages_together(kind: Kind) {
+    let s = open(kind).await;
+    let a = row("local://a");
+    s.insert_incoming(std::slice::from_ref(&a)).await.unwrap();
+    s.claim_incoming(1, 0, 10).await.unwrap();
+    let new = row("local://b");
+    let batch = CommitBatch {
+        handled: vec![(a.id, 10_000)],
+        new_incoming: vec![new.clone()],
+        state_writes: vec![StateWrite {
+            plugin: "p".into(),
+            key: "k".into(),
+            value: Some(b"1".to_vec()),
+            expected_version: Some(0),
+        }],
+        ..Default::default()
+    };
+    s.commit(&batch).await.unwrap();
+    let c = s.counts().await.unwrap();
+    assert_eq!((c.incoming, c.handled), (1, 1));
+    let st = s.read_state("p", "k").await.unwrap().unwrap();
+    assert_eq!((st.value.as_slice(), st.version), (&b"1"[..], 1));
+    // The handled row still dedupes.
+    assert_eq!(
+        s.insert_incoming(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .duplicates,
+        vec![a.id]
+    );
+    // Until its keep window ends.
+    assert_eq!(s.delete_expired_handled(9_999, 100).await.unwrap(), 0);
+    assert_eq!(s.delete_expired_handled(10_000, 100).await.unwrap(), 1);
+    assert_eq!(s.insert_incoming(&[a]).await.unwrap().inserted, 1);
+}
+
+async fn a_stale_state_version_fails_the_whole_commit(kind: Kind) {
+    let s = open(kind).await;
+    let a = row("local://a");
+    s.insert_incoming(std::slice::from_ref(&a)).await.unwrap();
+    let write = |expected| StateWrite {
+        plugin: "p".into(),
+        key: "k".into(),
+        value: Some(b"v".to_vec()),
+        expected_version: expected,
+    };
+    s.commit(&CommitBatch {
+        state_writes: vec![write(None)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Another batch read version 0 (absent) but the key now exists: stale.
+    let stale = CommitBatch {
+        handled: vec![(a.id, 1)],
+        state_writes: vec![write(Some(0))],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.commit(&stale).await,
+        Err(StoreError::StaleState { .. })
+    ));
+    // Nothing of it committed.
+    assert_eq!(s.counts().await.unwrap().handled, 0);
+    let checked = CommitBatch {
+        handled: vec![(a.id, 1)],
+        state_checks: vec![StateCheck {
+            plugin: "p".into(),
+            key: "k".into(),
+            expected_version: 7,
+        }],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.commit(&checked).await,
+        Err(StoreError::StaleState { .. })
+    ));
+    let ok = CommitBatch {
+        handled: vec![(a.id, 1)],
+        state_writes: vec![write(Some(1))],
+        ..Default::default()
+    };
+    s.commit(&ok).await.unwrap();
+    assert_eq!(s.read_state("p", "k").await.unwrap().unwrap().version, 2);
+}
+
+async fn retries_reschedule_and_dead_letters_replay_into_the_inbox(kind: Kind) {
+    let s = open(kind).await;
+    let (a, b) = (row("local://a"), row("local://a"));
+    s.insert_incoming(&[a.clone(), b.clone()]).await.unwrap();
+    s.claim_incoming(1, 0, 10).await.unwrap();
+    s.commit(&CommitBatch {
+        retries: vec![RetryMark {
+            id: a.id,
+            attempts: 1,
+            execute_at: Some(50),
+        }],
+        dead_letters: vec![DeadLetter {
+            id: b.id,
+            message_type: "T".into(),
+            received_at: "local://a".into(),
+            source: None,
+            error_kind: "panic".into(),
+            error_message: "boom".into(),
+            failed_at: 1,
+            attempts: 3,
+            replayable: true,
+            body: b.body.clone(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.counts().await.unwrap();
+    assert_eq!((c.incoming, c.scheduled, c.dead_letters), (0, 1, 1));
+    let again = s.claim_incoming(2, 50, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (a.id, 1));
+    let dl = s.dead_letters(10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!((dl[0].error_kind.as_str(), dl[0].attempts), ("panic", 3));
+    assert_eq!(s.replay_dead_letters(&[]).await.unwrap(), 1);
+    let c = s.counts().await.unwrap();
+    // The claimed retry counts as incoming too.
+    assert_eq!((c.incoming, c.dead_letters), (2, 0));
+}
+
+async fn rows_of_dead_nodes_and_earlier_runs_are_released(kind: Kind) {
+    let s = open(kind).await;
+    s.register_node(10, "n", 9_000).await.unwrap(); // earlier run of "n", killed just now
+    s.register_node(20, "other", 1_000).await.unwrap(); // will go stale
+    s.register_node(30, "live", 9_000).await.unwrap();
+    let rows: Vec<_> = (0..3).map(|_| row("local://a")).collect();
+    s.insert_incoming(&rows).await.unwrap();
+    s.claim_incoming(10, 0, 1).await.unwrap();
+    s.claim_incoming(20, 0, 1).await.unwrap();
+    s.claim_incoming(30, 0, 1).await.unwrap();
+    s.register_node(40, "n", 9_000).await.unwrap(); // this run
+    // Periodic sweep: only the stale node.
+    assert_eq!(s.release_dead_nodes(40, None, 5_000).await.unwrap(), 1);
+    // Start-up: also the earlier run with the same name.
+    assert_eq!(s.release_dead_nodes(40, Some("n"), 5_000).await.unwrap(), 1);
+    let got = s.claim_incoming(40, 0, 10).await.unwrap();
+    assert_eq!(got.len(), 2, "the live node's row must stay with it");
+    assert_eq!(s.release_all().await.unwrap(), 3);
+}
+
+async fn clear_keeps_schema_and_state_and_rebuild_empties_everything(kind: Kind) {
+    let s = open(kind).await;
+    s.insert_incoming(&[row("local://a")]).await.unwrap();
+    s.commit(&CommitBatch {
+        state_writes: vec![StateWrite {
+            plugin: "p".into(),
+            key: "k".into(),
+            value: Some(vec![1]),
+            expected_version: None,
+        }],
+        outgoing: vec![outgoing("tcp://h:1")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.counts().await.unwrap().outgoing, 1);
+    s.clear().await.unwrap();
+    assert_eq!(s.counts().await.unwrap(), Default::default());
+    assert!(s.read_state("p", "k").await.unwrap().is_some());
+    s.check_schema().await.unwrap();
+    s.rebuild().await.unwrap();
+    s.check_schema().await.unwrap();
+    assert!(s.read_state("p", "k").await.unwrap().is_none());
+}
+
+async fn a_duplicate_inside_one_insert_does_not_fail_the_rest(kind: Kind) {
+    let s = open(kind).await;
+    let a = row("local://a");
+    let b = row("local://a");
+    let r = s
+        .insert_incoming(&[a.clone(), a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(r.inserted, 2);
+    assert_eq!(r.duplicates, vec![a.id]);
+    // Inside a group commit too.
+    let c = row("local://b");
+    s.commit(&CommitBatch {
+        new_incoming: vec![c.clone(), c.clone(), a.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.counts().await.unwrap().incoming, 3);
+}
+
+async fn expired_handled_rows_are_deleted_in_bounded_batches(kind: Kind) {
+    let s = open(kind).await;
+    let rows: Vec<_> = (0..25).map(|_| row("local://a")).collect();
+    s.insert_incoming(&rows).await.unwrap();
+    s.claim_incoming(1, 0, 100).await.unwrap();
+    let mut handled: Vec<(Uuid, i64)> = rows.iter().map(|r| (r.id, 100)).collect();
+    handled[0].1 = 1_000; // kept longer
+    s.commit(&CommitBatch {
+        handled,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.counts().await.unwrap().handled, 25);
+    assert_eq!(s.delete_expired_handled(100, 10).await.unwrap(), 10);
+    assert_eq!(s.delete_expired_handled(100, 10).await.unwrap(), 10);
+    assert_eq!(s.delete_expired_handled(100, 10).await.unwrap(), 4);
+    assert_eq!(s.delete_expired_handled(100, 10).await.unwrap(), 0);
+    assert_eq!(s.counts().await.unwrap().handled, 1);
+}
+
+async fn state_deletes_are_version_checked(kind: Kind) {
+    let s = open(kind).await;
+    let put = |value: Option<Vec<u8>>, expected| CommitBatch {
+        state_writes: vec![StateWrite {
+            plugin: "p".into(),
+            key: "k".into(),
+            value,
+            expected_version: expected,
+        }],
+        ..Default::default()
+    };
+    s.commit(&put(Some(b"a".to_vec()), Some(0))).await.unwrap();
+    s.commit(&put(Some(b"b".to_vec()), Some(1))).await.unwrap();
+    let v = s.read_state("p", "k").await.unwrap().unwrap();
+    assert_eq!((v.value.as_slice(), v.version), (&b"b"[..], 2));
+    assert!(matches!(
+        s.commit(&put(None, Some(1))).await,
+        Err(StoreError::StaleState { .. })
+    ));
+    s.commit(&put(None, Some(2))).await.unwrap();
+    assert!(s.read_state("p", "k").await.unwrap().is_none());
+    // Deleting what was absent when read: fine while it stays absent.
+    s.commit(&put(None, Some(0))).await.unwrap();
+    // Blind writes never conflict.
+    s.commit(&put(Some(b"c".to_vec()), None)).await.unwrap();
+    s.commit(&put(Some(b"d".to_vec()), None)).await.unwrap();
+    assert_eq!(s.read_state("p", "k").await.unwrap().unwrap().version, 2);
+    s.commit(&put(None, None)).await.unwrap();
+    assert!(s.read_state("p", "k").await.unwrap().is_none());
+}
+
+fn outgoing(dest: &str) -> NewOutgoing {
+    let mut env = Envelope::new("T", b"{}".to_vec());
+    env.destination = Some(dest.into());
+    NewOutgoing {
+        id: env.id,
+        destination: dest.into(),
+        deliver_by: Some(123),
+        attempts: 0,
+        message_type: "T".into(),
+        owner_id: 0,
+        body: env.encode(),
+    }
+}
+
+async fn outgoing_rows_commit_with_the_batch_and_are_claimed_and_deleted(kind: Kind) {
+    let s = open(kind).await;
+    let mut owned = outgoing("tcp://h:1");
+    owned.owner_id = 7;
+    let free: Vec<_> = (0..3).map(|_| outgoing("tcp://h:2")).collect();
+    let mut all = free.clone();
+    all.push(owned.clone());
+    all.push(free[0].clone()); // a duplicate id is kept once
+    s.commit(&CommitBatch {
+        outgoing: all,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.counts().await.unwrap().outgoing, 4);
+    let got = s.claim_outgoing(9, 2).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].id, free[0].id);
+    assert_eq!(got[0].destination, "tcp://h:2");
+    assert_eq!(got[0].deliver_by, Some(123));
+    assert_eq!(got[0].body, free[0].body);
+    let rest = s.claim_outgoing(9, 10).await.unwrap();
+    assert_eq!(rest.len(), 1, "owned rows are not claimed");
+    let ids: Vec<Uuid> = got.iter().map(|r| r.id).collect();
+    assert_eq!(s.delete_outgoing(&ids).await.unwrap(), 2);
+    assert_eq!(s.delete_outgoing(&ids).await.unwrap(), 0);
+    assert_eq!(s.counts().await.unwrap().outgoing, 2);
+    // A dead owner's rows come back.
+    assert_eq!(s.release_all().await.unwrap(), 2);
+    assert_eq!(s.claim_outgoing(9, 10).await.unwrap().len(), 2);
+}
+
+async fn migrate_is_idempotent_and_safe_when_two_hosts_start_together(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(kind, &dir);
+    let a = store::open(&config).await.unwrap();
+    let b = store::open(&config).await.unwrap();
+    let guard = TestStore {
+        store: a.clone(),
+        config,
+        _dir: dir,
+    };
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    a.migrate().await.unwrap();
+    guard.check_schema().await.unwrap();
+    guard.insert_incoming(&[row("local://a")]).await.unwrap();
+    assert_eq!(b.counts().await.unwrap().incoming, 1);
+}
+
+async fn a_missing_schema_is_named_with_the_command_that_creates_it(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(kind, &dir);
+    let s = store::open(&config).await.unwrap();
+    let err = s.check_schema().await.unwrap_err().to_string();
+    assert!(err.contains("storage rebuild"), "{err}");
+    assert!(matches!(
+        s.check_schema().await,
+        Err(StoreError::MissingSchema { .. })
+    ));
+}

@@ -35,4 +35,4 @@ quickstart: plugins build
 	bash scripts/quickstart.sh
 
 bench: plugins build
-	./target/release/jasper-bench --noop $(PLUGIN_DIR)/noop.wasm
+	./target/release/jasper-bench --noop $(PLUGIN_DIR)/noop.wasm --backends sqlite,postgres,mysql

@@ -105,7 +105,7 @@ pub struct DurabilityConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -59,7 +59,7 @@ pub async fn run_agent(
             _ = shutdown.changed() => return,
             _ = heartbeat.tick() => {
                 if let Err(e) = store.heartbeat(node_id, now_ms()).await {
-                    error!(error = %e, "heartbeat failed");
+                    error!(error = %crate::error_chain(&e), "heartbeat failed");
                 }
             }
             _ = release.tick() => {
@@ -70,7 +70,7 @@ pub async fn run_agent(
                         info!(released = n, "released messages of dead nodes");
                         wake.notify_one();
                     }
-                    Err(e) => error!(error = %e, "releasing dead nodes' messages failed"),
+                    Err(e) => error!(error = %crate::error_chain(&e), "releasing dead nodes' messages failed"),
                 }
             }
             _ = cleanup.tick() => {
@@ -79,7 +79,7 @@ pub async fn run_agent(
                         Ok(n) if n as usize == CLEANUP_BATCH => continue,
                         Ok(_) => break,
                         Err(e) => {
-                            error!(error = %e, "deleting expired handled messages failed");
+                            error!(error = %crate::error_chain(&e), "deleting expired handled messages failed");
                             break;
                         }
                     }

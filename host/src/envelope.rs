@@ -153,7 +153,7 @@ pub enum CodecError {
     #[error("trailing bytes: {count} byte(s) after the {what}")]
     TrailingBytes { what: &'static str, count: usize },
     /// An envelope inside a batch failed to decode.
-    #[error("batch entry {index}: {source}")]
+    #[error("batch entry {index}")]
     BatchEntry {
         index: usize,
         #[source]

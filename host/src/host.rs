@@ -43,7 +43,7 @@ impl Host {
             .await
             .with_context(|| format!("loading plugins from {}", config.plugins.dir.display()))?;
         for e in &errors {
-            warn!(error = %e, "plugin not loaded");
+            warn!(error = %crate::error_chain(e), "plugin not loaded");
         }
         for p in plugins.iter() {
             info!(plugin = %p.name, path = %p.path.display(), subscriptions = ?p.subscriptions, "plugin loaded");

@@ -25,5 +25,18 @@ pub mod store;
 pub mod testing;
 
 pub use config::Config;
+
+/// An error and its causes on one line (`a: b: c`), for logs: library errors
+/// keep their cause in `source()`, not in their own message.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
 pub use envelope::Envelope;
 pub use host::Host;

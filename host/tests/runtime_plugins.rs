@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+mod common;
+
+use common::wasm;
+
 use std::sync::Arc;
 
 use jasper_host::config::PluginsConfig;
@@ -11,18 +14,6 @@ use jasper_host::envelope::Envelope;
 use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HandleError, PluginError, Runtime, TrapKind};
 use jasper_host::store::{self, MessageStore};
-
-fn wasm(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/plugin")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `make plugins` first",
-        p.display()
-    );
-    p
-}
 
 async fn temp_store(dir: &tempfile::TempDir) -> Arc<dyn MessageStore> {
     let cfg = jasper_host::config::StorageConfig {

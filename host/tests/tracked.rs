@@ -4,23 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+mod common;
+
+use common::wasm;
+
 use std::time::Duration;
 
 use jasper_host::{Config, Host};
 use serde_json::json;
-
-fn wasm(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/plugin")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `make plugins` first",
-        p.display()
-    );
-    p
-}
 
 async fn host_with(plugins: &[&str], dir: &tempfile::TempDir) -> Host {
     let plugin_dir = dir.path().join("plugins");

@@ -1,8 +1,11 @@
-//! End-to-end harness for jasper-host: real processes, a real SQLite file.
+//! End-to-end harness for jasper-host: real processes, real databases.
 //!
 //! Every test builds a [`TestHost`]: its own temp dir holding a config file, a
 //! plugin dir (the needed `.wasm` files copied from
-//! `target/wasm32-wasip2/plugin/`), the SQLite db and the host's log. The host
+//! `target/wasm32-wasip2/plugin/`), the host's log and, on SQLite, the db. On
+//! PostgreSQL and MySQL/MariaDB ([`HostConfig::on`]) the store is a schema /
+//! table prefix of its own on the test server, dropped when the `TestHost` is
+//! dropped, pass or fail (see `store.rs`). The host
 //! binary (`target/release/jasper-host`) is run as a child process: `run` for
 //! the long-lived host, `send`, `storage counts`, `dead-letters list` as short
 //! commands. Conditions are awaited by polling the database with a deadline
@@ -12,7 +15,10 @@
 //! the command that builds it (`make build`, `make plugins`).
 //!
 //! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
-//! `E2E_KEEP=1` (keep the temp dirs), `JASPER_HOST_BIN` (another host binary).
+//! `E2E_KEEP=1` (keep the temp dirs and the server schemas), `JASPER_HOST_BIN`
+//! (another host binary), `JASPER_TEST_POSTGRES_URL`, `JASPER_TEST_MYSQL_URL`
+//! (the test servers; defaults `postgres://postgres@127.0.0.1:5432/test`,
+//! `mysql://root@127.0.0.1:3306/test`).
 
 // A test harness fails by panicking; these lints guard library code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -28,13 +34,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection as _, Row as _};
 
 pub use serde_json::json;
+
+mod store;
+pub use store::{
+    Backend, Bind, Cell, Col, Db, DeadLetterRow, FreshDatabase, IncomingRow, OutgoingRow, Progress,
+    ServerUrl, StateRow, Store, TABLES, TOOL_TIMEOUT, block_on_own_runtime, check_server,
+    drop_store, leftovers, run_tool, unique_schema,
+};
 
 /// How long one short CLI command (`send`, `storage counts`, ...) may take.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(180);
@@ -270,6 +280,59 @@ impl HostConfig {
         .set("plugins", "dir", "plugins")
     }
 
+    /// [`HostConfig::new`] on `backend`: SQLite as `new()`; PostgreSQL and
+    /// MySQL on the test server (env `JASPER_TEST_POSTGRES_URL` /
+    /// `JASPER_TEST_MYSQL_URL`) with a schema / table prefix of its own
+    /// (`t` + 12 hex digits), so tests run in parallel.
+    pub fn on(backend: Backend) -> Self {
+        match backend.server_url() {
+            None => Self::new(),
+            Some(url) => Self::new().storage(&url, &unique_schema()),
+        }
+    }
+
+    /// `[storage] url` and `schema`.
+    pub fn storage(self, url: &str, schema: &str) -> Self {
+        self.set("storage", "url", url)
+            .set("storage", "schema", schema)
+    }
+
+    /// The backend `[storage] url` names (SQLite when unset or unknown).
+    pub fn backend(&self) -> Backend {
+        match self.get("storage", "url") {
+            Some(Val::Str(url)) => Backend::of_url(url).unwrap_or(Backend::Sqlite),
+            _ => Backend::Sqlite,
+        }
+    }
+
+    /// `[storage] schema`, or the host's default `jasper`.
+    pub fn schema(&self) -> String {
+        match self.get("storage", "schema") {
+            Some(Val::Str(s)) => s.clone(),
+            _ => "jasper".to_owned(),
+        }
+    }
+
+    /// Where the store of this config is, with relative SQLite paths resolved
+    /// against `dir` (the config file's folder).
+    pub fn store(&self, dir: &Path) -> Store {
+        let schema = self.schema();
+        let url = match self.get("storage", "url") {
+            Some(Val::Str(u)) => u.clone(),
+            _ => String::new(),
+        };
+        match self.backend() {
+            Backend::Sqlite => Store::Sqlite {
+                path: self
+                    .sqlite_path(dir)
+                    .unwrap_or_else(|| dir.join("jasper.db")),
+                schema,
+            },
+            Backend::Postgres => Store::Postgres { url, schema },
+            Backend::Mysql => Store::Mysql { url, schema },
+        }
+    }
+
     /// Sets `[section] key = value` (any key: tests of unknown keys use this too).
     pub fn set(mut self, section: &str, key: &str, value: impl Into<Val>) -> Self {
         self.sections
@@ -446,7 +509,10 @@ pub fn tail(s: &str, n: usize) -> String {
 }
 
 /// Waits for `child` to exit, at most `timeout`; None if still running then.
-fn wait_child(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+pub(crate) fn wait_child(
+    child: &mut Child,
+    timeout: Duration,
+) -> std::io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     let max_polls = timeout.as_millis() / 5 + 2;
     for _ in 0..max_polls {
@@ -495,7 +561,9 @@ pub struct TestHost {
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     config_path: PathBuf,
-    db_path: PathBuf,
+    store: Store,
+    /// Drop the store's schema / tables when the TestHost is dropped.
+    drop_store: bool,
     log_path: PathBuf,
     cwd: PathBuf,
     bin: PathBuf,
@@ -548,9 +616,16 @@ impl TestHost {
         // would put the db where the tests do not look.
         let cwd = root.join("cwd");
         fs::create_dir_all(&cwd).expect("create cwd");
-        let db_path = paths_from
-            .sqlite_path(&root)
-            .unwrap_or_else(|| root.join("jasper.db"));
+        let store = paths_from.store(&root);
+        // A store on the test server is this test's own (a fresh schema /
+        // prefix): check the server answers, and drop the store at the end.
+        // Other URLs (unreachable servers, fresh databases) are the test's
+        // business.
+        let drop_store =
+            store.url().is_some() && store.url().map(str::to_owned) == store.backend().server_url();
+        if drop_store {
+            check_server(&store);
+        }
         let keep = std::env::var_os("E2E_KEEP").is_some();
         let (dir, root) = if keep {
             let p = dir.keep();
@@ -564,7 +639,8 @@ impl TestHost {
             log_path: root.join("host.log"),
             root,
             config_path,
-            db_path,
+            store,
+            drop_store,
             cwd,
             bin,
             child: Mutex::new(None),
@@ -579,8 +655,19 @@ impl TestHost {
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
+    /// The SQLite file (panics on the server backends).
     pub fn db_path(&self) -> &Path {
-        &self.db_path
+        match &self.store {
+            Store::Sqlite { path, .. } => path,
+            other => panic!("db_path(): the store is not a SQLite file but {other}"),
+        }
+    }
+    /// Where the store is.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
     }
     pub fn log_path(&self) -> &Path {
         &self.log_path
@@ -866,11 +953,9 @@ impl TestHost {
 
     // -- the database -------------------------------------------------------------
 
+    /// Direct SQL on the store.
     pub fn db(&self) -> Db {
-        Db {
-            path: self.db_path.clone(),
-            prefix: "jasper_".to_owned(),
-        }
+        Db::new(self.store.clone())
     }
 
     /// Polls `probe` every [`POLL`] until `done` holds; panics after `timeout`
@@ -917,13 +1002,37 @@ impl Drop for TestHost {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::thread::panicking() {
+        let panicking = std::thread::panicking();
+        if panicking {
             eprintln!(
-                "\n===== e2e: test failed; host dir {} ; tail of {} =====\n{}\n===== end of host log =====",
+                "\n===== e2e: test failed; host dir {} ; store {} ; tail of {} =====\n{}\n===== end of host log =====",
                 self.root.display(),
+                self.store,
                 self.log_path.display(),
                 self.log_tail(80)
             );
+        }
+        // The host is gone (killed above); now its store, pass or fail.
+        if self.drop_store {
+            if std::env::var_os("E2E_KEEP").is_some() {
+                eprintln!("e2e: keeping the store {}", self.store);
+                return;
+            }
+            let store = self.store.clone();
+            let r = block_on_own_runtime(async move {
+                drop_store(&store).await?;
+                let left = leftovers(&store).await?;
+                anyhow::ensure!(left.is_empty(), "left behind after the drop: {left:?}");
+                anyhow::Ok(())
+            });
+            if let Err(e) = r {
+                let msg = format!("e2e: could not drop the store {}: {e:#}", self.store);
+                if panicking {
+                    eprintln!("{msg}");
+                } else {
+                    panic!("{msg}");
+                }
+            }
         }
     }
 }
@@ -1004,276 +1113,33 @@ fn show_last<T: Debug>(last: &Option<anyhow::Result<T>>) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Direct SQL (read-only)
+// One test per backend
 // ---------------------------------------------------------------------------
 
-/// Read-only access to a host's SQLite file. Every call opens its own
-/// connection, so no read snapshot outlives a query.
-#[derive(Clone, Debug)]
-pub struct Db {
-    path: PathBuf,
-    prefix: String,
-}
-
-/// One `jasper_state` row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateRow {
-    pub value: Vec<u8>,
-    pub version: i64,
-}
-
-impl StateRow {
-    /// The value as JSON (state values are JSON bytes).
-    pub fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_slice(&self.value).with_context(|| {
-            format!(
-                "state value is not JSON: {:?}",
-                String::from_utf8_lossy(&self.value)
-            )
-        })
-    }
-    /// The value as a JSON integer.
-    pub fn as_i64(&self) -> anyhow::Result<i64> {
-        match self.json()? {
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-                .with_context(|| format!("state value {n} is not an integer")),
-            other => bail!("state value {other} is not a number"),
-        }
-    }
-}
-
-/// One `jasper_dead_letters` row (without the body).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeadLetterRow {
-    pub id: String,
-    pub message_type: String,
-    pub error_kind: String,
-    pub error_message: Option<String>,
-    pub attempts: i64,
-}
-
-/// Row counts of `jasper_incoming` by (message_type, status), plus the other tables.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub incoming: BTreeMap<(String, String), i64>,
-    pub outgoing: i64,
-    pub dead_letters: i64,
-}
-
-impl Progress {
-    /// Rows of `message_type` with `status`.
-    pub fn get(&self, message_type: &str, status: &str) -> i64 {
-        self.incoming
-            .get(&(message_type.to_owned(), status.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-    /// Rows of `message_type` in any status.
-    pub fn of_type(&self, message_type: &str) -> i64 {
-        self.incoming
-            .iter()
-            .filter(|((t, _), _)| t == message_type)
-            .map(|(_, n)| n)
-            .sum()
-    }
-    /// Rows with `status`, any type.
-    pub fn with_status(&self, status: &str) -> i64 {
-        self.incoming
-            .iter()
-            .filter(|((_, s), _)| s == status)
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
-
-impl Db {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn table(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    pub async fn connect(&self) -> anyhow::Result<SqliteConnection> {
-        if !self.path.exists() {
-            bail!("no database file at {} (yet)", self.path.display());
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(&self.path)
-            .read_only(true)
-            .create_if_missing(false)
-            .busy_timeout(Duration::from_secs(10));
-        SqliteConnection::connect_with(&opts)
-            .await
-            .with_context(|| format!("open {} read-only", self.path.display()))
-    }
-
-    /// Runs a query returning one integer (e.g. `SELECT count(*) ...`), with
-    /// text binds.
-    pub async fn scalar(&self, sql: &str, binds: &[&str]) -> anyhow::Result<i64> {
-        let mut conn = self.connect().await?;
-        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()));
-        for b in binds {
-            q = q.bind(*b);
-        }
-        let v = q
-            .fetch_one(&mut conn)
-            .await
-            .with_context(|| format!("query {sql}"))?;
-        conn.close().await.ok();
-        Ok(v)
-    }
-
-    /// `count(*)` of jasper_incoming with the given status and/or type.
-    pub async fn incoming_count(
-        &self,
-        status: Option<&str>,
-        message_type: Option<&str>,
-    ) -> anyhow::Result<i64> {
-        let mut sql = format!("SELECT count(*) FROM {} WHERE 1=1", self.table("incoming"));
-        let mut binds = Vec::new();
-        if let Some(s) = status {
-            sql.push_str(" AND status = ?");
-            binds.push(s);
-        }
-        if let Some(t) = message_type {
-            sql.push_str(" AND message_type = ?");
-            binds.push(t);
-        }
-        self.scalar(&sql, &binds).await
-    }
-
-    /// Counts of all message tables in one connection.
-    pub async fn progress(&self) -> anyhow::Result<Progress> {
-        let mut conn = self.connect().await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT message_type, status, count(*) AS n FROM {} GROUP BY message_type, status",
-            self.table("incoming")
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .context("count incoming")?;
-        let mut p = Progress::default();
-        for r in rows {
-            let t: String = r.try_get("message_type")?;
-            let s: String = r.try_get("status")?;
-            let n: i64 = r.try_get("n")?;
-            p.incoming.insert((t, s), n);
-        }
-        p.outgoing = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            self.table("outgoing")
-        )))
-        .fetch_one(&mut conn)
-        .await
-        .context("count outgoing")?;
-        p.dead_letters = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {}",
-            self.table("dead_letters")
-        )))
-        .fetch_one(&mut conn)
-        .await
-        .context("count dead letters")?;
-        conn.close().await.ok();
-        Ok(p)
-    }
-
-    /// All state rows of `plugin`: key -> (value, version).
-    pub async fn state(&self, plugin: &str) -> anyhow::Result<BTreeMap<String, StateRow>> {
-        let mut conn = self.connect().await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT key, value, version FROM {} WHERE plugin = ?",
-            self.table("state")
-        )))
-        .bind(plugin)
-        .fetch_all(&mut conn)
-        .await
-        .context("read state")?;
-        let mut out = BTreeMap::new();
-        for r in rows {
-            let key: String = r.try_get("key")?;
-            let value: Vec<u8> = r.try_get("value")?;
-            let version: i64 = r.try_get("version")?;
-            out.insert(key, StateRow { value, version });
-        }
-        conn.close().await.ok();
-        Ok(out)
-    }
-
-    /// One state row.
-    pub async fn state_get(&self, plugin: &str, key: &str) -> anyhow::Result<Option<StateRow>> {
-        let mut conn = self.connect().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT value, version FROM {} WHERE plugin = ? AND key = ?",
-            self.table("state")
-        )))
-        .bind(plugin)
-        .bind(key)
-        .fetch_optional(&mut conn)
-        .await
-        .context("read state row")?;
-        conn.close().await.ok();
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(StateRow {
-                value: r.try_get("value")?,
-                version: r.try_get("version")?,
-            })),
-        }
-    }
-
-    /// All dead letters (without bodies), oldest first.
-    pub async fn dead_letter_rows(&self) -> anyhow::Result<Vec<DeadLetterRow>> {
-        let mut conn = self.connect().await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, message_type, error_kind, error_message, attempts FROM {} ORDER BY failed_at, id",
-            self.table("dead_letters")
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .context("read dead letters")?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(DeadLetterRow {
-                id: r.try_get("id")?,
-                message_type: r.try_get("message_type")?,
-                error_kind: r.try_get("error_kind")?,
-                error_message: r.try_get("error_message")?,
-                attempts: r.try_get("attempts")?,
-            });
-        }
-        conn.close().await.ok();
-        Ok(out)
-    }
-
-    /// (id, status, attempts) of the incoming rows of `message_type`.
-    pub async fn incoming_rows(
-        &self,
-        message_type: &str,
-    ) -> anyhow::Result<Vec<(String, String, i64)>> {
-        let mut conn = self.connect().await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, status, attempts FROM {} WHERE message_type = ? ORDER BY id",
-            self.table("incoming")
-        )))
-        .bind(message_type)
-        .fetch_all(&mut conn)
-        .await
-        .context("read incoming rows")?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push((
-                r.try_get("id")?,
-                r.try_get("status")?,
-                r.try_get("attempts")?,
-            ));
-        }
-        conn.close().await.ok();
-        Ok(out)
-    }
+/// `per_backend!(name => func, ...)`: a module `name` with three tests,
+/// `name::sqlite`, `name::postgres`, `name::mysql`, each running
+/// `func(Backend::X).await` on a 2-thread tokio runtime. Filter with the
+/// backend's name: `cargo test --release --test storage -- postgres`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident => $func:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$func($crate::Backend::Sqlite).await
+                }
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$func($crate::Backend::Postgres).await
+                }
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() {
+                    super::$func($crate::Backend::Mysql).await
+                }
+            }
+        )*
+    };
 }
 
 // ---------------------------------------------------------------------------
@@ -1296,6 +1162,8 @@ pub const REMIND_LATER_MS: u64 = 10 * 24 * 3600 * 1000;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
     #[test]
     fn config_renders_sections_in_contract_order_with_escaping() {
@@ -1335,10 +1203,7 @@ mod tests {
     async fn db_reads_a_wal_database_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jasper.db");
-        let db = Db {
-            path: path.clone(),
-            prefix: "jasper_".to_owned(),
-        };
+        let db = Db::sqlite(path.clone(), "jasper");
         let err = db.progress().await.unwrap_err();
         assert!(format!("{err:#}").contains("no database file"), "{err:#}");
 
@@ -1352,7 +1217,7 @@ mod tests {
             "CREATE TABLE jasper_outgoing (id TEXT PRIMARY KEY, owner_id INTEGER, destination TEXT, deliver_by INTEGER, attempts INTEGER, message_type TEXT, body BLOB)",
             "CREATE TABLE jasper_dead_letters (id TEXT PRIMARY KEY, message_type TEXT, received_at TEXT, source TEXT, error_kind TEXT, error_message TEXT, failed_at INTEGER, attempts INTEGER, replayable INTEGER, body BLOB)",
             "CREATE TABLE jasper_state (plugin TEXT, key TEXT, value BLOB, version INTEGER, PRIMARY KEY (plugin, key))",
-            "INSERT INTO jasper_incoming (id, status, attempts, message_type) VALUES ('1', 'handled', 0, 'A'), ('2', 'incoming', 0, 'A'), ('3', 'scheduled', 0, 'B')",
+            "INSERT INTO jasper_incoming (id, status, owner_id, attempts, message_type) VALUES ('1', 'handled', 0, 0, 'A'), ('2', 'incoming', 7, 0, 'A'), ('3', 'scheduled', 0, 0, 'B')",
             "INSERT INTO jasper_dead_letters (id, message_type, error_kind, error_message, failed_at, attempts) VALUES ('9', 'C', 'panic', 'boom', 1, 2)",
             "INSERT INTO jasper_state VALUES ('audit', 'count', CAST('12' AS BLOB), 3), ('audit', 'seen/x', CAST('1' AS BLOB), 1)",
         ] {
@@ -1389,6 +1254,8 @@ mod tests {
         // ... and after it closed (the WAL checkpointed and removed).
         w.close().await.unwrap();
         assert_eq!(db.incoming_rows("A").await.unwrap().len(), 2);
+        assert_eq!(db.owned_rows().await.unwrap(), (1, 0));
+        assert_eq!(db.row_count("state").await.unwrap(), 2);
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! Crash safety: 10,000 orders, the host SIGKILLed three times mid-stream,
-//! then every effect must exist exactly once.
+//! then every effect must exist exactly once. One test per backend:
+//! `sigkill_three_times_loses_and_duplicates_nothing::{sqlite,postgres,mysql}`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
-use jasper_e2e::{HostConfig, Progress, REMIND_LATER_MS, TestHost, place_order};
+use jasper_e2e::{Backend, HostConfig, Progress, REMIND_LATER_MS, TestHost, place_order};
 
 const N: usize = 10_000;
 /// Every order is handled twice over: PlaceOrder (orders) and OrderPlaced (audit).
@@ -24,8 +25,8 @@ fn amount(i: usize) -> u64 {
     100 + (i as u64 % 9_900)
 }
 
-fn config() -> HostConfig {
-    HostConfig::new()
+fn config(backend: Backend) -> HostConfig {
+    HostConfig::on(backend)
         .keep_handled_ms(7 * 24 * 3600 * 1000)
         .stale_after_ms(2000)
         .heartbeat_ms(200)
@@ -41,9 +42,10 @@ fn settled(p: &Progress) -> bool {
     p.with_status("incoming") == 0 && retries_pending == 0 && p.outgoing == 0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_three_times_loses_and_duplicates_nothing() {
-    let host = TestHost::new(&["orders", "audit"], config());
+jasper_e2e::per_backend!(sigkill_three_times_loses_and_duplicates_nothing => crash);
+
+async fn crash(backend: Backend) {
+    let host = TestHost::new(&["orders", "audit"], config(backend));
     let db = host.db();
     let bodies: Vec<_> = (0..N)
         .map(|i| place_order(&format!("o-{i}"), amount(i), REMIND_LATER_MS))
@@ -79,7 +81,7 @@ async fn sigkill_three_times_loses_and_duplicates_nothing() {
         let p = db.progress().await.unwrap();
         let left = p.with_status("incoming");
         println!(
-            "kill #{} at {:.1?}: handled {} when polled (threshold {threshold}), killed {} ms later; after kill: {} handled, {} incoming, {p:?}",
+            "[{backend}] kill #{} at {:.1?}: handled {} when polled (threshold {threshold}), killed {} ms later; after kill: {} handled, {} incoming, {p:?}",
             k + 1,
             started.elapsed(),
             handled,
@@ -104,7 +106,7 @@ async fn sigkill_three_times_loses_and_duplicates_nothing() {
             settled,
         )
         .await;
-    println!("settled after {:.1?}: {p:?}", started.elapsed());
+    println!("[{backend}] settled after {:.1?}: {p:?}", started.elapsed());
     host.assert_alive("after the last restart settled");
 
     // ---- checker ------------------------------------------------------------
@@ -143,7 +145,8 @@ async fn sigkill_three_times_loses_and_duplicates_nothing() {
     let dead = db.dead_letter_rows().await.unwrap();
 
     println!(
-        "=== crash checker: {N} orders, {} restarts ===",
+        "=== crash checker ({backend}, {}): {N} orders, {} restarts ===",
+        host.store(),
         KILL_AT_PERCENT.len()
     );
     println!("lost effects:       {}", lost.len());

@@ -54,7 +54,10 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     if !a.noop.exists() {
-        bail!("{} not found; build it with `make plugins`", a.noop.display());
+        bail!(
+            "{} not found; build it with `make plugins`",
+            a.noop.display()
+        );
     }
     Ok(a)
 }
@@ -118,7 +121,9 @@ async fn commit_probe(backend: &Backend, schema: &str, secs: f64) -> anyhow::Res
                 .max_connections(1)
                 .connect(url)
                 .await?,
-            format!("CREATE TABLE IF NOT EXISTS public.{table} (id BIGSERIAL PRIMARY KEY, v BYTEA)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS public.{table} (id BIGSERIAL PRIMARY KEY, v BYTEA)"
+            ),
             format!("INSERT INTO public.{table} (v) VALUES ($1)"),
             format!("DROP TABLE public.{table}")
         ),
@@ -127,7 +132,9 @@ async fn commit_probe(backend: &Backend, schema: &str, secs: f64) -> anyhow::Res
                 .max_connections(1)
                 .connect(url)
                 .await?,
-            format!("CREATE TABLE IF NOT EXISTS {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BLOB) ENGINE=InnoDB"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BLOB) ENGINE=InnoDB"
+            ),
             format!("INSERT INTO {table} (v) VALUES (?)"),
             format!("DROP TABLE {table}")
         ),
@@ -178,7 +185,11 @@ async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> 
             break;
         }
         if Instant::now() > deadline {
-            bail!("{name}: only {} of {} handled after 600 s", c.handled, a.messages);
+            bail!(
+                "{name}: only {} of {} handled after 600 s",
+                c.handled,
+                a.messages
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -214,7 +225,9 @@ async fn wasm_call_us(config: &Config, store: Arc<dyn MessageStore>) -> anyhow::
     let t = Instant::now();
     for _ in 0..calls {
         let view = StateView::new(store.clone(), plugin.name.clone(), state);
-        let out = runtime.handle(&plugin, &env, Arc::clone(&router), view).await;
+        let out = runtime
+            .handle(&plugin, &env, Arc::clone(&router), view)
+            .await;
         state = out.state;
         if let Err(e) = out.result {
             bail!("noop handler failed: {e:?}");

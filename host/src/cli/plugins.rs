@@ -31,7 +31,7 @@ pub async fn run(cmd: PluginsCommand) -> anyhow::Result<()> {
                 );
             }
             for e in &errors {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error_chain(e));
             }
             if !errors.is_empty() {
                 anyhow::bail!("{} plugin(s) failed to load", errors.len());

@@ -109,7 +109,7 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<()> {
                     cfg.plugins.dir.display()
                 );
                 for e in &errors {
-                    msg.push_str(&format!("\n  also: {e}"));
+                    msg.push_str(&format!("\n  also: {}", crate::error_chain(e)));
                 }
                 bail!(msg);
             }

@@ -95,7 +95,7 @@ impl Worker {
                     rows
                 }
                 Err(e) => {
-                    error!(error = %e, "claiming messages failed; retrying");
+                    error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
                     self.pause(&mut shutdown, db_backoff).await;
                     db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -165,7 +165,7 @@ impl Worker {
                         break;
                     }
                     Err(e) => {
-                        error!(error = %e, rows = rows.len(), "commit failed; retrying");
+                        error!(error = %crate::error_chain(&e), rows = rows.len(), "commit failed; retrying");
                         if *shutdown.borrow() {
                             warn!(
                                 "shutting down with an uncommitted batch; it will be recovered on restart"

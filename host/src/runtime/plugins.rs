@@ -18,7 +18,7 @@ use super::state_view::StateView;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PluginError {
-    #[error("plugin folder {path}: {source}")]
+    #[error("plugin folder {path}")]
     Folder {
         path: PathBuf,
         #[source]
@@ -28,7 +28,7 @@ pub enum PluginError {
         "plugin {path}: the file name must be NAME.wasm with NAME made of letters, digits, '-' or '_'"
     )]
     BadName { path: PathBuf },
-    #[error("plugin {path}: cannot read: {source}")]
+    #[error("plugin {path}: cannot read")]
     Read {
         path: PathBuf,
         #[source]

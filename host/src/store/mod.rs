@@ -26,7 +26,7 @@ pub const STATUS_HANDLED: &str = "handled";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("cannot open the message store at {target}: {source}")]
+    #[error("cannot open the message store at {target}")]
     Open {
         target: String,
         #[source]
@@ -44,7 +44,7 @@ pub enum StoreError {
         key: String,
         expected: i64,
     },
-    #[error("database error during {operation}: {source}")]
+    #[error("database error during {operation}")]
     Database {
         operation: &'static str,
         #[source]

@@ -48,12 +48,12 @@ pub(super) async fn insert_incoming(
     }
     let inserted: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.insert_incoming.clone()))
         .bind(ids(rows.iter().map(|r| r.id)))
-        .bind(rows.iter().map(|r| r.owner_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.execute_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.message_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.destination.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+        .bind(col(rows, |r| r.owner_id))
+        .bind(col(rows, |r| r.execute_at))
+        .bind(col(rows, |r| i64::from(r.attempts)))
+        .bind(col(rows, |r| r.message_type.as_str()))
+        .bind(col(rows, |r| r.destination.as_str()))
+        .bind(col(rows, |r| r.body.as_slice()))
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::db(op))?;
@@ -72,6 +72,11 @@ pub(super) async fn insert_incoming(
             .collect();
     }
     Ok(report)
+}
+
+/// One column of a batch, as an array to bind.
+fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
 }
 
 fn ids(ids: impl Iterator<Item = Uuid>) -> Vec<String> {
@@ -109,12 +114,12 @@ async fn insert_outgoing(
     }
     q(&sql.insert_outgoing)
         .bind(ids(rows.iter().map(|r| r.id)))
-        .bind(rows.iter().map(|r| r.owner_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.destination.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.deliver_by).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.message_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+        .bind(col(rows, |r| r.owner_id))
+        .bind(col(rows, |r| r.destination.as_str()))
+        .bind(col(rows, |r| r.deliver_by))
+        .bind(col(rows, |r| i64::from(r.attempts)))
+        .bind(col(rows, |r| r.message_type.as_str()))
+        .bind(col(rows, |r| r.body.as_slice()))
         .execute(&mut *conn)
         .await
         .map_err(StoreError::db("insert outgoing"))?;
@@ -130,18 +135,17 @@ async fn retry(conn: &mut PgConnection, sql: &Statements, batch: &CommitBatch) -
     let mut at: HashMap<Uuid, usize> = HashMap::new();
     let mut marks = Vec::with_capacity(batch.retries.len());
     for r in &batch.retries {
-        match at.get(&r.id) {
-            Some(&i) => marks[i] = r,
-            None => {
-                at.insert(r.id, marks.len());
-                marks.push(r);
-            }
+        if let Some(slot) = at.get(&r.id).and_then(|&i| marks.get_mut(i)) {
+            *slot = r;
+        } else {
+            at.insert(r.id, marks.len());
+            marks.push(r);
         }
     }
     q(&sql.retry)
         .bind(ids(marks.iter().map(|r| r.id)))
-        .bind(marks.iter().map(|r| i64::from(r.attempts)).collect::<Vec<_>>())
-        .bind(marks.iter().map(|r| r.execute_at).collect::<Vec<_>>())
+        .bind(col(&marks, |r| i64::from(r.attempts)))
+        .bind(col(&marks, |r| r.execute_at))
         .execute(&mut *conn)
         .await
         .map_err(StoreError::db(OP))?;
@@ -162,12 +166,11 @@ async fn dead_letters(
     let mut at: HashMap<Uuid, usize> = HashMap::new();
     let mut rows: Vec<(&DeadLetter, &DeadLetter)> = Vec::with_capacity(dead.len());
     for d in dead {
-        match at.get(&d.id) {
-            Some(&i) => rows[i].1 = d,
-            None => {
-                at.insert(d.id, rows.len());
-                rows.push((d, d));
-            }
+        if let Some(slot) = at.get(&d.id).and_then(|&i| rows.get_mut(i)) {
+            slot.1 = d;
+        } else {
+            at.insert(d.id, rows.len());
+            rows.push((d, d));
         }
     }
     let id_list = ids(rows.iter().map(|(f, _)| f.id));
@@ -178,15 +181,15 @@ async fn dead_letters(
         .map_err(StoreError::db(OP))?;
     q(&sql.insert_dead)
         .bind(&id_list)
-        .bind(rows.iter().map(|(f, _)| f.message_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(f, _)| f.received_at.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(f, _)| f.source.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, l)| l.error_kind.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, l)| l.error_message.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, l)| l.failed_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, l)| i64::from(l.attempts)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(f, _)| f.replayable).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, l)| l.body.as_slice()).collect::<Vec<_>>())
+        .bind(col(&rows, |(f, _)| f.message_type.as_str()))
+        .bind(col(&rows, |(f, _)| f.received_at.as_str()))
+        .bind(col(&rows, |(f, _)| f.source.as_deref()))
+        .bind(col(&rows, |(_, l)| l.error_kind.as_str()))
+        .bind(col(&rows, |(_, l)| l.error_message.as_str()))
+        .bind(col(&rows, |(_, l)| l.failed_at))
+        .bind(col(&rows, |(_, l)| i64::from(l.attempts)))
+        .bind(col(&rows, |(f, _)| f.replayable))
+        .bind(col(&rows, |(_, l)| l.body.as_slice()))
         .execute(&mut *conn)
         .await
         .map_err(StoreError::db(OP))?;
@@ -304,12 +307,16 @@ async fn state_round(
         }
     }
 
+    // Each kind in key order, so that concurrent commits inserting the same
+    // new keys take their locks in the same order.
     let kind = |value: bool, expected: fn(Option<i64>) -> bool| -> Vec<&StateWrite> {
-        writes
+        let mut ws: Vec<&StateWrite> = writes
             .iter()
             .copied()
             .filter(|w| w.value.is_some() == value && expected(w.expected_version))
-            .collect()
+            .collect();
+        ws.sort_by(|a, b| (&a.plugin, &a.key).cmp(&(&b.plugin, &b.key)));
+        ws
     };
     let upserts = kind(true, |e| e.is_none());
     let inserts = kind(true, |e| e == Some(0));
@@ -320,9 +327,9 @@ async fn state_round(
 
     if !upserts.is_empty() {
         q(&sql.state_upsert)
-            .bind(plugins_of(&upserts))
-            .bind(keys_of(&upserts))
-            .bind(values_of(&upserts))
+            .bind(col(&upserts, |w| w.plugin.as_str()))
+            .bind(col(&upserts, |w| w.key.as_str()))
+            .bind(col(&upserts, |w| w.value.as_deref().unwrap_or_default()))
             .execute(&mut *conn)
             .await
             .map_err(StoreError::db(OP))?;
@@ -331,9 +338,9 @@ async fn state_round(
         // Absent when locked, but a concurrent commit may insert the key
         // meanwhile: RETURNING tells.
         let rows = q(&sql.state_insert_new)
-            .bind(plugins_of(&inserts))
-            .bind(keys_of(&inserts))
-            .bind(values_of(&inserts))
+            .bind(col(&inserts, |w| w.plugin.as_str()))
+            .bind(col(&inserts, |w| w.key.as_str()))
+            .bind(col(&inserts, |w| w.value.as_deref().unwrap_or_default()))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db(OP))?;
@@ -343,10 +350,10 @@ async fn state_round(
     }
     if !updates.is_empty() {
         let rows = q(&sql.state_update_checked)
-            .bind(plugins_of(&updates))
-            .bind(keys_of(&updates))
-            .bind(values_of(&updates))
-            .bind(expected_of(&updates))
+            .bind(col(&updates, |w| w.plugin.as_str()))
+            .bind(col(&updates, |w| w.key.as_str()))
+            .bind(col(&updates, |w| w.value.as_deref().unwrap_or_default()))
+            .bind(col(&updates, |w| w.expected_version.unwrap_or(0)))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db(OP))?;
@@ -356,9 +363,9 @@ async fn state_round(
     }
     if !checked_deletes.is_empty() {
         let rows = q(&sql.state_delete_checked)
-            .bind(plugins_of(&checked_deletes))
-            .bind(keys_of(&checked_deletes))
-            .bind(expected_of(&checked_deletes))
+            .bind(col(&checked_deletes, |w| w.plugin.as_str()))
+            .bind(col(&checked_deletes, |w| w.key.as_str()))
+            .bind(col(&checked_deletes, |w| w.expected_version.unwrap_or(0)))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db(OP))?;
@@ -368,27 +375,11 @@ async fn state_round(
     }
     if !deletes.is_empty() {
         q(&sql.state_delete)
-            .bind(plugins_of(&deletes))
-            .bind(keys_of(&deletes))
+            .bind(col(&deletes, |w| w.plugin.as_str()))
+            .bind(col(&deletes, |w| w.key.as_str()))
             .execute(&mut *conn)
             .await
             .map_err(StoreError::db(OP))?;
     }
     Ok(())
-}
-
-fn plugins_of<'a>(ws: &[&'a StateWrite]) -> Vec<&'a str> {
-    ws.iter().map(|w| w.plugin.as_str()).collect()
-}
-
-fn keys_of<'a>(ws: &[&'a StateWrite]) -> Vec<&'a str> {
-    ws.iter().map(|w| w.key.as_str()).collect()
-}
-
-fn values_of<'a>(ws: &[&'a StateWrite]) -> Vec<&'a [u8]> {
-    ws.iter().map(|w| w.value.as_deref().unwrap_or_default()).collect()
-}
-
-fn expected_of(ws: &[&StateWrite]) -> Vec<i64> {
-    ws.iter().map(|w| w.expected_version.unwrap_or(0)).collect()
 }

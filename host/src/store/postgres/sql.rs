@@ -260,7 +260,8 @@ impl Statements {
             &n.state,
         );
         let s = |x: String| -> Arc<str> { x.into() };
-        // Rows any node may take that this node's owner ids do not hold.
+        // Live owners: this node, and nodes with a fresh heartbeat that are
+        // not an earlier run of it ($2: its name, at start-up only).
         let live = format!(
             "SELECT node_id FROM {nodes} WHERE node_id = $1 OR (heartbeat_at >= $3 AND ($2::text IS NULL OR name <> $2::text))"
         );

@@ -1,0 +1,158 @@
+//! Connecting to PostgreSQL: one probe connection that names what is wrong
+//! (unreachable server, wrong credentials, missing database), then the pool.
+
+use std::borrow::Cow;
+use std::io;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+use crate::store::{StoreError, StoreResult};
+
+/// How long `open` waits for the server to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections per store (one host: workers, listeners, sweeps).
+const MAX_CONNECTIONS: u32 = 8;
+/// A pooled connection idle this long is pinged before use.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(10);
+
+/// A pool for `url`, after one connection proved the server, the credentials
+/// and the database are there. Errors are [`StoreError::Open`] for `target`
+/// (the URL without its password).
+pub(super) async fn pool(url: &str, target: &str) -> StoreResult<PgPool> {
+    let open_err = |source| StoreError::Open {
+        target: target.to_owned(),
+        source,
+    };
+    let mut options = PgConnectOptions::from_str(url).map_err(open_err)?;
+    if options.get_application_name().is_none() {
+        options = options.application_name("jasper-host");
+    }
+    // One connection first: the pool would retry a refused connection
+    // until its acquire timeout and then say only "timed out".
+    let server = server_of(&options);
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Err(_) => {
+            return Err(open_err(sqlx::Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{server} did not answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            ))));
+        }
+        Ok(Err(sqlx::Error::Io(e))) => {
+            let what = match e.kind() {
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => {
+                    "answered, but not like a PostgreSQL server"
+                }
+                _ => "is unreachable",
+            };
+            return Err(open_err(sqlx::Error::Io(io::Error::new(
+                e.kind(),
+                format!("{server} {what}: {e}"),
+            ))));
+        }
+        Ok(Err(e)) => return Err(open_err(e)),
+        Ok(Ok(conn)) => {
+            // Closing is a courtesy; the pool opens its own connections.
+            let _ = conn.close().await;
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .min_connections(0)
+        // A ping before every acquire costs a round trip per call (the claim
+        // and the group commit each acquire once); ping only connections that
+        // sat idle, which a server restart or an idle timeout may have
+        // closed. A connection that breaks while in use fails that call and
+        // is discarded when it goes back to the pool (sqlx pings on release).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(options);
+    Ok(pool)
+}
+
+/// `url` without its password (in the user info or a `password=` parameter).
+pub(super) fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (head, rest) = url.split_at(start);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority: Cow<'_, str> = match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!("{}{}", &authority[..colon], &authority[at..]).into(),
+            None => authority.into(),
+        },
+        None => authority.into(),
+    };
+    let tail: Cow<'_, str> = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| {
+                    let key = p.split('=').next().unwrap_or_default();
+                    !key.eq_ignore_ascii_case("password")
+                })
+                .collect();
+            let mut t = path.to_owned();
+            if !kept.is_empty() {
+                t.push('?');
+                t.push_str(&kept.join("&"));
+            }
+            if let Some(f) = fragment {
+                t.push('#');
+                t.push_str(f);
+            }
+            t.into()
+        }
+        None => tail.into(),
+    };
+    format!("{head}{authority}{tail}")
+}
+
+/// Where the options point, for "is unreachable" messages.
+fn server_of(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(path) => format!("socket {}", path.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn the_password_is_left_out_of_the_target() {
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/app"),
+            "postgres://u@db:5432/app"
+        );
+        assert_eq!(
+            redact("postgres://u@db/app?sslmode=require&password=secret"),
+            "postgres://u@db/app?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql://u:p%40ss@db/app?password=x"),
+            "postgresql://u@db/app"
+        );
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+    }
+}

@@ -26,7 +26,7 @@ build:
 	$(CARGO) build --release
 
 test: plugins build
-	$(CARGO) test --release
+	$(CARGO) test --release --no-fail-fast
 	$(CARGO) test --release -p orders -p audit
 
 quickstart: plugins build

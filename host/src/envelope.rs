@@ -863,7 +863,7 @@ mod tests {
         bad[5 + 4 + first_len + 4] = 9;
         let err = decode_batch(&bad, &limits).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            crate::error_chain(&err),
             "batch entry 1: unsupported envelope version 9"
         );
     }

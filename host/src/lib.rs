@@ -26,15 +26,30 @@ pub mod testing;
 
 pub use config::Config;
 
-/// An error and its causes on one line (`a: b: c`), for logs: library errors
-/// keep their cause in `source()`, not in their own message.
+/// An error and its causes on one line (`a: b: c`), for logs and the command
+/// line. A cause whose text the line already holds is left out: sqlx and io
+/// errors repeat their source in their own message.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        parts.push(c.to_string());
         cur = c.source();
+    }
+    join_causes(parts)
+}
+
+/// Join messages outermost first, skipping any already contained in the line.
+pub fn join_causes(parts: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::new();
+    for part in parts {
+        if part.is_empty() || out.contains(&part) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&part);
     }
     out
 }

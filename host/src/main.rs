@@ -15,7 +15,10 @@ async fn main() -> std::process::ExitCode {
     match jasper_host::cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                jasper_host::join_causes(e.chain().map(|c| c.to_string()))
+            );
             std::process::ExitCode::FAILURE
         }
     }

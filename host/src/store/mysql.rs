@@ -70,6 +70,7 @@ pub async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>>
             "storage.schema {schema:?} is too long for MySQL: table names are limited to 64 characters, so the schema to {MAX_SCHEMA}"
         )));
     }
+    let server = format!("{}:{}", options.get_host(), options.get_port());
     // One plain connection first: its error names the cause (refused, access
     // denied, unknown database), where the pool would retry a refused
     // connection until its timeout and then only say that it timed out.
@@ -78,10 +79,19 @@ pub async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>>
         .map_err(|_| {
             open_err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                format!(
+                    "{server} gave no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
             )))
         })?
-        .map_err(open_err)?;
+        .map_err(|e| match e {
+            sqlx::Error::Io(io) => open_err(sqlx::Error::Io(std::io::Error::new(
+                io.kind(),
+                format!("{server} is unreachable: {io}"),
+            ))),
+            other => open_err(other),
+        })?;
     let (version, max_packet): (String, i64) =
         sqlx::query_as("SELECT VERSION(), CAST(@@max_allowed_packet AS SIGNED)")
             .fetch_one(&mut probe)

@@ -254,6 +254,11 @@ fn parse_id(text: &str) -> StoreResult<Uuid> {
     })
 }
 
+/// An attempts column as the count it is (never negative, at most u32::MAX).
+fn to_attempts(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
 fn ids_list(ids: &[Uuid]) -> String {
     // Uuids render as [0-9a-f-] only, so quoting them inline is safe.
     ids.iter()
@@ -355,7 +360,7 @@ impl MessageStore for SqliteStore {
             let attempts: i64 = row.get(1);
             out.push(ClaimedRow {
                 id: parse_id(&id)?,
-                attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+                attempts: to_attempts(attempts),
                 destination: row.get(2),
                 body: row.get(3),
             });
@@ -512,7 +517,7 @@ impl MessageStore for SqliteStore {
                     id: parse_id(&id)?,
                     destination: r.get(1),
                     deliver_by: r.get(2),
-                    attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+                    attempts: to_attempts(attempts),
                     body: r.get(4),
                 })
             })
@@ -712,7 +717,7 @@ impl MessageStore for SqliteStore {
                     error_kind: r.get(4),
                     error_message: r.get(5),
                     failed_at: r.get(6),
-                    attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+                    attempts: to_attempts(attempts),
                     replayable: r.get(8),
                     body: r.get(9),
                 })

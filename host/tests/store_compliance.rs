@@ -142,6 +142,7 @@ compliance!(
     clear_keeps_schema_and_state_and_rebuild_empties_everything,
     migrate_is_idempotent_and_safe_when_two_hosts_start_together,
     a_missing_schema_is_named_with_the_command_that_creates_it,
+    two_nodes_claiming_at_once_never_take_the_same_row,
 );
 
 fn row(dest: &str) -> NewIncoming {
@@ -505,4 +506,34 @@ async fn a_missing_schema_is_named_with_the_command_that_creates_it(kind: Kind) 
         s.check_schema().await,
         Err(StoreError::MissingSchema { .. })
     ));
+}
+
+async fn two_nodes_claiming_at_once_never_take_the_same_row(kind: Kind) {
+    let s = open(kind).await;
+    let rows: Vec<_> = (0..600).map(|_| row("local://a")).collect();
+    s.insert_incoming(&rows).await.unwrap();
+    // A second store on the same database: another node's connections.
+    let other = store::open(&s.config).await.unwrap();
+    let claim_all = |store: Arc<dyn MessageStore>, node: i64| async move {
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let batch = store.claim_incoming(node, 0, 25).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch.into_iter().map(|r| r.id));
+        }
+        got
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(s.store.clone(), 1)),
+        tokio::spawn(claim_all(other, 2))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<Uuid> = a.iter().chain(&b).copied().collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(n, all.len(), "a row was claimed by both nodes");
+    assert_eq!(n, 600, "every row claimed once ({} + {})", a.len(), b.len());
 }

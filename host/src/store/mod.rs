@@ -76,6 +76,17 @@ pub struct NewIncoming {
     pub body: Vec<u8>,
 }
 
+impl NewIncoming {
+    /// The status the row starts in: scheduled when it has a time to run at.
+    pub fn status(&self) -> &'static str {
+        if self.execute_at.is_some() {
+            STATUS_SCHEDULED
+        } else {
+            STATUS_INCOMING
+        }
+    }
+}
+
 /// A new row for the outgoing table: a message for a remote destination,
 /// written in the handler's transaction and deleted once the peer confirms.
 #[derive(Debug, Clone)]

@@ -801,13 +801,8 @@ async fn insert_rows(
             tables.incoming
         ));
         qb.push_values(chunk, |mut b, row| {
-            let status = if row.execute_at.is_some() {
-                STATUS_SCHEDULED
-            } else {
-                STATUS_INCOMING
-            };
             b.push_bind(row.id.to_string())
-                .push_bind(status)
+                .push_bind(row.status())
                 .push_bind(row.owner_id)
                 .push_bind(row.execute_at)
                 .push_bind(row.attempts as i64)

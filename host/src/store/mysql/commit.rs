@@ -130,13 +130,8 @@ async fn insert_incoming_rows(
         t.incoming
     ));
     qb.push_values(rows, |mut b, row| {
-        let status = if row.execute_at.is_some() {
-            STATUS_SCHEDULED
-        } else {
-            STATUS_INCOMING
-        };
         b.push_bind(row.id.to_string())
-            .push_bind(status)
+            .push_bind(row.status())
             .push_bind(row.owner_id)
             .push_bind(row.execute_at)
             .push_bind(i64::from(row.attempts))

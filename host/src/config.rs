@@ -9,9 +9,13 @@
 //! every path in the config is resolved (absolute when the base dir is), and
 //! `storage.backend` matches `storage.url`.
 
+pub mod transport;
+
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use transport::{ListenConfig, RouteConfig, SendingConfig, TcpConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -22,6 +26,12 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub handling: HandlingConfig,
     pub durability: DurabilityConfig,
+    /// `[[listen]]` endpoints.
+    pub listen: Vec<ListenConfig>,
+    /// `[[route]]` rules for published messages.
+    pub route: Vec<RouteConfig>,
+    pub sending: SendingConfig,
+    pub tcp: TcpConfig,
 }
 
 /// `[node]`
@@ -237,6 +247,20 @@ impl Config {
         config.storage.backend = parse_storage_url(&config.storage.url, base_dir)
             .map_err(|m| invalid("storage.url", m))?;
         config.plugins.dir = resolve(base_dir, &config.plugins.dir);
+        let tcp = &mut config.tcp;
+        for p in [
+            &mut tcp.secret_file,
+            &mut tcp.tls_cert,
+            &mut tcp.tls_key,
+            &mut tcp.tls_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve(base_dir, p);
+        }
+        transport::validate(&config.listen, &config.route, &config.sending, &config.tcp)
+            .map_err(|(key, message)| invalid(&key, message))?;
         config
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
@@ -456,6 +480,16 @@ poll_interval_ms = 20
 heartbeat_ms = 500
 stale_after_ms = 2000
 cleanup_interval_ms = 30000
+[[listen]]
+uri = "durable://0.0.0.0:2222"
+[[route]]
+message_type = "billing.*"
+to = "durable://10.0.0.2:2222/billing"
+[sending]
+batch_size = 50
+[tcp]
+secret_file = "secret.txt"
+max_connections = 8
 "#;
         let c = parse(text).unwrap();
         let expected = Config {
@@ -487,6 +521,22 @@ cleanup_interval_ms = 30000
                 heartbeat_ms: 500,
                 stale_after_ms: 2000,
                 cleanup_interval_ms: 30_000,
+            },
+            listen: vec![ListenConfig {
+                uri: "durable://0.0.0.0:2222".into(),
+            }],
+            route: vec![RouteConfig {
+                message_type: "billing.*".into(),
+                to: "durable://10.0.0.2:2222/billing".into(),
+            }],
+            sending: SendingConfig {
+                batch_size: 50,
+                ..SendingConfig::default()
+            },
+            tcp: TcpConfig {
+                secret_file: Some("/srv/jasper/secret.txt".into()),
+                max_connections: 8,
+                ..TcpConfig::default()
             },
         };
         assert_eq!(c, expected);
@@ -543,6 +593,23 @@ cleanup_interval_ms = 30000
             ("[storage]\nschema = \"a-b\"", "storage.schema"),
             ("[storage]\nschema = \"a; DROP TABLE x\"", "storage.schema"),
             ("[storage]\nschema = \"sch\u{e9}ma\"", "storage.schema"),
+            ("[[listen]]\nuri = \"ftp://h:1\"", "listen[0].uri"),
+            ("[[listen]]\nuri = \"durable://h\"", "listen[0].uri"),
+            ("[[listen]]\nuri = \"local://audit\"", "listen[0].uri"),
+            ("[[listen]]\nuri = \"durable://h:1/q\"", "listen[0].uri"),
+            (
+                "[[route]]\nmessage_type = \"a\"\nto = \"nowhere\"",
+                "route[0].to",
+            ),
+            (
+                "[[route]]\nmessage_type = \"\"\nto = \"tcp://h:1\"",
+                "route[0].message_type",
+            ),
+            ("[sending]\nbatch_size = 0", "sending.batch_size"),
+            ("[tcp]\nsecret = \"short\"", "tcp.secret"),
+            ("[tcp]\ntls = true", "tcp.tls_ca"),
+            ("[tcp]\nmutual_tls = true", "tcp.mutual_tls"),
+            ("[tcp]\nmax_frame_bytes = 10", "tcp.max_frame_bytes"),
         ];
         for (text, want) in cases {
             let (key, shown) = invalid(text);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rand::Rng;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -14,7 +14,11 @@ use crate::config::Config;
 use crate::durability;
 use crate::handling::{BatchEvent, Worker, local_row};
 use crate::runtime::{Plugins, Runtime};
-use crate::store::{self, MessageStore};
+use crate::store::{self, CommitBatch, MessageStore};
+use crate::transport::endpoint::Endpoint;
+use crate::transport::receive::{Inbox, MEMORY_QUEUE_BATCHES};
+use crate::transport::tcp::{TcpSettings, listener};
+use crate::transport::{self, Outgoing, Senders};
 
 /// A host started with [`Host::start`].
 #[derive(Debug)]
@@ -23,6 +27,9 @@ pub struct Host {
     pub store: Arc<dyn MessageStore>,
     pub runtime: Arc<Runtime>,
     pub plugins: Arc<Plugins>,
+    /// The listeners' URIs as bound (a configured port 0 shows the real one).
+    pub listeners: Vec<String>,
+    senders: Arc<Senders>,
     events: broadcast::Sender<Arc<BatchEvent>>,
     wake: Arc<Notify>,
     shutdown: watch::Sender<bool>,
@@ -35,10 +42,11 @@ impl Host {
     /// with their file and reason; the others run), and rows left by earlier
     /// runs are recovered.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
+        let tcp = Arc::new(TcpSettings::from_config(&config.tcp)?);
         let store = store::open(&config.storage).await?;
         store.migrate().await?;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
-        let (plugins, errors) = runtime
+        let (mut plugins, errors) = runtime
             .load_dir(&config.plugins.dir)
             .await
             .with_context(|| format!("loading plugins from {}", config.plugins.dir.display()))?;
@@ -51,6 +59,7 @@ impl Host {
         if plugins.is_empty() {
             warn!(dir = %config.plugins.dir.display(), "no plugin loaded: messages will wait in the inbox");
         }
+        plugins.add_routes(&config.route);
         let plugins = Arc::new(plugins);
         let node_id = rand::rng().random_range(1..i64::MAX);
         durability::recover_on_start(&*store, node_id, &config.node.name, &config.durability)
@@ -58,6 +67,34 @@ impl Host {
         let (shutdown, rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let (events, _) = broadcast::channel(4096);
+        let senders = Arc::new(Senders::new(
+            store.clone(),
+            config.sending.clone(),
+            tcp.clone(),
+            rx.clone(),
+        ));
+        let (memory_tx, memory_rx) = mpsc::channel(MEMORY_QUEUE_BATCHES);
+        let inbox = Inbox {
+            store: store.clone(),
+            plugins: plugins.clone(),
+            wake: wake.clone(),
+            memory: memory_tx,
+        };
+        let mut listeners = Vec::new();
+        let mut tasks = Vec::new();
+        for l in &config.listen {
+            match Endpoint::parse(&l.uri) {
+                Ok(Endpoint::Tcp(t)) => {
+                    let bound = listener::start(&t, tcp.clone(), inbox.clone(), rx.clone()).await?;
+                    listeners.push(bound.uri);
+                    tasks.push(bound.task);
+                }
+                _ => anyhow::bail!(
+                    "listen uri {:?} is not a listener this host can start",
+                    l.uri
+                ),
+            }
+        }
         let worker = Worker {
             store: store.clone(),
             runtime: runtime.clone(),
@@ -66,9 +103,17 @@ impl Host {
             node_id,
             wake: wake.clone(),
             events: events.clone(),
+            senders: senders.clone(),
         };
-        let tasks = vec![
-            tokio::spawn(worker.run(rx.clone())),
+        tasks.extend([
+            tokio::spawn(worker.run(rx.clone(), memory_rx)),
+            tokio::spawn(transport::run_relay(
+                store.clone(),
+                senders.clone(),
+                node_id,
+                std::time::Duration::from_millis(config.sending.recovery_interval_ms),
+                rx.clone(),
+            )),
             tokio::spawn(durability::run_agent(
                 store.clone(),
                 node_id,
@@ -76,13 +121,15 @@ impl Host {
                 wake.clone(),
                 rx,
             )),
-        ];
+        ]);
         info!(node_id, name = %config.node.name, plugins = plugins.len(), "host started");
         Ok(Host {
             node_id,
             store,
             runtime,
             plugins,
+            listeners,
+            senders,
             events,
             wake,
             shutdown,
@@ -112,13 +159,42 @@ impl Host {
             None,
             "host",
         )?;
-        let rows: Vec<_> = envelopes.iter().map(local_row).collect();
+        let (remote, local): (Vec<_>, Vec<_>) = envelopes.into_iter().partition(|e| {
+            e.destination
+                .as_deref()
+                .is_some_and(|d| Endpoint::parse(d).is_ok_and(|e| e.is_remote()))
+        });
+        let rows: Vec<_> = local.iter().map(local_row).collect();
         let report = self.store.insert_incoming(&rows).await?;
         self.wake.notify_one();
-        Ok(envelopes
+        let mut sent: Vec<_> = local
             .into_iter()
             .filter(|e| !report.duplicates.contains(&e.id))
-            .collect())
+            .collect();
+        if !remote.is_empty() {
+            let outgoing: Vec<Outgoing> = remote
+                .iter()
+                .map(|e| {
+                    let durable = matches!(
+                        e.destination.as_deref().map(Endpoint::parse),
+                        Some(Ok(Endpoint::Tcp(t))) if t.durable
+                    );
+                    Outgoing::from_envelope(e, durable)
+                })
+                .collect();
+            let commit = CommitBatch {
+                outgoing: outgoing
+                    .iter()
+                    .filter(|o| o.durable)
+                    .map(|o| o.row(self.node_id))
+                    .collect(),
+                ..CommitBatch::default()
+            };
+            self.store.commit(&commit).await?;
+            self.senders.dispatch(outgoing).await;
+            sent.extend(remote);
+        }
+        Ok(sent)
     }
 
     /// Drop and recreate every message-store object: the test set-up of
@@ -138,6 +214,7 @@ impl Host {
         for t in self.tasks {
             t.await.context("host task panicked")?;
         }
+        self.senders.join().await;
         self.store.remove_node(self.node_id).await?;
         info!(node_id = self.node_id, "host stopped");
         Ok(())

@@ -8,6 +8,8 @@
 //! - [`runtime`]: wasmtime, the loaded plugins, one handler call under limits.
 //! - [`handling`]: a batch of messages through their handlers into one commit.
 //! - [`durability`]: heartbeat, recovery of dead nodes' messages, cleanup.
+//! - [`transport`]: `tcp://` and `durable://` between hosts: listeners,
+//!   sending agents, the wire protocol.
 //! - [`host`]: all of the above started together, in-process.
 //! - [`sending`]: messages entering from outside a handler.
 //! - [`testing`]: tracked sessions for tests of a host in-process.
@@ -23,6 +25,7 @@ pub mod runtime;
 pub mod sending;
 pub mod store;
 pub mod testing;
+pub mod transport;
 
 pub use config::Config;
 

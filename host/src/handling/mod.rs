@@ -4,13 +4,19 @@
 //! state writes, new local messages, retries and dead letters of the whole
 //! batch together (group commit). A batch whose state reads went stale is run
 //! again from fresh reads, never committed.
+//!
+//! Messages for remote peers leave through the transports after the commit:
+//! a `durable://` one is an outgoing row of the same commit, a `tcp://` one
+//! only an envelope in memory. Messages received on a `tcp://` listener come
+//! in through an in-memory queue and have no inbox row: their effects commit
+//! the same way, and only a failure makes them durable (as a retry row).
 
 pub mod policy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
@@ -22,6 +28,8 @@ use crate::runtime::{Plugins, Runtime};
 use crate::store::{
     ClaimedRow, CommitBatch, DeadLetter, MessageStore, NewIncoming, RetryMark, StoreError,
 };
+use crate::transport::endpoint::Endpoint;
+use crate::transport::{Outgoing, Senders};
 use policy::{Disposition, Failure, decide};
 
 /// What one batch came to (for logs, tests and benchmarks).
@@ -60,6 +68,40 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     /// Committed batches are announced here when anyone listens.
     pub events: broadcast::Sender<Arc<BatchEvent>>,
+    /// Where messages for remote destinations go after the commit.
+    pub senders: Arc<Senders>,
+}
+
+/// Where a message a handler sent goes.
+enum Route {
+    /// Into the inbox: a local queue, or anything scheduled (a scheduled
+    /// remote message waits in the inbox and is forwarded when due).
+    Inbox,
+    /// To a peer; `durable` ones get an outgoing row in the same commit.
+    Remote { durable: bool },
+}
+
+fn route_of(env: &Envelope) -> Route {
+    if env.scheduled_at.is_some() {
+        return Route::Inbox;
+    }
+    match env.destination.as_deref().map(Endpoint::parse) {
+        Some(Ok(Endpoint::Tcp(t))) => Route::Remote { durable: t.durable },
+        _ => Route::Inbox,
+    }
+}
+
+/// Rows for messages that came in through the in-memory queue (`tcp://`).
+fn memory_rows(batch: Vec<Envelope>) -> Vec<ClaimedRow> {
+    batch
+        .into_iter()
+        .map(|env| ClaimedRow {
+            id: env.id,
+            attempts: env.attempts,
+            destination: env.destination.clone().unwrap_or_default(),
+            body: env.encode(),
+        })
+        .collect()
 }
 
 /// Turn a handler's sent envelope into an inbox row (local queues).
@@ -78,11 +120,19 @@ pub fn local_row(env: &Envelope) -> NewIncoming {
 impl Worker {
     /// Claim, handle and commit until `shutdown` turns true. The batch in hand
     /// is finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        mut memory: mpsc::Receiver<Vec<Envelope>>,
+    ) {
         let mut db_backoff = Duration::from_millis(50);
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if let Ok(batch) = memory.try_recv() {
+                self.handle_memory(batch, &mut shutdown).await;
+                continue;
             }
             let now = now_ms();
             let rows = match self
@@ -107,13 +157,20 @@ impl Worker {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
+                    Some(batch) = memory.recv() => self.handle_memory(batch, &mut shutdown).await,
                 }
                 continue;
             }
             let n = rows.len();
-            let report = self.handle_batch(&rows, &mut shutdown).await;
+            let report = self.handle_batch(&rows, true, &mut shutdown).await;
             debug!(claimed = n, ?report, "batch committed");
         }
+    }
+
+    async fn handle_memory(&self, batch: Vec<Envelope>, shutdown: &mut watch::Receiver<bool>) {
+        let rows = memory_rows(batch);
+        let report = self.handle_batch(&rows, false, shutdown).await;
+        debug!(received = rows.len(), ?report, "in-memory batch committed");
     }
 
     async fn pause(&self, shutdown: &mut watch::Receiver<bool>, d: Duration) {
@@ -134,17 +191,19 @@ impl Worker {
         }
     }
 
-    /// Run and commit one claimed batch. Commit failures other than stale
-    /// state are retried with backoff until they succeed or shutdown; the
+    /// Run and commit one batch: claimed inbox rows (`persisted`) or
+    /// messages from the in-memory queue. Commit failures other than stale
+    /// state are retried with backoff until they succeed or shutdown; claimed
     /// rows stay owned by this node, so a crash leaves them to recovery.
     pub async fn handle_batch(
         &self,
         rows: &[ClaimedRow],
+        persisted: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> BatchReport {
         let mut reruns = 0;
         loop {
-            let (commit, mut report, event) = self.run_rows(rows).await;
+            let (commit, mut report, event, outgoing) = self.run_rows(rows, persisted).await;
             report.reruns = reruns;
             let mut backoff = Duration::from_millis(50);
             loop {
@@ -152,6 +211,9 @@ impl Worker {
                     Ok(()) => {
                         if report.sent > 0 || report.retried > 0 {
                             self.wake.notify_one();
+                        }
+                        if !outgoing.is_empty() {
+                            self.senders.dispatch(outgoing).await;
                         }
                         if let Some(event) = event {
                             // Nobody listening is fine.
@@ -184,7 +246,9 @@ impl Worker {
     async fn run_rows(
         &self,
         rows: &[ClaimedRow],
-    ) -> (CommitBatch, BatchReport, Option<BatchEvent>) {
+        persisted: bool,
+    ) -> (CommitBatch, BatchReport, Option<BatchEvent>, Vec<Outgoing>) {
+        let mut outgoing = Vec::new();
         let mut event = (self.events.receiver_count() > 0).then(BatchEvent::default);
         let now = now_ms();
         let keep_until =
@@ -220,8 +284,21 @@ impl Worker {
                 Ok(sent) => {
                     report.handled += 1;
                     report.sent += sent.len();
-                    commit.handled.push((row.id, keep_until));
-                    commit.new_incoming.extend(sent.iter().map(local_row));
+                    if persisted {
+                        commit.handled.push((row.id, keep_until));
+                    }
+                    for env in &sent {
+                        match route_of(env) {
+                            Route::Inbox => commit.new_incoming.push(local_row(env)),
+                            Route::Remote { durable } => {
+                                let o = Outgoing::from_envelope(env, durable);
+                                if durable {
+                                    commit.outgoing.push(o.row(self.node_id));
+                                }
+                                outgoing.push(o);
+                            }
+                        }
+                    }
                     if let Some(ev) = event.as_mut() {
                         ev.handled.extend(envelope);
                         ev.sent.extend(sent);
@@ -235,11 +312,27 @@ impl Worker {
                         let (kind, message) = failure.describe();
                         warn!(message_id = %row.id, kind, %message, attempts, "handling failed; will retry");
                         report.retried += 1;
-                        commit.retries.push(RetryMark {
-                            id: row.id,
-                            attempts,
-                            execute_at,
-                        });
+                        if persisted {
+                            commit.retries.push(RetryMark {
+                                id: row.id,
+                                attempts,
+                                execute_at,
+                            });
+                        } else {
+                            // The first failure makes a tcp:// message durable.
+                            commit.new_incoming.push(NewIncoming {
+                                id: row.id,
+                                message_type: envelope
+                                    .as_ref()
+                                    .map(|e| e.message_type.clone())
+                                    .unwrap_or_default(),
+                                destination: row.destination.clone(),
+                                owner_id: 0,
+                                execute_at,
+                                attempts,
+                                body: row.body.clone(),
+                            });
+                        }
                         if let Some(ev) = event.as_mut() {
                             ev.retried.push(row.id);
                         }
@@ -278,7 +371,7 @@ impl Worker {
         let (writes, checks) = state.into_commit();
         commit.state_writes = writes;
         commit.state_checks = checks;
-        (commit, report, event)
+        (commit, report, event, outgoing)
     }
 
     /// One message through its plugin. Returns what it sent, or why it failed.
@@ -292,6 +385,13 @@ impl Worker {
         if env.is_expired(now) {
             info!("expired before it was handled (deliver_by passed); discarded");
             return (Ok(Vec::new()), state);
+        }
+        if let Ok(Endpoint::Tcp(_)) = Endpoint::parse(&row.destination) {
+            // A scheduled (or replayed) message for a peer: forward it now.
+            let mut forward = env.clone();
+            forward.scheduled_at = None;
+            forward.attempts = 0;
+            return (Ok(vec![forward]), state);
         }
         let Some(name) = local_plugin(&row.destination) else {
             let msg = format!("destination {} is not a local queue", row.destination);

@@ -90,6 +90,11 @@ impl Plugins {
         &self.router
     }
 
+    /// Add the config's `[[route]]` rules to the router.
+    pub fn add_routes(&mut self, routes: &[crate::config::RouteConfig]) {
+        Arc::make_mut(&mut self.router).add_routes(routes);
+    }
+
     fn insert(&mut self, plugin: Plugin) -> Result<(), PluginError> {
         let name = plugin.name.to_string();
         if self.by_name.contains_key(&name) {

@@ -1,0 +1,269 @@
+//! The transport keys of the config file: `[[listen]]`, `[[route]]`,
+//! `[sending]` (the mechanics every sender shares) and `[tcp]` (the built-in
+//! TCP transport's security and limits). Parsed and checked here; used by
+//! `transport`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::transport::endpoint::Endpoint;
+
+/// `[[listen]]`: an endpoint this host receives on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `tcp://HOST:PORT` or `durable://HOST:PORT` (port 0: any free port).
+    pub uri: String,
+}
+
+/// `[[route]]`: where published messages of matching types also go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A message type, or a pattern with `*` standing for any characters
+    /// (`billing.*`).
+    pub message_type: String,
+    /// The destination URI.
+    pub to: String,
+}
+
+/// `[sending]`: batching, retries, breaker and recovery of every sender.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendingConfig {
+    /// Most envelopes per batch sent to a peer, default 500.
+    pub batch_size: usize,
+    /// How long a batch waits for more envelopes once it has one, default 2 ms.
+    pub batch_window_ms: u64,
+    /// Connecting and authenticating, default 5000.
+    pub connect_timeout_ms: u64,
+    /// Waiting for the peer's acknowledgement of a batch, default 30000.
+    pub ack_timeout_ms: u64,
+    /// Backoff after a failed send (doubles per failure, at most 5 s), default 100.
+    pub retry_delay_ms: u64,
+    /// Consecutive failures that open the circuit breaker, default 3.
+    pub breaker_failures: u32,
+    /// While the breaker is open, a ping this often; the first that succeeds
+    /// closes it. Default 1000.
+    pub ping_interval_ms: u64,
+    /// How often unsent outgoing rows no sender holds (left by a crashed node,
+    /// or written by `jasper-host send`) are picked up, default 1000.
+    pub recovery_interval_ms: u64,
+    /// Envelopes of a `tcp://` destination held in memory while its peer is
+    /// unreachable; beyond this the oldest are dropped (fire and forget).
+    /// Default 100000.
+    pub max_held: usize,
+}
+
+impl Default for SendingConfig {
+    fn default() -> Self {
+        SendingConfig {
+            batch_size: 500,
+            batch_window_ms: 2,
+            connect_timeout_ms: 5000,
+            ack_timeout_ms: 30_000,
+            retry_delay_ms: 100,
+            breaker_failures: 3,
+            ping_interval_ms: 1000,
+            recovery_interval_ms: 1000,
+            max_held: 100_000,
+        }
+    }
+}
+
+/// `[tcp]`: security and limits of the built-in TCP transport, for listeners
+/// and senders alike.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// A shared secret (at least 16 bytes): both sides prove they know it
+    /// (HMAC challenge and response) before any frame is read.
+    pub secret: Option<String>,
+    /// The shared secret read from a file (trailing whitespace trimmed).
+    pub secret_file: Option<PathBuf>,
+    /// TLS on every listener and sender.
+    pub tls: bool,
+    /// This node's certificate chain (PEM): listeners present it, and senders
+    /// too when `mutual_tls` is on.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that peers' certificates must chain to.
+    pub tls_ca: Option<PathBuf>,
+    /// Listeners require a client certificate signed by `tls_ca`.
+    pub mutual_tls: bool,
+    /// Name the peer's certificate must carry; default: the host of the URI.
+    pub tls_server_name: Option<String>,
+    /// Open connections per listener, default 256; more are closed at once.
+    pub max_connections: usize,
+    /// Time a new connection has to finish TLS and the handshake, default 5000.
+    pub handshake_timeout_ms: u64,
+    /// Time a frame has to arrive whole once its first byte came, default 10000.
+    pub frame_timeout_ms: u64,
+    /// A connection idle this long is closed, default 300000.
+    pub idle_timeout_ms: u64,
+    /// Largest frame accepted, in bytes, default 64 MiB.
+    pub max_frame_bytes: u32,
+    /// Most envelopes per received batch, default 10000.
+    pub max_batch: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            secret: None,
+            secret_file: None,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            mutual_tls: false,
+            tls_server_name: None,
+            max_connections: 256,
+            handshake_timeout_ms: 5000,
+            frame_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            max_frame_bytes: 64 << 20,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// Whether `message_type` matches a route pattern (`*`: any characters).
+pub fn type_matches(pattern: &str, message_type: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = message_type.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Checks of the transport keys; the error is the dotted key and what is wrong.
+pub(super) fn validate(
+    listen: &[ListenConfig],
+    routes: &[RouteConfig],
+    sending: &SendingConfig,
+    tcp: &TcpConfig,
+) -> Result<(), (String, String)> {
+    for (i, l) in listen.iter().enumerate() {
+        let key = format!("listen[{i}].uri");
+        match Endpoint::parse(&l.uri) {
+            Ok(Endpoint::Tcp(t)) if t.queue.is_none() => {}
+            Ok(Endpoint::Tcp(_)) => {
+                return Err((key, format!("{:?}: a listener takes no queue path", l.uri)));
+            }
+            Ok(_) => {
+                return Err((
+                    key,
+                    format!(
+                        "{:?}: a listener is tcp://HOST:PORT or durable://HOST:PORT",
+                        l.uri
+                    ),
+                ));
+            }
+            Err(e) => return Err((key, e)),
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.message_type.is_empty() {
+            return Err((
+                format!("route[{i}].message_type"),
+                "must not be empty".into(),
+            ));
+        }
+        Endpoint::parse(&r.to).map_err(|e| (format!("route[{i}].to"), e))?;
+    }
+    let positive = |key: &str, v: u64| {
+        if v == 0 {
+            Err((key.to_string(), "must be at least 1, got 0".to_string()))
+        } else {
+            Ok(())
+        }
+    };
+    positive("sending.batch_size", sending.batch_size as u64)?;
+    positive("sending.connect_timeout_ms", sending.connect_timeout_ms)?;
+    positive("sending.ack_timeout_ms", sending.ack_timeout_ms)?;
+    positive("sending.retry_delay_ms", sending.retry_delay_ms)?;
+    positive(
+        "sending.breaker_failures",
+        u64::from(sending.breaker_failures),
+    )?;
+    positive("sending.ping_interval_ms", sending.ping_interval_ms)?;
+    positive("sending.recovery_interval_ms", sending.recovery_interval_ms)?;
+    positive("tcp.max_connections", tcp.max_connections as u64)?;
+    positive("tcp.handshake_timeout_ms", tcp.handshake_timeout_ms)?;
+    positive("tcp.frame_timeout_ms", tcp.frame_timeout_ms)?;
+    positive("tcp.idle_timeout_ms", tcp.idle_timeout_ms)?;
+    positive("tcp.max_batch", tcp.max_batch as u64)?;
+    if tcp.max_frame_bytes < 1024 {
+        return Err((
+            "tcp.max_frame_bytes".into(),
+            format!("must be at least 1024, got {}", tcp.max_frame_bytes),
+        ));
+    }
+    if tcp.secret.is_some() && tcp.secret_file.is_some() {
+        return Err((
+            "tcp.secret".into(),
+            "set tcp.secret or tcp.secret_file, not both".into(),
+        ));
+    }
+    if let Some(s) = &tcp.secret
+        && s.len() < 16
+    {
+        return Err((
+            "tcp.secret".into(),
+            format!("must be at least 16 bytes, got {}", s.len()),
+        ));
+    }
+    if tcp.tls {
+        for (key, v) in [
+            ("tcp.tls_ca", &tcp.tls_ca),
+            ("tcp.tls_cert", &tcp.tls_cert),
+            ("tcp.tls_key", &tcp.tls_key),
+        ] {
+            if v.is_none() {
+                return Err((key.into(), "is required when tcp.tls = true".into()));
+            }
+        }
+    } else if tcp.mutual_tls {
+        return Err(("tcp.mutual_tls".into(), "needs tcp.tls = true".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_matches;
+
+    #[test]
+    fn route_patterns() {
+        for (p, t, want) in [
+            ("billing.*", "billing.Invoice", true),
+            ("billing.*", "billing.", true),
+            ("billing.*", "shipping.Label", false),
+            ("OrderPlaced", "OrderPlaced", true),
+            ("OrderPlaced", "OrderPlacedLater", false),
+            ("*", "anything", true),
+            ("*.Created", "user.Created", true),
+            ("a*b*c", "a-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(type_matches(p, t), want, "{p} ~ {t}");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Transports: how messages leave this host and how they arrive from others.
+//!
+//! Every transport plugs into the same two mechanics, so batching, retries,
+//! the circuit breaker, expiry and inbox writes exist once:
+//! - sending: a [`Connector`] opens a [`Link`] to one peer; the [`agent`]
+//!   of each peer batches envelopes, sends them over the link, retries with
+//!   backoff, opens the breaker after repeated failures, and deletes a
+//!   durable envelope's outgoing row only when the peer confirmed it;
+//!   [`Senders`] starts one agent per peer and hands each its envelopes.
+//! - receiving: a listener gives each batch it decoded to the [`receive`]
+//!   inbox, which routes it to local plugins, commits it (durable) or queues
+//!   it in memory (`tcp://`), and returns a verdict per envelope for the
+//!   acknowledgement.
+//!
+//! `endpoint` parses URIs; `wire` is the TCP protocol; `tcp` the TCP transport.
+
+pub mod agent;
+pub mod endpoint;
+pub mod receive;
+pub mod tcp;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::error;
+use uuid::Uuid;
+
+use crate::config::SendingConfig;
+use crate::envelope::{Envelope, now_ms};
+use crate::store::{CommitBatch, DeadLetter, MessageStore, NewOutgoing, OutgoingRow};
+use endpoint::Endpoint;
+pub use wire::Verdict;
+
+/// An envelope on its way to a remote destination.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: Uuid,
+    pub message_type: String,
+    /// The full destination URI (peer and optional queue).
+    pub destination: String,
+    pub deliver_by: Option<i64>,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// It has an outgoing row (`durable://`), deleted once the peer confirms.
+    pub durable: bool,
+}
+
+impl Outgoing {
+    pub fn from_envelope(env: &Envelope, durable: bool) -> Outgoing {
+        Outgoing {
+            id: env.id,
+            message_type: env.message_type.clone(),
+            destination: env.destination.clone().unwrap_or_default(),
+            deliver_by: env.deliver_by,
+            body: env.encode(),
+            durable,
+        }
+    }
+
+    /// The outgoing row of a durable envelope, owned by `node_id`.
+    pub fn row(&self, node_id: i64) -> NewOutgoing {
+        NewOutgoing {
+            id: self.id,
+            destination: self.destination.clone(),
+            deliver_by: self.deliver_by,
+            attempts: 0,
+            message_type: self.message_type.clone(),
+            owner_id: node_id,
+            body: self.body.clone(),
+        }
+    }
+
+    /// An outgoing row taken back from the store (recovery).
+    pub fn from_row(row: OutgoingRow, message_type: String) -> Outgoing {
+        Outgoing {
+            id: row.id,
+            message_type,
+            destination: row.destination,
+            deliver_by: row.deliver_by,
+            body: row.body,
+            durable: true,
+        }
+    }
+}
+
+/// Why a link failed; the agent retries, so this is a report, not a verdict.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LinkError(pub String);
+
+impl LinkError {
+    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
+        LinkError(crate::error_chain(e))
+    }
+}
+
+/// Opens links to one peer.
+#[async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    /// The peer, for logs (`durable://10.0.0.2:2222`).
+    fn peer(&self) -> &str;
+    /// Connect and authenticate.
+    async fn connect(&self) -> Result<Box<dyn Link>, LinkError>;
+}
+
+/// One open connection to a peer.
+#[async_trait]
+pub trait Link: Send + Sync {
+    /// Send a batch; the peer's verdict per envelope, in order.
+    async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError>;
+    /// Check that the peer answers.
+    async fn ping(&mut self) -> Result<(), LinkError>;
+}
+
+/// Move outgoing envelopes that can never be delivered to dead letters and
+/// delete their rows, in one commit.
+pub async fn dead_letter_outgoing(
+    store: &dyn MessageStore,
+    items: &[(&Outgoing, &str, String)],
+) -> crate::store::StoreResult<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut commit = CommitBatch::default();
+    for (o, kind, message) in items {
+        let source = Envelope::decode(&o.body).ok().and_then(|e| e.source);
+        commit.dead_letters.push(DeadLetter {
+            id: o.id,
+            message_type: o.message_type.clone(),
+            received_at: o.destination.clone(),
+            source,
+            error_kind: (*kind).to_string(),
+            error_message: message.clone(),
+            failed_at: now,
+            attempts: 1,
+            replayable: true,
+            body: o.body.clone(),
+        });
+    }
+    store.commit(&commit).await?;
+    let durable: Vec<Uuid> = items
+        .iter()
+        .filter(|(o, ..)| o.durable)
+        .map(|(o, ..)| o.id)
+        .collect();
+    if !durable.is_empty() {
+        store.delete_outgoing(&durable).await?;
+    }
+    Ok(())
+}
+
+/// The sending agents of this host, one per peer, started on first use.
+#[derive(Debug)]
+pub struct Senders {
+    store: Arc<dyn MessageStore>,
+    config: SendingConfig,
+    tcp: Arc<tcp::TcpSettings>,
+    agents: Mutex<HashMap<String, mpsc::UnboundedSender<Vec<Outgoing>>>>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Senders {
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        config: SendingConfig,
+        tcp: Arc<tcp::TcpSettings>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Senders {
+        Senders {
+            store,
+            config,
+            tcp,
+            agents: Mutex::new(HashMap::new()),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Hand envelopes to their peers' agents. An envelope whose destination
+    /// no transport serves is dead-lettered (its row deleted).
+    pub async fn dispatch(&self, items: Vec<Outgoing>) {
+        let mut by_peer: HashMap<String, (Endpoint, Vec<Outgoing>)> = HashMap::new();
+        let mut unroutable = Vec::new();
+        for o in items {
+            match Endpoint::parse(&o.destination) {
+                Ok(Endpoint::Tcp(t)) => {
+                    let key = t.peer_uri();
+                    by_peer
+                        .entry(key)
+                        .or_insert_with(|| (Endpoint::Tcp(t), Vec::new()))
+                        .1
+                        .push(o);
+                }
+                Ok(other) => unroutable.push((o, format!("{other} is not a remote destination"))),
+                Err(e) => unroutable.push((o, e)),
+            }
+        }
+        if !unroutable.is_empty() {
+            let items: Vec<_> = unroutable
+                .iter()
+                .map(|(o, why)| (o, "no-route", why.clone()))
+                .collect();
+            if let Err(e) = dead_letter_outgoing(&*self.store, &items).await {
+                error!(error = %crate::error_chain(&e), "dead-lettering unroutable outgoing messages failed; they stay in outgoing");
+            }
+        }
+        #[allow(clippy::unwrap_used)] // a poisoned lock means a panic elsewhere already
+        let mut agents = self.agents.lock().unwrap();
+        for (peer, (endpoint, batch)) in by_peer {
+            let tx = agents.entry(peer.clone()).or_insert_with(|| {
+                let connector: Arc<dyn Connector> = match endpoint {
+                    Endpoint::Tcp(t) => Arc::new(tcp::sender::TcpConnector::new(
+                        t,
+                        self.tcp.clone(),
+                        std::time::Duration::from_millis(self.config.connect_timeout_ms),
+                        std::time::Duration::from_millis(self.config.ack_timeout_ms),
+                    )),
+                    Endpoint::Local { .. } => unreachable!("grouped above"),
+                };
+                let (tx, rx) = mpsc::unbounded_channel();
+                let agent = agent::Agent::new(connector, self.store.clone(), self.config.clone());
+                #[allow(clippy::unwrap_used)]
+                self.tasks
+                    .lock()
+                    .unwrap()
+                    .push(tokio::spawn(agent.run(rx, self.shutdown.clone())));
+                tx
+            });
+            // The agent ends only at shutdown; what it did not send then
+            // stays in outgoing (durable) or is dropped (tcp://).
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Wait for every agent to stop (after shutdown was signalled).
+    pub async fn join(&self) {
+        #[allow(clippy::unwrap_used)]
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Rows fetched per recovery query.
+const RELAY_PAGE: usize = 500;
+
+/// Pick up outgoing rows no sender holds (owner 0: left by a crashed or
+/// stopped node and released, or written by `jasper-host send`) and hand
+/// them to their agents, every `interval` until shutdown.
+pub async fn run_relay(
+    store: Arc<dyn MessageStore>,
+    senders: Arc<Senders>,
+    node_id: i64,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        loop {
+            match store.claim_outgoing(node_id, RELAY_PAGE).await {
+                Ok(rows) => {
+                    let n = rows.len();
+                    if n > 0 {
+                        tracing::info!(rows = n, "sending outgoing messages left unsent");
+                        let items = rows
+                            .into_iter()
+                            .map(|row| {
+                                let message_type = Envelope::decode(&row.body)
+                                    .map(|e| e.message_type)
+                                    .unwrap_or_default();
+                                Outgoing::from_row(row, message_type)
+                            })
+                            .collect();
+                        senders.dispatch(items).await;
+                    }
+                    if n < RELAY_PAGE {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    error!(error = %crate::error_chain(&e), "claiming unsent outgoing messages failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

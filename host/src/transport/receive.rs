@@ -1,0 +1,145 @@
+//! The receiving side every listener shares: a batch of decoded envelopes is
+//! routed to this host's plugins (one copy per subscriber, or the one queue
+//! the destination names) and either committed to the inbox in one
+//! transaction (`durable://`: the acknowledgement waits for it) or queued
+//! in memory for the worker (`tcp://`). Returns a verdict per envelope; a
+//! duplicate id is accepted and dropped by the inbox.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info};
+use uuid::Uuid;
+
+use super::endpoint::Endpoint;
+use super::wire::Verdict;
+use crate::envelope::{CodecError, Envelope, now_ms};
+use crate::handling::local_row;
+use crate::runtime::Plugins;
+use crate::runtime::routing::local_uri;
+use crate::store::{MessageStore, StoreError};
+
+/// Capacity of the in-memory queue of `tcp://` messages (batches).
+pub const MEMORY_QUEUE_BATCHES: usize = 64;
+
+/// Why a received batch could not be taken; the sender gets no ack and
+/// sends it again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    #[error("the inbox could not store the batch")]
+    Store(#[from] StoreError),
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// Where received messages go.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub store: Arc<dyn MessageStore>,
+    pub plugins: Arc<Plugins>,
+    /// Wakes the worker after an inbox commit.
+    pub wake: Arc<Notify>,
+    /// The worker's in-memory queue (`tcp://` listeners).
+    pub memory: mpsc::Sender<Vec<Envelope>>,
+}
+
+impl Inbox {
+    /// Route, store or queue one batch; a verdict per entry, in order.
+    pub async fn receive(
+        &self,
+        entries: Vec<Result<Envelope, CodecError>>,
+        durable: bool,
+    ) -> Result<Vec<Verdict>, ReceiveError> {
+        let now = now_ms();
+        let mut verdicts = Vec::with_capacity(entries.len());
+        let mut accepted = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                Err(e) => verdicts.push(Verdict::Rejected(format!(
+                    "the envelope cannot be decoded: {}",
+                    crate::error_chain(&e)
+                ))),
+                Ok(env) if env.is_expired(now) => {
+                    info!(message_id = %env.id, message_type = %env.message_type, "received after its deliver_by; discarded");
+                    verdicts.push(Verdict::Accepted);
+                }
+                Ok(env) => match self.route(env) {
+                    Ok(copies) => {
+                        accepted.extend(copies);
+                        verdicts.push(Verdict::Accepted);
+                    }
+                    Err(v) => verdicts.push(v),
+                },
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(verdicts);
+        }
+        if durable {
+            let rows: Vec<_> = accepted.iter().map(local_row).collect();
+            let report = self.store.insert_incoming(&rows).await?;
+            if !report.duplicates.is_empty() {
+                debug!(
+                    duplicates = report.duplicates.len(),
+                    "received messages already in the inbox; dropped"
+                );
+            }
+            self.wake.notify_one();
+        } else {
+            self.memory
+                .send(accepted)
+                .await
+                .map_err(|_| ReceiveError::ShuttingDown)?;
+        }
+        Ok(verdicts)
+    }
+
+    /// The local copies of one envelope, or the verdict refusing it.
+    fn route(&self, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
+        let queue = match env.destination.as_deref().map(Endpoint::parse) {
+            Some(Ok(Endpoint::Tcp(t))) => t.queue,
+            _ => None,
+        };
+        let destinations = match queue {
+            Some(plugin) => {
+                let Some(p) = self.plugins.get(&plugin) else {
+                    return Err(Verdict::UnknownDestination(format!(
+                        "no plugin named '{plugin}' is loaded on this host"
+                    )));
+                };
+                if !p.subscriptions.contains(&env.message_type) {
+                    return Err(Verdict::Rejected(format!(
+                        "plugin '{plugin}' does not handle message type '{}'",
+                        env.message_type
+                    )));
+                }
+                vec![local_uri(&plugin)]
+            }
+            None => {
+                let subs = self.plugins.router().local_destinations(&env.message_type);
+                if subs.is_empty() {
+                    return Err(Verdict::Rejected(format!(
+                        "no plugin on this host handles message type '{}'",
+                        env.message_type
+                    )));
+                }
+                subs
+            }
+        };
+        Ok(destinations
+            .into_iter()
+            .enumerate()
+            .map(|(k, dest)| {
+                let mut copy = env.clone();
+                if k > 0 {
+                    // Derived, so a resent envelope dedupes in every copy.
+                    copy.id = Uuid::new_v5(&env.id, dest.as_bytes());
+                }
+                copy.attempts = 0;
+                copy.destination = Some(dest);
+                copy
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,204 @@
+//! A `tcp://` or `durable://` listener: accepts connections up to the
+//! configured limit, authenticates each before reading any frame, then
+//! answers batches with acknowledgements (after the inbox commit for
+//! `durable://`) and pings with pongs. A peer that breaks the protocol is
+//! told why and disconnected; the other connections go on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
+
+use super::TcpSettings;
+use super::conn::{Conn, ConnError};
+use crate::transport::endpoint::TcpEndpoint;
+use crate::transport::receive::Inbox;
+use crate::transport::wire::{self, Frame, Verdict};
+
+/// A listener bound to its address.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// The URI with the port actually bound (port 0 in the config picks one).
+    pub uri: String,
+    pub local_addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Bind and start accepting.
+pub async fn start(
+    endpoint: &TcpEndpoint,
+    settings: Arc<TcpSettings>,
+    inbox: Inbox,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<BoundListener> {
+    let listener = TcpListener::bind(&endpoint.addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", endpoint.peer_uri()),
+        )
+    })?;
+    let local_addr = listener.local_addr()?;
+    let uri = format!("{}://{local_addr}", endpoint.scheme());
+    info!(listener = %uri, tls = settings.tls_acceptor.is_some(), secret = settings.secret.is_some(), "listening");
+    let task = tokio::spawn(accept_loop(
+        listener,
+        uri.clone(),
+        endpoint.durable,
+        settings,
+        inbox,
+        shutdown,
+    ));
+    Ok(BoundListener {
+        uri,
+        local_addr,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    uri: String,
+    durable: bool,
+    settings: Arc<TcpSettings>,
+    inbox: Inbox,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let uri: Arc<str> = uri.into();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little.
+                error!(listener = %uri, error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(listener = %uri, %peer, limit = settings.max_connections, "connection refused: the listener's connection limit is reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let span = info_span!("tcp_connection", listener = %uri, %peer);
+        let (settings, inbox, shutdown, uri) = (
+            settings.clone(),
+            inbox.clone(),
+            shutdown.clone(),
+            uri.clone(),
+        );
+        tokio::spawn(
+            async move {
+                serve(stream, settings, inbox, durable, shutdown, &uri).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    settings: Arc<TcpSettings>,
+    inbox: Inbox,
+    durable: bool,
+    mut shutdown: watch::Receiver<bool>,
+    uri: &str,
+) {
+    let mut conn = match Conn::accept(stream, settings.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %crate::error_chain(&e), "connection refused: the peer failed the handshake");
+            return;
+        }
+    };
+    debug!("peer authenticated");
+    loop {
+        let frame = tokio::select! {
+            f = conn.recv(settings.idle_timeout) => f,
+            _ = shutdown.changed() => {
+                conn.fail("the host is shutting down").await;
+                return;
+            }
+        };
+        match frame {
+            Ok(None) => {
+                debug!("peer closed the connection");
+                return;
+            }
+            Ok(Some(Frame::Batch { seq, entries })) => {
+                let span = info_span!("receive_batch", listener = %uri, size = entries.len(), ack = field::Empty);
+                let result = inbox
+                    .receive(entries, durable)
+                    .instrument(span.clone())
+                    .await;
+                match result {
+                    Ok(verdicts) => {
+                        let refused = verdicts.iter().filter(|v| **v != Verdict::Accepted).count();
+                        span.record(
+                            "ack",
+                            if refused == 0 {
+                                "received".to_string()
+                            } else {
+                                format!("received, {refused} refused")
+                            },
+                        );
+                        if let Err(e) = conn.send(&wire::encode_ack(seq, &verdicts)).await {
+                            warn!(error = %crate::error_chain(&e), "sending an ack failed; closing");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        span.record("ack", "none");
+                        error!(error = %crate::error_chain(&e), "a received batch could not be stored; no ack, the sender will send it again");
+                        conn.fail(&format!("the receiver could not store the batch: {e}"))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            Ok(Some(Frame::Ping { seq })) => {
+                if conn.send(&wire::encode_pong(seq)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Frame::Error { message })) => {
+                info!(%message, "the peer ended the connection with an error");
+                return;
+            }
+            Ok(Some(other)) => {
+                let what = match other {
+                    Frame::Ack { .. } => "ack",
+                    _ => "pong",
+                };
+                warn!(
+                    frame = what,
+                    "protocol violation: a listener receives batches and pings only; disconnecting"
+                );
+                conn.fail(&format!("unexpected {what} frame")).await;
+                return;
+            }
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                match e {
+                    ConnError::Io(_) | ConnError::Closed => {
+                        info!(error = %reason, "connection lost");
+                    }
+                    _ => {
+                        warn!(error = %reason, "disconnecting the peer");
+                        conn.fail(&reason).await;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}

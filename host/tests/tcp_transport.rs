@@ -123,3 +123,132 @@ async fn orders_cross_over_durable() {
 async fn orders_cross_over_tcp() {
     orders_cross("tcp").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_secret_on_both_sides_orders_cross() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret = "correct horse battery staple";
+    let mut b = config(db.path(), &["audit"]);
+    b.tcp.secret = Some(secret.into());
+    b.listen.push(ListenConfig {
+        uri: "durable://127.0.0.1:0".into(),
+    });
+    let b = Host::start(b).await.unwrap();
+    let mut a = config(da.path(), &["orders"]);
+    a.tcp.secret = Some(secret.into());
+    a.route.push(RouteConfig {
+        message_type: "OrderPlaced".into(),
+        to: b.listeners[0].clone(),
+    });
+    let a = Host::start(a).await.unwrap();
+    let body = json!({"order_id": "s-1", "amount_cents": 5, "remind_after_ms": 3_600_000});
+    a.send("PlaceOrder", serde_json::to_vec(&body).unwrap(), None)
+        .await
+        .unwrap();
+    wait_for(
+        "OrderPlaced handled on B",
+        Duration::from_secs(30),
+        || async { (state_u64(&b, "audit", "seen/s-1").await == 1).then_some(()) },
+    )
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A peer that cannot take a message says why; the sender dead-letters it
+/// with that reason instead of sending it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_are_dead_lettered_on_the_sender_with_the_reason() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut b = config(db.path(), &["audit"]);
+    b.listen.push(ListenConfig {
+        uri: "durable://127.0.0.1:0".into(),
+    });
+    let b = Host::start(b).await.unwrap();
+    let peer = b.listeners[0].clone();
+    let mut a = config(da.path(), &["orders"]);
+    // OrderPlaced to a queue B does not have; PlaceOrder (which B's plugin
+    // does not handle) by type.
+    a.route.push(RouteConfig {
+        message_type: "OrderPlaced".into(),
+        to: format!("{peer}/billing"),
+    });
+    a.route.push(RouteConfig {
+        message_type: "Refund".into(),
+        to: peer.clone(),
+    });
+    let a = Host::start(a).await.unwrap();
+    let body = json!({"order_id": "r-1", "amount_cents": 5, "remind_after_ms": 3_600_000});
+    a.send("PlaceOrder", serde_json::to_vec(&body).unwrap(), None)
+        .await
+        .unwrap();
+    a.send("Refund", b"{}".to_vec(), None).await.unwrap();
+    let dead = wait_for("two dead letters on A", Duration::from_secs(30), || async {
+        let d = a.store.dead_letters(10).await.unwrap();
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    let placed = dead
+        .iter()
+        .find(|d| d.message_type == "OrderPlaced")
+        .unwrap();
+    assert_eq!(placed.error_kind, "unknown-destination");
+    assert!(placed.error_message.contains("billing"), "{placed:?}");
+    assert_eq!(placed.received_at, format!("{peer}/billing"));
+    let refund = dead.iter().find(|d| d.message_type == "Refund").unwrap();
+    assert_eq!(refund.error_kind, "rejected");
+    assert!(refund.error_message.contains("Refund"), "{refund:?}");
+    let ca = a.store.counts().await.unwrap();
+    assert_eq!(ca.outgoing, 0, "{ca:?}");
+    let cb = b.store.counts().await.unwrap();
+    assert_eq!(
+        (cb.incoming, cb.handled),
+        (0, 0),
+        "nothing reached B's inbox: {cb:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Messages sent while the peer is not there yet wait (outgoing rows, the
+/// breaker open) and arrive once it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_for_a_peer_that_comes_later() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = format!("durable://127.0.0.1:{port}");
+    let mut a = config(da.path(), &["orders"]);
+    a.route.push(RouteConfig {
+        message_type: "OrderPlaced".into(),
+        to: peer.clone(),
+    });
+    let a = Host::start(a).await.unwrap();
+    for i in 0..20 {
+        let body =
+            json!({"order_id": format!("w-{i}"), "amount_cents": 5, "remind_after_ms": 3_600_000});
+        a.send("PlaceOrder", serde_json::to_vec(&body).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    wait_for("20 outgoing rows on A", Duration::from_secs(30), || async {
+        (a.store.counts().await.unwrap().outgoing == 20).then_some(())
+    })
+    .await;
+    let mut b = config(db.path(), &["audit"]);
+    b.listen.push(ListenConfig { uri: peer });
+    let b = Host::start(b).await.unwrap();
+    wait_for("all 20 handled on B", Duration::from_secs(30), || async {
+        (state_u64(&b, "audit", "count").await == 20).then_some(())
+    })
+    .await;
+    wait_for("A's outgoing empty", Duration::from_secs(10), || async {
+        (a.store.counts().await.unwrap().outgoing == 0).then_some(())
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

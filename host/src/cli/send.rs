@@ -88,10 +88,13 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<()> {
         );
     }
     let runtime = Runtime::new(&cfg.plugins)?;
-    let (plugins, errors) = runtime
+    let (mut plugins, errors) = runtime
         .load_dir(&cfg.plugins.dir)
         .await
         .with_context(|| format!("loading plugins from {}", cfg.plugins.dir.display()))?;
+    // A type routed to a peer is written to the inbox addressed to it; the
+    // host's worker forwards it (outgoing row, then the sender).
+    plugins.add_routes(&cfg.route);
     let mut rows = Vec::with_capacity(bodies.len());
     for body in &bodies {
         let envelopes = match envelopes_for(

@@ -137,6 +137,11 @@ impl Host {
         })
     }
 
+    /// The sending agents (benchmarks hand them envelopes directly).
+    pub fn senders(&self) -> &Arc<Senders> {
+        &self.senders
+    }
+
     /// Committed batches, as they happen (for tracked sessions and tests).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<BatchEvent>> {
         self.events.subscribe()

@@ -134,6 +134,8 @@ fn q(sql: &Arc<str>) -> sqlx::query::Query<'static, Sqlite, sqlx::sqlite::Sqlite
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held for the length of each write transaction (see `begin`).
+    writer: Arc<tokio::sync::Mutex<()>>,
     target: String,
     tables: Tables,
     sql: Sql,
@@ -175,17 +177,31 @@ impl SqliteStore {
         let sql = Sql::new(&tables);
         Ok(SqliteStore {
             pool,
+            writer: Arc::default(),
             target,
             tables,
             sql,
         })
     }
 
-    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool
+    /// A write transaction. Writers of this process queue on an in-process
+    /// lock first: SQLite's busy handler sleeps in growing steps (up to
+    /// 100 ms) when two connections want the write lock, which showed as
+    /// latency spikes when the worker, the listeners and the senders wrote at
+    /// once. Other processes still queue on the busy timeout.
+    async fn begin(
+        &self,
+    ) -> StoreResult<(
+        tokio::sync::OwnedMutexGuard<()>,
+        Transaction<'static, Sqlite>,
+    )> {
+        let writer = self.writer.clone().lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(StoreError::db("begin transaction"))
+            .map_err(StoreError::db("begin transaction"))?;
+        Ok((writer, tx))
     }
 
     fn ddl(&self) -> Vec<String> {
@@ -236,7 +252,7 @@ impl SqliteStore {
     }
 
     async fn exec_script(&self, statements: &[String], operation: &'static str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         for stmt in statements {
             sqlx::query(AssertSqlSafe(stmt.as_str()))
                 .execute(&mut *tx)
@@ -329,7 +345,7 @@ impl MessageStore for SqliteStore {
         if rows.is_empty() {
             return Ok(report);
         }
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         insert_rows(&mut tx, &self.tables, rows, &mut report).await?;
         tx.commit()
             .await
@@ -343,7 +359,7 @@ impl MessageStore for SqliteStore {
         now: i64,
         limit: usize,
     ) -> StoreResult<Vec<ClaimedRow>> {
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let rows = q(&self.sql.claim)
             .bind(node_id)
             .bind(now)
@@ -392,7 +408,7 @@ impl MessageStore for SqliteStore {
 
     async fn commit(&self, batch: &CommitBatch) -> StoreResult<()> {
         let sql = &self.sql;
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let op = "commit batch";
         for check in &batch.state_checks {
             let v: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.state_version.clone()))
@@ -496,7 +512,7 @@ impl MessageStore for SqliteStore {
 
     async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>> {
         let op = "claim outgoing";
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let rows = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {out} SET owner_id = ?1 WHERE id IN (SELECT id FROM {out} WHERE owner_id = 0 ORDER BY id LIMIT ?2) \
              RETURNING id, destination, deliver_by, attempts, body",
@@ -529,7 +545,7 @@ impl MessageStore for SqliteStore {
     async fn delete_outgoing(&self, ids: &[Uuid]) -> StoreResult<u64> {
         let op = "delete outgoing";
         let mut n = 0;
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         for chunk in ids.chunks(CHUNK) {
             n += sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {} WHERE id IN ({})",
@@ -550,7 +566,7 @@ impl MessageStore for SqliteStore {
             "DELETE FROM {inc} WHERE rowid IN (SELECT rowid FROM {inc} WHERE status = '{STATUS_HANDLED}' AND keep_until <= ?1 LIMIT ?2)",
             inc = self.tables.incoming
         );
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let n = sqlx::query(AssertSqlSafe(sql))
             .bind(now)
             .bind(limit as i64)
@@ -612,7 +628,7 @@ impl MessageStore for SqliteStore {
         let name = same_name;
         let nodes = &self.tables.nodes;
         let op = "release dead nodes";
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let dead: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT node_id FROM {nodes} WHERE node_id <> ?1 AND (heartbeat_at < ?3 OR (?2 IS NOT NULL AND name = ?2))"
         )))
@@ -655,7 +671,7 @@ impl MessageStore for SqliteStore {
 
     async fn release_all(&self) -> StoreResult<u64> {
         let op = "release owned rows";
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         let mut n = 0;
         for table in [&self.tables.incoming, &self.tables.outgoing] {
             n += sqlx::query(AssertSqlSafe(format!(
@@ -733,7 +749,7 @@ impl MessageStore for SqliteStore {
             format!("replayable <> 0 AND id IN ({})", ids_list(ids))
         };
         let op = "replay dead letters";
-        let mut tx = self.begin().await?;
+        let (_writer, mut tx) = self.begin().await?;
         // Back into the inbox as fresh attempts; an id still in the inbox wins.
         let n = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {inc} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) \

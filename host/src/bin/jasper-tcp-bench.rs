@@ -1,0 +1,283 @@
+//! `jasper-tcp-bench`: host-to-host throughput and latency over `tcp://` and
+//! `durable://`, two hosts in one process on loopback, each with its own
+//! SQLite store and the no-op plugin on the receiving side.
+//!
+//! - Throughput: N envelopes (200-byte body) handed to host A's sender at
+//!   once (for `durable://` their outgoing rows are committed first, as a
+//!   handler's commit would), timed until host B has handled all of them
+//!   (and, durable, A has deleted every confirmed row). Beside it, in the
+//!   same run: B's durable local queue alone (the same N inserted straight
+//!   into B's inbox), the baseline the transport is measured against.
+//! - Latency: `Host::send` on A at a fixed offered rate (one commit each for
+//!   `durable://`), from just before the send to B's commit of the handled
+//!   mark; p50 / p99 / max.
+//!
+//! Usage: `jasper-tcp-bench [--messages N] [--rate R] [--seconds S] [--noop PATH]`
+//! (`make bench` runs it after `jasper-bench`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use jasper_host::Host;
+use jasper_host::config::{Config, ListenConfig, RouteConfig};
+use jasper_host::envelope::Envelope;
+use jasper_host::handling::local_row;
+use jasper_host::store::CommitBatch;
+use jasper_host::transport::Outgoing;
+use uuid::Uuid;
+
+struct Args {
+    messages: usize,
+    rate: u64,
+    seconds: u64,
+    noop: PathBuf,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        messages: 20_000,
+        rate: 1000,
+        seconds: 5,
+        noop: PathBuf::from("target/wasm32-wasip2/plugin/noop.wasm"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
+            "--rate" => a.rate = it.next().context("--rate R")?.parse()?,
+            "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
+            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
+            other => bail!(
+                "unknown argument {other}; usage: jasper-tcp-bench [--messages N] [--rate R] [--seconds S] [--noop PATH]"
+            ),
+        }
+    }
+    if !a.noop.exists() {
+        bail!(
+            "{} not found; build it with `make plugins`",
+            a.noop.display()
+        );
+    }
+    Ok(a)
+}
+
+fn host_config(dir: &Path, noop: Option<&Path>) -> anyhow::Result<Config> {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    if let Some(noop) = noop {
+        std::fs::copy(noop, plugins.join("noop.wasm"))?;
+    }
+    let mut c = Config::for_dir(dir);
+    c.handling.batch_size = 500;
+    c.handling.poll_interval_ms = 10;
+    Ok(c)
+}
+
+fn body() -> Vec<u8> {
+    format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes()
+}
+
+/// Counts what B handled, and when each id was handled.
+struct Watch {
+    handled: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn watch(b: &Host) -> Watch {
+    let mut rx = b.subscribe();
+    let handled = Arc::new(Mutex::new(HashMap::new()));
+    let h = handled.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let now = Instant::now();
+                    #[allow(clippy::unwrap_used)]
+                    let mut map = h.lock().unwrap();
+                    for e in &ev.handled {
+                        map.entry(e.id).or_insert(now);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("watcher lagged by {n} events; figures would be wrong");
+                    std::process::exit(2);
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Watch { handled, task }
+}
+
+impl Watch {
+    #[allow(clippy::unwrap_used)]
+    fn count(&self) -> usize {
+        self.handled.lock().unwrap().len()
+    }
+
+    async fn until(&self, n: usize, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.count() < n {
+            if Instant::now() > deadline {
+                bail!("{what}: only {} of {n} handled after 600 s", self.count());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Host B listening on `scheme`, host A routing bench.Noop to it.
+async fn pair(
+    a: &Args,
+    scheme: &str,
+) -> anyhow::Result<(Host, Host, tempfile::TempDir, tempfile::TempDir)> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut cb = host_config(db.path(), Some(&a.noop))?;
+    cb.listen.push(ListenConfig {
+        uri: format!("{scheme}://127.0.0.1:0"),
+    });
+    let b = Host::start(cb).await?;
+    let mut ca = host_config(da.path(), None)?;
+    ca.route.push(RouteConfig {
+        message_type: "bench.Noop".into(),
+        to: b.listeners[0].clone(),
+    });
+    let a = Host::start(ca).await?;
+    Ok((a, b, da, db))
+}
+
+/// N envelopes A → B; messages per second.
+async fn throughput(args: &Args, scheme: &str) -> anyhow::Result<f64> {
+    let (a, b, _da, _db) = pair(args, scheme).await?;
+    let w = watch(&b);
+    let durable = scheme == "durable";
+    let dest = b.listeners[0].clone();
+    let items: Vec<Outgoing> = (0..args.messages)
+        .map(|_| {
+            let mut env = Envelope::new("bench.Noop", body());
+            env.destination = Some(dest.clone());
+            Outgoing::from_envelope(&env, durable)
+        })
+        .collect();
+    if durable {
+        for chunk in items.chunks(1000) {
+            let commit = CommitBatch {
+                outgoing: chunk.iter().map(|o| o.row(a.node_id)).collect(),
+                ..CommitBatch::default()
+            };
+            a.store.commit(&commit).await?;
+        }
+    }
+    let t = Instant::now();
+    a.senders().dispatch(items).await;
+    w.until(args.messages, scheme).await?;
+    if durable {
+        while a.store.counts().await?.outgoing > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let rate = args.messages as f64 / t.elapsed().as_secs_f64();
+    w.task.abort();
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok(rate)
+}
+
+/// B's durable local queue alone: the same N inserted into its inbox.
+async fn local_baseline(args: &Args) -> anyhow::Result<f64> {
+    let db = tempfile::tempdir()?;
+    let b = Host::start(host_config(db.path(), Some(&args.noop))?).await?;
+    let w = watch(&b);
+    let rows: Vec<_> = (0..args.messages)
+        .map(|_| {
+            let mut env = Envelope::new("bench.Noop", body());
+            env.destination = Some("local://noop".into());
+            local_row(&env)
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in rows.chunks(500) {
+        b.store.insert_incoming(chunk).await?;
+    }
+    w.until(args.messages, "local").await?;
+    let rate = args.messages as f64 / t.elapsed().as_secs_f64();
+    w.task.abort();
+    b.shutdown().await?;
+    Ok(rate)
+}
+
+/// `Host::send` on A at `rate`/s for `seconds`; latencies to B's commit.
+async fn latency(args: &Args, scheme: &str) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let (a, b, _da, _db) = pair(args, scheme).await?;
+    let w = watch(&b);
+    let n = (args.rate * args.seconds) as usize;
+    let mut sent_at = HashMap::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let t = Instant::now();
+        let envs = a.send("bench.Noop", body(), None).await?;
+        for e in envs {
+            sent_at.insert(e.id, t);
+        }
+    }
+    let offered = n as f64 / start.elapsed().as_secs_f64();
+    w.until(n, scheme).await?;
+    #[allow(clippy::unwrap_used)]
+    let handled = w.handled.lock().unwrap().clone();
+    let mut lat: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(id, t)| {
+            handled
+                .get(id)
+                .map(|h| h.duration_since(*t).as_secs_f64() * 1e3)
+        })
+        .collect();
+    if lat.len() != n {
+        bail!("{scheme}: {} of {n} sends were matched at B", lat.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    w.task.abort();
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok((offered, pct(0.5), pct(0.99), lat[lat.len() - 1]))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    println!(
+        "jasper-tcp-bench: host A -> host B on loopback, SQLite on both, no-op plugin on B, {} messages of 200 bytes",
+        a.messages
+    );
+    let local = local_baseline(&a).await?;
+    let tcp = throughput(&a, "tcp").await?;
+    let durable = throughput(&a, "durable").await?;
+    let local_after = local_baseline(&a).await?;
+    let base = (local + local_after) / 2.0;
+    println!(
+        "  baseline: B's durable local queue alone {local:.0} msgs/s before, {local_after:.0} after"
+    );
+    println!(
+        "  tcp://     {tcp:>7.0} msgs/s = {:.2}x the local-queue baseline",
+        tcp / base
+    );
+    println!(
+        "  durable:// {durable:>7.0} msgs/s = {:.2}x the local-queue baseline, {:.2}x tcp://",
+        durable / base,
+        durable / tcp
+    );
+    for scheme in ["tcp", "durable"] {
+        let (offered, p50, p99, max) = latency(&a, scheme).await?;
+        println!(
+            "  {scheme:<8} latency at {offered:.0} msgs/s offered (Host::send on A to handled on B): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+        );
+    }
+    Ok(())
+}

@@ -252,3 +252,81 @@ async fn messages_wait_for_a_peer_that_comes_later() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A handler's `ctx.send` to `SCHEME://peer/PLUGIN` reaches that plugin; over
+/// `tcp://` a message whose first attempt fails becomes durable (a retry row
+/// on the receiver) and is handled on the next attempt.
+async fn explicit_sends(scheme: &str) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut b = config(db.path(), &["misbehave"]);
+    b.handling.retry_delay_ms = 10;
+    b.listen.push(ListenConfig {
+        uri: format!("{scheme}://127.0.0.1:0"),
+    });
+    let b = Host::start(b).await.unwrap();
+    let to = format!("{}/misbehave", b.listeners[0]);
+    let a = Host::start(config(da.path(), &["misbehave"]))
+        .await
+        .unwrap();
+    for n in 0..10u64 {
+        let body = json!({"n": n, "to": to, "flaky": if n % 2 == 1 { 1 } else { 0 }});
+        a.send("test.Forward", serde_json::to_vec(&body).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "every forwarded message handled on B",
+        Duration::from_secs(30),
+        || async {
+            let mut done = 0;
+            for n in 0..10u64 {
+                let key = if n % 2 == 1 {
+                    format!("flaky/{n}")
+                } else {
+                    format!("ok/{n}")
+                };
+                if b.store
+                    .read_state("misbehave", &key)
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    done += 1;
+                }
+            }
+            (done == 10).then_some(())
+        },
+    )
+    .await;
+    for n in (1..10u64).step_by(2) {
+        let v = b
+            .store
+            .read_state("misbehave", &format!("flaky/{n}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.value, b"1", "flaky/{n} handled on its second attempt");
+    }
+    // Nothing handled on A but the forwards; no dead letters anywhere.
+    assert!(
+        a.store
+            .read_state("misbehave", "ok/0")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(a.store.counts().await.unwrap().dead_letters, 0);
+    assert_eq!(b.store.counts().await.unwrap().dead_letters, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_sends_over_durable() {
+    explicit_sends("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_sends_over_tcp_and_a_failed_attempt_becomes_durable() {
+    explicit_sends("tcp").await;
+}

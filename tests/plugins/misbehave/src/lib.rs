@@ -41,6 +41,20 @@ pub struct TestFlaky {
 
 jasper_guest::message!(TestFlaky = "test.Flaky");
 
+/// Body of `test.Forward`: send `test.Ok {n}` (or `test.Flaky`) to `to`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestForward {
+    /// Tag passed on.
+    pub n: u64,
+    /// The explicit destination URI.
+    pub to: String,
+    /// Send `test.Flaky` failing this many attempts instead of `test.Ok`.
+    #[serde(default)]
+    pub flaky: u32,
+}
+
+jasper_guest::message!(TestForward = "test.Forward");
+
 /// Puts `ok/{n}` = true.
 pub fn ok(ctx: &mut Context, msg: TestOk) -> Result<(), HandleError> {
     ctx.state().put(&format!("ok/{}", msg.n), &true)?;
@@ -89,7 +103,23 @@ pub fn flaky(ctx: &mut Context, msg: TestFlaky) -> Result<(), HandleError> {
     Ok(())
 }
 
-jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky);
+/// Sends to the explicit destination the message names.
+pub fn forward(ctx: &mut Context, msg: TestForward) -> Result<(), HandleError> {
+    if msg.flaky > 0 {
+        ctx.send(
+            &msg.to,
+            &TestFlaky {
+                n: msg.n,
+                fail_times: msg.flaky,
+            },
+        )?;
+    } else {
+        ctx.send(&msg.to, &TestOk { n: msg.n })?;
+    }
+    Ok(())
+}
+
+jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky, forward);
 
 #[cfg(test)]
 mod tests {

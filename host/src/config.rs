@@ -15,7 +15,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use transport::{ListenConfig, RouteConfig, SendingConfig, TcpConfig};
+pub use transport::{
+    BindingConfig, ListenConfig, RabbitConfig, RouteConfig, SendingConfig, TcpConfig,
+};
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -32,6 +34,7 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
     pub sending: SendingConfig,
     pub tcp: TcpConfig,
+    pub rabbitmq: RabbitConfig,
 }
 
 /// `[node]`
@@ -259,8 +262,14 @@ impl Config {
         {
             *p = resolve(base_dir, p);
         }
-        transport::validate(&config.listen, &config.route, &config.sending, &config.tcp)
-            .map_err(|(key, message)| invalid(&key, message))?;
+        transport::validate(
+            &config.listen,
+            &config.route,
+            &config.sending,
+            &config.tcp,
+            &config.rabbitmq,
+        )
+        .map_err(|(key, message)| invalid(&key, message))?;
         config
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
@@ -538,6 +547,7 @@ max_connections = 8
                 max_connections: 8,
                 ..TcpConfig::default()
             },
+            rabbitmq: RabbitConfig::default(),
         };
         assert_eq!(c, expected);
     }
@@ -610,6 +620,13 @@ max_connections = 8
             ("[tcp]\ntls = true", "tcp.tls_ca"),
             ("[tcp]\nmutual_tls = true", "tcp.mutual_tls"),
             ("[tcp]\nmax_frame_bytes = 10", "tcp.max_frame_bytes"),
+            ("[rabbitmq]\nurl = \"http://x\"", "rabbitmq.url"),
+            ("[rabbitmq]\nqueue_type = \"stream\"", "rabbitmq.queue_type"),
+            ("[rabbitmq]\nprefetch = 0", "rabbitmq.prefetch"),
+            (
+                "[[listen]]\nuri = \"rabbitmq://exchange/x\"",
+                "listen[0].uri",
+            ),
         ];
         for (text, want) in cases {
             let (key, shown) = invalid(text);

@@ -15,7 +15,8 @@ use crate::durability;
 use crate::handling::{BatchEvent, Worker, local_row};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
-use crate::transport::endpoint::Endpoint;
+use crate::transport::endpoint::{Endpoint, RabbitEndpoint};
+use crate::transport::rabbitmq::{self, RabbitSettings};
 use crate::transport::receive::{Inbox, MEMORY_QUEUE_BATCHES};
 use crate::transport::tcp::{TcpSettings, listener};
 use crate::transport::{self, Outgoing, Senders};
@@ -67,10 +68,16 @@ impl Host {
         let (shutdown, rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let (events, _) = broadcast::channel(4096);
+        let rabbit = Arc::new(RabbitSettings {
+            config: config.rabbitmq.clone(),
+            connect_timeout: std::time::Duration::from_millis(config.sending.connect_timeout_ms),
+            confirm_timeout: std::time::Duration::from_millis(config.sending.ack_timeout_ms),
+        });
         let senders = Arc::new(Senders::new(
             store.clone(),
             config.sending.clone(),
             tcp.clone(),
+            rabbit.clone(),
             rx.clone(),
         ));
         let (memory_tx, memory_rx) = mpsc::channel(MEMORY_QUEUE_BATCHES);
@@ -88,6 +95,12 @@ impl Host {
                     let bound = listener::start(&t, tcp.clone(), inbox.clone(), rx.clone()).await?;
                     listeners.push(bound.uri);
                     tasks.push(bound.task);
+                }
+                Ok(Endpoint::Rabbit(RabbitEndpoint::Queue(q))) => {
+                    let (uri, task) =
+                        rabbitmq::listener::start(q, rabbit.clone(), inbox.clone(), rx.clone());
+                    listeners.push(uri);
+                    tasks.push(task);
                 }
                 _ => anyhow::bail!(
                     "listen uri {:?} is not a listener this host can start",
@@ -180,10 +193,10 @@ impl Host {
             let outgoing: Vec<Outgoing> = remote
                 .iter()
                 .map(|e| {
-                    let durable = matches!(
-                        e.destination.as_deref().map(Endpoint::parse),
-                        Some(Ok(Endpoint::Tcp(t))) if t.durable
-                    );
+                    let durable = e
+                        .destination
+                        .as_deref()
+                        .is_some_and(|d| Endpoint::parse(d).is_ok_and(|e| e.is_durable()));
                     Outgoing::from_envelope(e, durable)
                 })
                 .collect();

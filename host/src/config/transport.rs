@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::transport::endpoint::Endpoint;
+use crate::transport::endpoint::{Endpoint, RabbitEndpoint};
 
 /// `[[listen]]`: an endpoint this host receives on.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -130,6 +130,59 @@ impl Default for TcpConfig {
     }
 }
 
+/// `[rabbitmq]`: the broker and the topology the host declares.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitConfig {
+    /// AMQP URL, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// Unacknowledged deliveries per listener, default 500; also the most a
+    /// listener writes to the inbox in one transaction.
+    pub prefetch: u16,
+    /// How long a listener waits for a batch to fill, default 5 ms.
+    pub batch_window_ms: u64,
+    /// Declare queues, exchanges and bindings (idempotent) on every connect;
+    /// `false`: expect them to exist (a missing one is named in the error).
+    pub declare: bool,
+    /// `classic` or `quorum`, for queues the host declares.
+    pub queue_type: String,
+    /// A fanout exchange (and a queue of the same name bound to it) set as
+    /// `x-dead-letter-exchange` on declared queues; empty: none.
+    pub dead_letter_exchange: String,
+    /// `[[rabbitmq.binding]]`: exchange → queue bindings to declare.
+    pub binding: Vec<BindingConfig>,
+}
+
+/// `[[rabbitmq.binding]]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// A topic exchange (declared durable).
+    pub exchange: String,
+    pub queue: String,
+    /// Default `#` (everything).
+    #[serde(default = "all_keys")]
+    pub routing_key: String,
+}
+
+fn all_keys() -> String {
+    "#".into()
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        RabbitConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefetch: 500,
+            batch_window_ms: 5,
+            declare: true,
+            queue_type: "classic".into(),
+            dead_letter_exchange: String::new(),
+            binding: Vec::new(),
+        }
+    }
+}
+
 /// Whether `message_type` matches a route pattern (`*`: any characters).
 pub fn type_matches(pattern: &str, message_type: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -158,11 +211,19 @@ pub(super) fn validate(
     routes: &[RouteConfig],
     sending: &SendingConfig,
     tcp: &TcpConfig,
+    rabbit: &RabbitConfig,
 ) -> Result<(), (String, String)> {
     for (i, l) in listen.iter().enumerate() {
         let key = format!("listen[{i}].uri");
         match Endpoint::parse(&l.uri) {
             Ok(Endpoint::Tcp(t)) if t.queue.is_none() => {}
+            Ok(Endpoint::Rabbit(RabbitEndpoint::Queue(_))) => {}
+            Ok(Endpoint::Rabbit(_)) => {
+                return Err((
+                    key,
+                    format!("{:?}: a RabbitMQ listener is rabbitmq://queue/NAME", l.uri),
+                ));
+            }
             Ok(Endpoint::Tcp(_)) => {
                 return Err((key, format!("{:?}: a listener takes no queue path", l.uri)));
             }
@@ -241,6 +302,33 @@ pub(super) fn validate(
         }
     } else if tcp.mutual_tls {
         return Err(("tcp.mutual_tls".into(), "needs tcp.tls = true".into()));
+    }
+    if !rabbit.url.starts_with("amqp://") {
+        return Err((
+            "rabbitmq.url".into(),
+            format!(
+                "{:?} is not an amqp:// URL (amqps:// is not built in: put TLS in front of the broker)",
+                rabbit.url
+            ),
+        ));
+    }
+    positive("rabbitmq.prefetch", u64::from(rabbit.prefetch))?;
+    if !matches!(rabbit.queue_type.as_str(), "classic" | "quorum") {
+        return Err((
+            "rabbitmq.queue_type".into(),
+            format!(
+                "must be \"classic\" or \"quorum\", got {:?}",
+                rabbit.queue_type
+            ),
+        ));
+    }
+    for (i, b) in rabbit.binding.iter().enumerate() {
+        if b.exchange.is_empty() || b.queue.is_empty() {
+            return Err((
+                format!("rabbitmq.binding[{i}]"),
+                "exchange and queue must not be empty".into(),
+            ));
+        }
     }
     Ok(())
 }

@@ -86,7 +86,9 @@ fn route_of(env: &Envelope) -> Route {
         return Route::Inbox;
     }
     match env.destination.as_deref().map(Endpoint::parse) {
-        Some(Ok(Endpoint::Tcp(t))) => Route::Remote { durable: t.durable },
+        Some(Ok(e)) if e.is_remote() => Route::Remote {
+            durable: e.is_durable(),
+        },
         _ => Route::Inbox,
     }
 }
@@ -386,8 +388,8 @@ impl Worker {
             info!("expired before it was handled (deliver_by passed); discarded");
             return (Ok(Vec::new()), state);
         }
-        if let Ok(Endpoint::Tcp(_)) = Endpoint::parse(&row.destination) {
-            // A scheduled (or replayed) message for a peer: forward it now.
+        if Endpoint::parse(&row.destination).is_ok_and(|e| e.is_remote()) {
+            // A scheduled (or replayed) message for a peer or broker: forward it now.
             let mut forward = env.clone();
             forward.scheduled_at = None;
             forward.attempts = 0;

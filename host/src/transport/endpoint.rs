@@ -14,6 +14,21 @@ pub enum Endpoint {
     Local { plugin: String },
     /// A peer reached over the built-in TCP transport.
     Tcp(TcpEndpoint),
+    /// A RabbitMQ queue or exchange.
+    Rabbit(RabbitEndpoint),
+}
+
+/// `rabbitmq://queue/NAME` or `rabbitmq://exchange/NAME[/ROUTING_KEY]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RabbitEndpoint {
+    /// Published through the default exchange with the queue's name as key.
+    Queue(String),
+    /// Published to the exchange with the routing key, or the message type
+    /// when the URI names none.
+    Exchange {
+        name: String,
+        routing_key: Option<String>,
+    },
 }
 
 /// `tcp://HOST:PORT[/QUEUE]` or `durable://HOST:PORT[/QUEUE]`.
@@ -47,12 +62,21 @@ impl fmt::Display for Endpoint {
                 Some(q) => write!(f, "{}/{q}", t.peer_uri()),
                 None => f.write_str(&t.peer_uri()),
             },
+            Endpoint::Rabbit(RabbitEndpoint::Queue(q)) => write!(f, "rabbitmq://queue/{q}"),
+            Endpoint::Rabbit(RabbitEndpoint::Exchange { name, routing_key }) => {
+                write!(f, "rabbitmq://exchange/{name}")?;
+                match routing_key {
+                    Some(k) => write!(f, "/{k}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
-pub const SCHEMES: &str = "local://PLUGIN, tcp://HOST:PORT[/PLUGIN], durable://HOST:PORT[/PLUGIN]";
+pub const SCHEMES: &str = "local://PLUGIN, tcp://HOST:PORT[/PLUGIN], durable://HOST:PORT[/PLUGIN], \
+     rabbitmq://queue/NAME, rabbitmq://exchange/NAME[/ROUTING_KEY]";
 
 impl Endpoint {
     /// Parse a URI; the error says what is wrong with it.
@@ -96,9 +120,47 @@ impl Endpoint {
                     queue: queue.map(str::to_string),
                 }))
             }
+            "rabbitmq" => {
+                let amqp_name = |n: &str| {
+                    !n.is_empty()
+                        && n.len() <= 255
+                        && n.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+                };
+                match rest.split_once('/') {
+                    Some(("queue", q)) if amqp_name(q) => {
+                        Ok(Endpoint::Rabbit(RabbitEndpoint::Queue(q.to_string())))
+                    }
+                    Some(("exchange", x)) => {
+                        let (name, key) = match x.split_once('/') {
+                            Some((n, k)) if !k.is_empty() => (n, Some(k.to_string())),
+                            Some((n, _)) => (n, None),
+                            None => (x, None),
+                        };
+                        if !amqp_name(name) {
+                            return Err(format!("{uri:?}: {name:?} is not an exchange name"));
+                        }
+                        Ok(Endpoint::Rabbit(RabbitEndpoint::Exchange {
+                            name: name.to_string(),
+                            routing_key: key,
+                        }))
+                    }
+                    _ => Err(format!(
+                        "{uri:?}: want rabbitmq://queue/NAME or rabbitmq://exchange/NAME[/ROUTING_KEY]"
+                    )),
+                }
+            }
             _ => Err(format!(
                 "unsupported scheme in {uri:?}; accepted: {SCHEMES}"
             )),
+        }
+    }
+
+    /// Whether a message for this endpoint is stored until the receiver
+    /// confirms it (`durable://`, RabbitMQ) rather than sent and forgotten.
+    pub fn is_durable(&self) -> bool {
+        match self {
+            Endpoint::Tcp(t) => t.durable,
+            Endpoint::Local { .. } | Endpoint::Rabbit(_) => true,
         }
     }
 
@@ -127,6 +189,9 @@ mod tests {
             "tcp://127.0.0.1:2222",
             "durable://example.org:1/audit",
             "durable://[::1]:2222",
+            "rabbitmq://queue/orders",
+            "rabbitmq://exchange/events",
+            "rabbitmq://exchange/events/billing.paid",
         ] {
             assert_eq!(Endpoint::parse(uri).unwrap().to_string(), uri);
         }
@@ -148,6 +213,8 @@ mod tests {
             ("durable://:1", "not HOST:PORT"),
             ("durable://h:1/a b", "not a plugin name"),
             ("local://", "no valid plugin"),
+            ("rabbitmq://topic/x", "want rabbitmq://queue"),
+            ("rabbitmq://queue/", "want rabbitmq://queue"),
         ] {
             let e = Endpoint::parse(uri).unwrap_err();
             assert!(e.contains(needle) && e.contains(uri), "{uri}: {e}");

@@ -12,10 +12,12 @@
 //!   it in memory (`tcp://`), and returns a verdict per envelope for the
 //!   acknowledgement.
 //!
-//! `endpoint` parses URIs; `wire` is the TCP protocol; `tcp` the TCP transport.
+//! `endpoint` parses URIs; `wire` is the TCP protocol; `tcp` the TCP
+//! transport; `rabbitmq` the RabbitMQ transport.
 
 pub mod agent;
 pub mod endpoint;
+pub mod rabbitmq;
 pub mod receive;
 pub mod tcp;
 pub mod wire;
@@ -160,6 +162,7 @@ pub struct Senders {
     store: Arc<dyn MessageStore>,
     config: SendingConfig,
     tcp: Arc<tcp::TcpSettings>,
+    rabbit: Arc<rabbitmq::RabbitSettings>,
     agents: Mutex<HashMap<String, mpsc::UnboundedSender<Vec<Outgoing>>>>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -170,12 +173,14 @@ impl Senders {
         store: Arc<dyn MessageStore>,
         config: SendingConfig,
         tcp: Arc<tcp::TcpSettings>,
+        rabbit: Arc<rabbitmq::RabbitSettings>,
         shutdown: watch::Receiver<bool>,
     ) -> Senders {
         Senders {
             store,
             config,
             tcp,
+            rabbit,
             agents: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -188,18 +193,24 @@ impl Senders {
         let mut by_peer: HashMap<String, (Endpoint, Vec<Outgoing>)> = HashMap::new();
         let mut unroutable = Vec::new();
         for o in items {
-            match Endpoint::parse(&o.destination) {
-                Ok(Endpoint::Tcp(t)) => {
-                    let key = t.peer_uri();
-                    by_peer
-                        .entry(key)
-                        .or_insert_with(|| (Endpoint::Tcp(t), Vec::new()))
-                        .1
-                        .push(o);
+            let (key, endpoint) = match Endpoint::parse(&o.destination) {
+                // One agent per TCP peer, whatever queue on it.
+                Ok(Endpoint::Tcp(t)) => (t.peer_uri(), Endpoint::Tcp(t)),
+                Ok(e @ Endpoint::Rabbit(_)) => (e.to_string(), e),
+                Ok(other) => {
+                    unroutable.push((o, format!("{other} is not a remote destination")));
+                    continue;
                 }
-                Ok(other) => unroutable.push((o, format!("{other} is not a remote destination"))),
-                Err(e) => unroutable.push((o, e)),
-            }
+                Err(e) => {
+                    unroutable.push((o, e));
+                    continue;
+                }
+            };
+            by_peer
+                .entry(key)
+                .or_insert_with(|| (endpoint, Vec::new()))
+                .1
+                .push(o);
         }
         if !unroutable.is_empty() {
             let items: Vec<_> = unroutable
@@ -220,6 +231,11 @@ impl Senders {
                         self.tcp.clone(),
                         std::time::Duration::from_millis(self.config.connect_timeout_ms),
                         std::time::Duration::from_millis(self.config.ack_timeout_ms),
+                    )),
+                    Endpoint::Rabbit(r) => Arc::new(rabbitmq::sender::RabbitConnector::new(
+                        peer.clone(),
+                        r,
+                        self.rabbit.clone(),
                     )),
                     Endpoint::Local { .. } => unreachable!("grouped above"),
                 };

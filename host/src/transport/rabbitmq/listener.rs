@@ -1,0 +1,240 @@
+//! A RabbitMQ listener (`rabbitmq://queue/NAME`): consumes with a prefetch
+//! window, gathers deliveries into batches (by count and a short window),
+//! hands each batch to the shared inbox in one transaction, dead-letters in
+//! the store what no plugin here can take (no type, unknown type), and only
+//! then acknowledges the batch to the broker with one `multiple` ack. If the
+//! inbox cannot be written the batch is nacked back to the queue. A lost
+//! connection or channel is re-opened with backoff; unacknowledged
+//! deliveries return to the queue, and the inbox drops the copies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, field, info, info_span, warn};
+
+use super::RabbitSettings;
+use super::mapping::from_amqp;
+use crate::envelope::{Envelope, Limits, now_ms};
+use crate::store::{CommitBatch, DeadLetter, MessageStore};
+use crate::transport::receive::Inbox;
+use crate::transport::{LinkError, Verdict};
+
+/// Start consuming `queue` until shutdown.
+pub fn start(
+    queue: String,
+    settings: Arc<RabbitSettings>,
+    inbox: Inbox,
+    shutdown: watch::Receiver<bool>,
+) -> (String, JoinHandle<()>) {
+    let uri = format!("rabbitmq://queue/{queue}");
+    let task = tokio::spawn(run(queue, uri.clone(), settings, inbox, shutdown));
+    (uri, task)
+}
+
+async fn run(
+    queue: String,
+    uri: String,
+    settings: Arc<RabbitSettings>,
+    inbox: Inbox,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut consumed = false;
+        let result = consume(
+            &queue,
+            &uri,
+            &settings,
+            &inbox,
+            &mut shutdown,
+            &mut consumed,
+        )
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if consumed {
+                    backoff = Duration::from_millis(100);
+                }
+                warn!(listener = %uri, error = %e, retry_in = ?backoff, "RabbitMQ listener lost its connection; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection's life. `Ok(())`: shutdown.
+async fn consume(
+    queue: &str,
+    uri: &str,
+    settings: &RabbitSettings,
+    inbox: &Inbox,
+    shutdown: &mut watch::Receiver<bool>,
+    consumed: &mut bool,
+) -> Result<(), LinkError> {
+    let (conn, ch) = settings.open().await?;
+    let err = |what: &'static str| {
+        move |e: lapin::Error| LinkError(format!("{what}: {}", crate::error_chain(&e)))
+    };
+    ch.basic_qos(settings.config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err("setting the prefetch"))?;
+    settings.topology(&ch).await?;
+    settings.queue(&ch, queue).await?;
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("starting the consumer"))?;
+    info!(listener = %uri, prefetch = settings.config.prefetch, "consuming");
+    let window = Duration::from_millis(settings.config.batch_window_ms);
+    let max = usize::from(settings.config.prefetch);
+    let limits = Limits::default();
+    loop {
+        let first = tokio::select! {
+            d = consumer.next() => d,
+            _ = shutdown.changed() => {
+                let _ = conn.close(200, ShortString::from("shutting down")).await;
+                return Ok(());
+            }
+        };
+        let mut batch = vec![next_delivery(first)?];
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        while batch.len() < max {
+            tokio::select! {
+                d = consumer.next() => batch.push(next_delivery(d)?),
+                _ = &mut deadline => break,
+            }
+        }
+        *consumed = true;
+        let span =
+            info_span!("receive_batch", listener = %uri, size = batch.len(), ack = field::Empty);
+        let outcome = take_batch(&batch, uri, inbox, &limits)
+            .instrument(span.clone())
+            .await;
+        let Some(last) = batch.last().map(|d| d.delivery_tag) else {
+            continue;
+        };
+        match outcome {
+            Ok(refused) => {
+                span.record(
+                    "ack",
+                    if refused == 0 {
+                        "ack".to_string()
+                    } else {
+                        format!("ack, {refused} dead-lettered")
+                    },
+                );
+                ch.basic_ack(last, BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(err("acknowledging a batch"))?;
+            }
+            Err(e) => {
+                span.record("ack", "nack (requeued)");
+                error!(listener = %uri, error = %e, size = batch.len(), "a received batch could not be stored; returned to the queue");
+                let _ = ch
+                    .basic_nack(
+                        last,
+                        BasicNackOptions {
+                            multiple: true,
+                            requeue: true,
+                        },
+                    )
+                    .await;
+                return Err(LinkError(format!("the inbox could not store a batch: {e}")));
+            }
+        }
+    }
+}
+
+fn next_delivery(d: Option<lapin::Result<Delivery>>) -> Result<Delivery, LinkError> {
+    match d {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(LinkError(format!("consuming: {}", crate::error_chain(&e)))),
+        None => Err(LinkError("the broker cancelled the consumer".into())),
+    }
+}
+
+/// Store one batch: accepted messages into the inbox, refused ones into
+/// dead letters. Returns how many were refused.
+async fn take_batch(
+    batch: &[Delivery],
+    uri: &str,
+    inbox: &Inbox,
+    limits: &Limits,
+) -> Result<usize, String> {
+    let mut refused: Vec<(Envelope, &'static str, String)> = Vec::new();
+    let mut typed = Vec::with_capacity(batch.len());
+    for d in batch {
+        match from_amqp(&d.properties, &d.data, uri, limits) {
+            Ok(env) => typed.push(env),
+            Err(reason) => {
+                // Kept as an envelope of no type, so it can be looked at.
+                let mut env = Envelope::new("", d.data.clone());
+                env.destination = Some(uri.to_string());
+                refused.push((env, "bad-message", reason));
+            }
+        }
+    }
+    let entries = typed.iter().cloned().map(Ok).collect();
+    let verdicts = inbox
+        .receive(entries, true)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    for (env, v) in typed.into_iter().zip(verdicts) {
+        match v {
+            Verdict::Accepted => {}
+            Verdict::Rejected(why) | Verdict::UnknownDestination(why) => {
+                refused.push((env, "no-handler", why));
+            }
+        }
+    }
+    let n = refused.len();
+    if n > 0 {
+        dead_letter(&*inbox.store, uri, refused).await?;
+    }
+    Ok(n)
+}
+
+async fn dead_letter(
+    store: &dyn MessageStore,
+    uri: &str,
+    refused: Vec<(Envelope, &'static str, String)>,
+) -> Result<(), String> {
+    let now = now_ms();
+    let mut commit = CommitBatch::default();
+    for (env, kind, why) in refused {
+        warn!(listener = %uri, message_id = %env.id, message_type = %env.message_type, kind, reason = %why, "received message moved to dead letters");
+        commit.dead_letters.push(DeadLetter {
+            id: env.id,
+            message_type: env.message_type.clone(),
+            received_at: uri.to_string(),
+            source: env.source.clone(),
+            error_kind: kind.to_string(),
+            error_message: why,
+            failed_at: now,
+            attempts: 0,
+            replayable: true,
+            body: env.encode(),
+        });
+    }
+    store
+        .commit(&commit)
+        .await
+        .map_err(|e| crate::error_chain(&e))
+}

@@ -14,7 +14,7 @@ help:
 	@echo "make build       build the host: target/release/jasper-host"
 	@echo "make test        plugins + build + every test (unit and end-to-end)"
 	@echo "make quickstart  run a host on examples/jasper.toml and send it demo orders"
-	@echo "make bench       run the benchmarks (jasper-bench, jasper-tcp-bench)"
+	@echo "make bench       run the benchmarks (jasper-bench, jasper-tcp-bench, jasper-rabbit-bench)"
 
 plugins:
 	rustup target add wasm32-wasip2
@@ -37,3 +37,4 @@ quickstart: plugins build
 bench: plugins build
 	./target/release/jasper-bench --noop $(PLUGIN_DIR)/noop.wasm --backends sqlite,postgres,mysql
 	./target/release/jasper-tcp-bench --noop $(PLUGIN_DIR)/noop.wasm
+	./target/release/jasper-rabbit-bench --noop $(PLUGIN_DIR)/noop.wasm

@@ -1,4 +1,4 @@
-//! `jasper-rabbit-bench`: durable RabbitMQ throughput of a host (consume →
+//! `jasper-rabbit-bench`: durable RabbitMQ throughput of a started host (consume →
 //! handle with the no-op plugin's `bench.Relay` → publish one `bench.Relayed`
 //! → confirmed, outgoing row deleted) beside raw lapin on the same broker in
 //! the same run: publish with confirms (awaited per 500), and consume with
@@ -143,6 +143,14 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    // Logs to stderr, `RUST_LOG` (default warn), to see what a slow run did.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (raw_q, in_q, out_q) = (
         format!("bench-raw-{run}"),
@@ -185,8 +193,10 @@ async fn main() -> anyhow::Result<()> {
         message_type: "bench.Relayed".into(),
         to: format!("rabbitmq://queue/{out_q}"),
     });
-    let t = Instant::now();
+    // Timed from a started host (plugins compiled), as the raw consumer is
+    // timed from a declared queue.
     let host = Host::start(config).await?;
+    let t = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let out = queue_len(&conn, &out_q).await? as usize;

@@ -252,6 +252,14 @@ async fn latency(args: &Args, scheme: &str) -> anyhow::Result<(f64, f64, f64, f6
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    // Logs to stderr, `RUST_LOG` (default warn), to see what a slow run did.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     println!(
         "jasper-tcp-bench: host A -> host B on loopback, SQLite on both, no-op plugin on B, {} messages of 200 bytes",
         a.messages

@@ -93,7 +93,12 @@ impl Agent {
             }
             let span =
                 info_span!("send_batch", peer = %peer, size = batch.len(), ack = field::Empty);
-            let result = self.send(&batch).instrument(span.clone()).await;
+            // Shutdown does not wait for a peer that hangs: the batch's rows
+            // stay in outgoing for the next run.
+            let result = tokio::select! {
+                r = self.send(&batch).instrument(span.clone()) => r,
+                _ = shutdown.changed() => return,
+            };
             match result {
                 Ok(verdicts) => {
                     self.failures = 0;

@@ -260,6 +260,10 @@ impl fmt::Display for Val {
 #[derive(Clone, Debug)]
 pub struct HostConfig {
     sections: BTreeMap<String, BTreeMap<String, Val>>,
+    /// `[[listen]]` URIs, in order.
+    listen: Vec<String>,
+    /// `[[route]]` (message_type pattern, to), in order.
+    routes: Vec<(String, String)>,
 }
 
 impl Default for HostConfig {
@@ -274,6 +278,8 @@ impl HostConfig {
     pub fn new() -> Self {
         HostConfig {
             sections: BTreeMap::new(),
+            listen: Vec::new(),
+            routes: Vec::new(),
         }
         .set("node", "name", "e2e")
         .set("storage", "url", "sqlite://jasper.db")
@@ -379,8 +385,43 @@ impl HostConfig {
     pub fn cleanup_interval_ms(self, v: u64) -> Self {
         self.set("durability", "cleanup_interval_ms", v)
     }
+    /// `[node] name`.
+    pub fn node_name(self, name: &str) -> Self {
+        self.set("node", "name", name)
+    }
+    /// `[sending] key = value`.
+    pub fn sending(self, key: &str, value: impl Into<Val>) -> Self {
+        self.set("sending", key, value)
+    }
+    /// `[tcp] key = value`.
+    pub fn tcp(self, key: &str, value: impl Into<Val>) -> Self {
+        self.set("tcp", key, value)
+    }
 
-    /// The TOML text: known sections in the contract's order, then the others.
+    /// Adds a `[[listen]]` table: `uri = "durable://127.0.0.1:PORT"`.
+    pub fn listen(mut self, uri: impl Into<String>) -> Self {
+        self.listen.push(uri.into());
+        self
+    }
+
+    /// Adds a `[[route]]` table: `message_type = pattern`, `to = uri`.
+    pub fn route(mut self, message_type: impl Into<String>, to: impl Into<String>) -> Self {
+        self.routes.push((message_type.into(), to.into()));
+        self
+    }
+
+    /// The `[[listen]]` URIs, in order.
+    pub fn listen_uris(&self) -> &[String] {
+        &self.listen
+    }
+
+    /// The `[[route]]` tables, in order: (message_type, to).
+    pub fn routes(&self) -> &[(String, String)] {
+        &self.routes
+    }
+
+    /// The TOML text: known sections in the contract's order, then the others,
+    /// then the `[[listen]]` and `[[route]]` tables in the order they were added.
     pub fn render(&self) -> String {
         const ORDER: [&str; 5] = ["node", "storage", "plugins", "handling", "durability"];
         let mut names: Vec<&str> = ORDER
@@ -400,6 +441,19 @@ impl HostConfig {
             for (k, v) in &self.sections[name] {
                 let _ = writeln!(out, "{k} = {v}");
             }
+        }
+        // Arrays of tables last: a `[section]` after them would be fine TOML
+        // too, but this way no key can end up in the wrong table.
+        for uri in &self.listen {
+            let _ = writeln!(out, "\n[[listen]]\nuri = {}", Val::from(uri.as_str()));
+        }
+        for (pattern, to) in &self.routes {
+            let _ = writeln!(
+                out,
+                "\n[[route]]\nmessage_type = {}\nto = {}",
+                Val::from(pattern.as_str()),
+                Val::from(to.as_str())
+            );
         }
         out
     }
@@ -506,6 +560,28 @@ pub fn tail(s: &str, n: usize) -> String {
     }
     out.push_str(&lines[start..].join("\n"));
     out
+}
+
+/// The threads of process `pid` that are not stopped (state other than `T`,
+/// `t`, or exiting), from `/proc/PID/task/*/stat`.
+fn threads_not_stopped(pid: u32) -> std::io::Result<Vec<String>> {
+    let mut running = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let e = e?;
+        // A thread that ended meanwhile is not running.
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "TID (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("?");
+        if !matches!(state, "T" | "t" | "Z" | "X") {
+            running.push(format!("{} ({state})", e.file_name().to_string_lossy()));
+        }
+    }
+    Ok(running)
 }
 
 /// Waits for `child` to exit, at most `timeout`; None if still running then.
@@ -695,6 +771,64 @@ impl TestHost {
         }
     }
 
+    /// The host's whole log so far (every run, with the harness's `===== e2e:`
+    /// markers), colour codes removed.
+    pub fn log_text(&self) -> String {
+        self.log_since(0)
+    }
+
+    /// The log's length now: give it to [`TestHost::log_since`] or
+    /// [`TestHost::wait_for_log`] to look only at what is written after.
+    pub fn log_mark(&self) -> usize {
+        fs::metadata(&self.log_path).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The log written after `mark` (see [`TestHost::log_mark`]), colour codes
+    /// removed; empty if there is no log yet.
+    pub fn log_since(&self, mark: usize) -> String {
+        let bytes = fs::read(&self.log_path).unwrap_or_default();
+        let from = mark.min(bytes.len());
+        strip_ansi(&String::from_utf8_lossy(&bytes[from..]))
+    }
+
+    /// The lines of the log after `mark` that contain every one of `needles`.
+    pub fn log_lines(&self, mark: usize, needles: &[&str]) -> Vec<String> {
+        self.log_since(mark)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Polls the log until a line after `mark` contains every one of
+    /// `needles`, and returns the first such line. Panics after `timeout`
+    /// (with the log's tail), or at once if the spawned host exits meanwhile.
+    pub async fn wait_for_log(
+        &self,
+        what: &str,
+        mark: usize,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> String {
+        poll_until(
+            &format!("{what} (a log line with {needles:?})"),
+            timeout,
+            POLL,
+            || {
+                let lines = self.log_lines(mark, needles);
+                async move {
+                    match lines.into_iter().next() {
+                        Some(l) => Ok(l),
+                        None => anyhow::bail!("no such line yet; log tail:\n{}", self.log_tail(20)),
+                    }
+                }
+            },
+            |_| true,
+            Some(self),
+        )
+        .await
+    }
+
     // -- the long-running host ------------------------------------------------
 
     /// Starts `jasper-host run --config F`, stdout and stderr appended to host.log.
@@ -779,6 +913,58 @@ impl TestHost {
         c.kill().expect("SIGKILL the host");
         let st = c.wait().expect("reap the killed host");
         self.log_line(&format!("SIGKILL sent ({st})"));
+    }
+
+    /// Sends `sig` to the running host. Panics if it was never spawned or
+    /// has exited.
+    #[track_caller]
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let mut slot = self.child.lock().expect("child lock");
+        let c = slot
+            .as_mut()
+            .unwrap_or_else(|| panic!("signal({sig}): the host was never spawned"));
+        if let Ok(Some(st)) = c.try_wait() {
+            panic!(
+                "signal({sig}): the host had already exited ({st}); log tail:\n{}",
+                self.log_tail(60)
+            );
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("send {sig} to the host: {e}"));
+        drop(slot);
+        self.log_line(&format!("{sig} sent"));
+    }
+
+    /// SIGSTOP: the host freezes where it is (its sockets and files stay
+    /// open; what peers already sent waits in the kernel). [`TestHost::kill9`]
+    /// works on a frozen host; [`TestHost::sigcont`] resumes it.
+    /// Returns once every thread of the host is stopped (kill(2) only queues
+    /// the signal: a thread running on another core goes on for a moment, and
+    /// could finish a commit after `sigstop` returned otherwise).
+    #[track_caller]
+    pub fn sigstop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = {
+            let slot = self.child.lock().expect("child lock");
+            slot.as_ref().expect("spawned").id()
+        };
+        let start = Instant::now();
+        loop {
+            match threads_not_stopped(pid) {
+                Ok(running) if running.is_empty() => return,
+                Ok(running) if start.elapsed() > STOP_TIMEOUT => panic!(
+                    "threads {running:?} of the host (pid {pid}) still run {STOP_TIMEOUT:?} after SIGSTOP"
+                ),
+                Err(e) => panic!("reading /proc/{pid}/task after SIGSTOP: {e}"),
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// SIGCONT: a frozen host goes on.
+    #[track_caller]
+    pub fn sigcont(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
     /// SIGTERM, then wait up to `STOP_TIMEOUT` for the exit. Returns its status;
@@ -1037,6 +1223,75 @@ impl Drop for TestHost {
     }
 }
 
+/// `s` without ANSI escape sequences (`ESC [ ... letter`), in case the host
+/// colours its log despite NO_COLOR.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+/// Ports [`free_port`] handed out in this process.
+static PORTS_GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A TCP port of 127.0.0.1 nothing listens on, for a host's `[[listen]]`.
+/// It is taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), so no outgoing connection
+/// (of any process) is given it meanwhile and a connect to it while nobody
+/// listens cannot end up connected to itself; never twice in one process;
+/// checked free by binding it (the socket is closed again: the host binds it).
+/// Falls back to a port the kernel picks when there is no room below the range.
+pub fn free_port() -> u16 {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let mut given = PORTS_GIVEN.lock().expect("ports lock");
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let first = 10_000u16;
+    if low > first + 1000 {
+        let span = u32::from(low - first);
+        // A random start, so test processes running side by side try different ports.
+        let start = uuid::Uuid::new_v4().as_u128() as u32 % span;
+        for k in 0..span {
+            let p = first + ((start + k) % span) as u16;
+            if !given.contains(&p) && bindable(p) {
+                given.push(p);
+                return p;
+            }
+        }
+    }
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let p = l.local_addr().expect("local addr").port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
+    panic!("free_port(): no free port found");
+}
+
 // ---------------------------------------------------------------------------
 // Waiting
 // ---------------------------------------------------------------------------
@@ -1189,6 +1444,66 @@ mod tests {
         assert_eq!(c.sqlite_path(dir), Some(PathBuf::from("/x/jasper.db")));
         let abs = HostConfig::new().set("storage", "url", "sqlite:///data/j.db?mode=rwc");
         assert_eq!(abs.sqlite_path(dir), Some(PathBuf::from("/data/j.db")));
+    }
+
+    #[test]
+    fn config_renders_listen_and_route_tables_after_the_sections() {
+        let c = HostConfig::new()
+            .listen("durable://127.0.0.1:4100")
+            .route("OrderPlaced", "durable://127.0.0.1:4200")
+            .route("billing.*", "tcp://10.0.0.1:1/queue")
+            .sending("ping_interval_ms", 200)
+            .node_name("a");
+        let text = c.render();
+        let pos = |s: &str| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s} missing in\n{text}"))
+        };
+        assert!(pos("[sending]") < pos("[[listen]]"), "{text}");
+        assert!(pos("[[listen]]") < pos("[[route]]"), "{text}");
+        assert!(
+            text.contains("[[listen]]\nuri = \"durable://127.0.0.1:4100\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "[[route]]\nmessage_type = \"OrderPlaced\"\nto = \"durable://127.0.0.1:4200\"\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            pos("message_type = \"OrderPlaced\"") < pos("billing.*"),
+            "{text}"
+        );
+        assert!(text.contains("ping_interval_ms = 200\n"), "{text}");
+        assert_eq!(c.listen_uris().len(), 1);
+        assert_eq!(c.routes().len(), 2);
+    }
+
+    #[test]
+    fn strip_ansi_removes_colour_codes() {
+        assert_eq!(
+            strip_ansi("\u{1b}[33m WARN\u{1b}[0m circuit open"),
+            " WARN circuit open"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let a = free_port();
+        let b = free_port();
+        assert_ne!(a, b);
+        for p in [a, b] {
+            std::net::TcpListener::bind(("127.0.0.1", p))
+                .unwrap_or_else(|e| panic!("port {p} is not free: {e}"));
+        }
+        if let Ok(r) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+            let low: u16 = r.split_whitespace().next().unwrap().parse().unwrap();
+            if low > 11_000 {
+                assert!(a < low && b < low, "{a} {b} vs {low}");
+            }
+        }
     }
 
     #[test]

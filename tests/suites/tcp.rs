@@ -1,0 +1,861 @@
+//! Durability across hosts over the built-in TCP transport: two real
+//! jasper-host processes. Host A runs the `orders` plugin and routes every
+//! `OrderPlaced` to host B over `durable://`; B runs `audit` (no `orders`),
+//! so each of the 10,000 orders crosses the wire once. Either side is
+//! SIGKILLed mid-stream, or B is away for ten seconds, and in the end every
+//! effect must exist exactly once: A's `order/o-i` at version 1, B's
+//! `seen/o-i` = 1 and `count` = 10,000, nothing left in A's outgoing table,
+//! no dead letters on either side.
+//!
+//! SQLite only: each host has its own db in its own temp dir, and its own
+//! port (`free_port`), so the tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use jasper_e2e::{
+    Col, Db, HostConfig, Progress, REMIND_LATER_MS, TestHost, free_port, place_order,
+};
+
+const N: usize = 10_000;
+const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Both hosts prove they know it before any frame is read.
+const SECRET: &str = "e2e-shared-secret-for-the-tcp-suite";
+
+const CIRCUIT_OPEN: &str = "circuit open: sending to this peer paused until a ping succeeds";
+const CIRCUIT_CLOSED: &str = "circuit closed: the peer answered a ping; sending resumes";
+const SEND_FAILED: &str = "sending a batch failed; it will be sent again";
+const RELAYED: &str = "sending outgoing messages left unsent";
+
+fn amount(i: usize) -> u64 {
+    100 + (i as u64 % 9_900)
+}
+
+fn bodies(range: Range<usize>) -> Vec<serde_json::Value> {
+    range
+        .map(|i| place_order(&format!("o-{i}"), amount(i), REMIND_LATER_MS))
+        .collect()
+}
+
+/// What both hosts share: short heartbeats and sender timings, handled rows
+/// kept for a week (they are the receiver's dedupe record).
+fn common(name: &str) -> HostConfig {
+    HostConfig::new()
+        .node_name(name)
+        .keep_handled_ms(7 * 24 * 3600 * 1000)
+        .heartbeat_ms(200)
+        .stale_after_ms(2000)
+        .sending("ping_interval_ms", 200)
+        .sending("retry_delay_ms", 50)
+        .sending("recovery_interval_ms", 200)
+        .tcp("secret", SECRET)
+}
+
+/// A (orders, routes OrderPlaced to B) and B (audit, listens on `uri`).
+struct Pair {
+    a: TestHost,
+    b: TestHost,
+    /// `durable://127.0.0.1:PORT`: B's listener and A's route.
+    uri: String,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let uri = format!("durable://127.0.0.1:{}", free_port());
+        let a = TestHost::new(&["orders"], common("a").route("OrderPlaced", &uri));
+        let b = TestHost::new(&["audit"], common("b").listen(&uri));
+        Pair { a, b, uri }
+    }
+
+    /// Starts B and waits for its listener.
+    async fn spawn_b(&self) {
+        let mark = self.b.log_mark();
+        self.b.spawn();
+        self.b
+            .wait_for_log(
+                "B listening",
+                mark,
+                &["listening", &format!("listener={}", self.uri)],
+                START_TIMEOUT,
+            )
+            .await;
+    }
+
+    /// Polls both stores until `done`; panics with the host's log if either
+    /// spawned host exits meanwhile, or after `timeout`.
+    async fn wait_both(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl FnMut(&(Progress, Progress)) -> bool,
+    ) -> (Progress, Progress) {
+        let (da, db) = (self.a.db(), self.b.db());
+        let b_watched = self.b.is_running();
+        self.a
+            .wait_for(
+                what,
+                timeout,
+                || {
+                    if b_watched && let Some(st) = self.b.exit_status() {
+                        panic!(
+                            "host B exited ({st}) while waiting for {what}; log tail:\n{}",
+                            self.b.log_tail(60)
+                        );
+                    }
+                    let (da, db) = (da.clone(), db.clone());
+                    async move { Ok((da.progress().await?, db.progress().await?)) }
+                },
+                done,
+            )
+            .await
+    }
+}
+
+/// A handled every PlaceOrder and sent every OrderPlaced (outgoing empty);
+/// B handled them all. Rows of a killed node stay `incoming` until released,
+/// so they count as work left; a dead letter ends the wait too, and the
+/// checker says what went wrong instead of a timeout.
+fn settled((a, b): &(Progress, Progress)) -> bool {
+    let a_retries = a.with_status("scheduled") - a.get("OrderReminder", "scheduled");
+    let stuck = a.dead_letters > 0 || b.dead_letters > 0;
+    stuck
+        || (a.get("PlaceOrder", "handled") == N as i64
+            && a.with_status("incoming") == 0
+            && a_retries == 0
+            && a.outgoing == 0
+            && b.get("OrderPlaced", "handled") >= N as i64
+            && b.with_status("incoming") == 0
+            && b.with_status("scheduled") == 0)
+}
+
+/// Lines of `host`'s log after `mark` with every needle.
+fn count_lines(host: &TestHost, mark: usize, needles: &[&str]) -> usize {
+    host.log_lines(mark, needles).len()
+}
+
+/// The sum of `rows=K` over the relay's log lines after `mark`.
+fn relayed_rows(host: &TestHost, mark: usize) -> i64 {
+    host.log_lines(mark, &[RELAYED])
+        .iter()
+        .map(|l| {
+            let k = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rows="))
+                .unwrap_or_else(|| panic!("relay line without rows=: {l}"));
+            k.parse::<i64>()
+                .unwrap_or_else(|e| panic!("rows={k} in {l}: {e}"))
+        })
+        .sum()
+}
+
+/// Waits for both hosts to settle, then checks every effect on both sides
+/// and stops both hosts (SIGTERM, exit 0).
+async fn settle_and_check(pair: &Pair, label: &str, started: Instant) {
+    let p = pair
+        .wait_both(
+            "all 10,000 orders handled on A and their OrderPlaced handled on B",
+            FINAL_TIMEOUT,
+            settled,
+        )
+        .await;
+    println!(
+        "[{label}] settled after {:.1?}: A {:?}; B {:?}",
+        started.elapsed(),
+        p.0,
+        p.1
+    );
+    pair.a.assert_alive("after settling");
+    pair.b.assert_alive("after settling");
+    check(pair, label, &p).await;
+    let (sa, sb) = (pair.a.stop(), pair.b.stop());
+    assert!(sa.success(), "A's exit status after SIGTERM: {sa}");
+    assert!(sb.success(), "B's exit status after SIGTERM: {sb}");
+}
+
+/// The checker: every order's effect on A once, its OrderPlaced on B once.
+async fn check(pair: &Pair, label: &str, (pa, pb): &(Progress, Progress)) {
+    let (da, db) = (pair.a.db(), pair.b.db());
+    let orders = da.state("orders").await.unwrap();
+    let audit = db.state("audit").await.unwrap();
+    let mut lost = Vec::new();
+    let mut duplicated = Vec::new();
+    let mut corrupt = Vec::new();
+    for i in 0..N {
+        let key = format!("order/o-{i}");
+        match orders.get(&key) {
+            None => lost.push(format!("A orders {key}")),
+            Some(row) => {
+                if row.version > 1 {
+                    duplicated.push(format!("A orders {key} version {}", row.version));
+                }
+                match row.json() {
+                    Ok(v)
+                        if v["order_id"] == format!("o-{i}") && v["amount_cents"] == amount(i) => {}
+                    other => corrupt.push(format!("A orders {key} = {other:?}")),
+                }
+            }
+        }
+        let key = format!("seen/o-{i}");
+        match audit.get(&key).map(|r| r.as_i64()) {
+            None | Some(Ok(0)) => lost.push(format!("B audit {key}")),
+            Some(Ok(1)) => {}
+            Some(Ok(n)) if n > 1 => duplicated.push(format!("B audit {key} = {n}")),
+            other => corrupt.push(format!("B audit {key} = {other:?}")),
+        }
+    }
+    let audit_count = audit.get("count").map(|r| r.as_i64());
+    let a_outgoing = da.outgoing_snapshot().await.unwrap();
+    let a_dead = da.dead_letter_rows().await.unwrap();
+    let b_dead = db.dead_letter_rows().await.unwrap();
+    let b_placed = pb.of_type("OrderPlaced");
+    let a_placed_local = pa.of_type("OrderPlaced");
+
+    println!(
+        "=== tcp checker ({label}): {N} orders from A to B over {} ===",
+        pair.uri
+    );
+    println!("lost effects:           {}", lost.len());
+    println!("duplicated effects:     {}", duplicated.len());
+    println!("corrupt values:         {}", corrupt.len());
+    println!("B audit count:          {audit_count:?} (want Ok({N}))");
+    println!("B OrderPlaced rows:     {b_placed} (want {N})");
+    println!("A outgoing rows left:   {}", a_outgoing.len());
+    println!("A OrderPlaced in inbox: {a_placed_local} (want 0: all go to B)");
+    println!(
+        "dead letters:           A {}, B {}",
+        a_dead.len(),
+        b_dead.len()
+    );
+    for l in lost.iter().take(10) {
+        println!("  lost: {l}");
+    }
+    for d in duplicated.iter().take(10) {
+        println!("  duplicated: {d}");
+    }
+    for c in corrupt.iter().take(10) {
+        println!("  corrupt: {c}");
+    }
+    for d in a_dead.iter().chain(&b_dead).take(10) {
+        println!("  dead letter: {d:?}");
+    }
+    for o in a_outgoing.iter().take(10) {
+        println!("  outgoing left: {o:?}");
+    }
+
+    assert_eq!(lost.len(), 0, "lost effects (first: {:?})", lost.first());
+    assert_eq!(
+        duplicated.len(),
+        0,
+        "duplicated effects (first: {:?})",
+        duplicated.first()
+    );
+    assert_eq!(
+        corrupt.len(),
+        0,
+        "corrupt values (first: {:?})",
+        corrupt.first()
+    );
+    assert!(
+        matches!(audit_count, Some(Ok(n)) if n == N as i64),
+        "B audit count {audit_count:?}, want {N}"
+    );
+    assert!(a_dead.is_empty(), "A's dead letters: {a_dead:?}");
+    assert!(b_dead.is_empty(), "B's dead letters: {b_dead:?}");
+    assert!(
+        a_outgoing.is_empty(),
+        "A's outgoing rows left: {}",
+        a_outgoing.len()
+    );
+    assert_eq!(a_placed_local, 0, "A has no audit plugin: {pa:?}");
+    // A's inbox: each PlaceOrder once, handled; each reminder once, waiting.
+    assert_eq!(pa.of_type("PlaceOrder"), N as i64, "A: {pa:?}");
+    assert_eq!(pa.get("PlaceOrder", "handled"), N as i64, "A: {pa:?}");
+    assert_eq!(
+        pa.of_type("OrderReminder"),
+        N as i64,
+        "A's OrderReminder rows (more = a PlaceOrder committed twice): {pa:?}"
+    );
+    assert_eq!(pa.get("OrderReminder", "scheduled"), N as i64, "A: {pa:?}");
+    // B's inbox: each OrderPlaced once (more = one order published under two
+    // ids, which B's dedupe could not catch), every one handled.
+    assert_eq!(b_placed, N as i64, "B's OrderPlaced rows: {pb:?}");
+    assert_eq!(pb.get("OrderPlaced", "handled"), N as i64, "B: {pb:?}");
+    assert_eq!(pb.outgoing, 0, "B: {pb:?}");
+
+    // Nothing went wrong on the way that the hosts would call an error.
+    let (ea, eb) = (
+        pair.a.log_lines(0, &[" ERROR "]),
+        pair.b.log_lines(0, &[" ERROR "]),
+    );
+    println!("ERROR log lines:        A {}, B {}", ea.len(), eb.len());
+    for l in ea.iter().chain(&eb).take(10) {
+        println!("  {l}");
+    }
+    assert!(
+        ea.is_empty() && eb.is_empty(),
+        "ERROR lines in the hosts' logs (first: {:?})",
+        ea.first().or(eb.first())
+    );
+
+    let (ca, cb) = (pair.a.counts(), pair.b.counts());
+    assert_eq!(
+        (
+            ca.incoming,
+            ca.outgoing,
+            ca.dead_letters,
+            ca.handled,
+            ca.scheduled
+        ),
+        (0, 0, 0, N as u64, N as u64),
+        "A's storage counts: {ca:?}"
+    );
+    assert_eq!(
+        (
+            cb.incoming,
+            cb.outgoing,
+            cb.dead_letters,
+            cb.handled,
+            cb.scheduled
+        ),
+        (0, 0, 0, N as u64, 0),
+        "B's storage counts: {cb:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+/// Both hosts up the whole time: 10,000 orders cross once, and not a single
+/// batch needs sending again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_ten_thousand_orders_cross_exactly_once() {
+    let pair = Pair::new();
+    let started = Instant::now();
+    pair.spawn_b().await;
+    // Half written while A is down (its worker finds them on start), half
+    // while it runs.
+    pair.a
+        .send_file("PlaceOrder", &bodies(0..N / 2))
+        .assert_sent(N / 2);
+    pair.a.spawn();
+    pair.a
+        .send_file("PlaceOrder", &bodies(N / 2..N))
+        .assert_sent(N - N / 2);
+    settle_and_check(&pair, "both up", started).await;
+    let failed = count_lines(&pair.a, 0, &[SEND_FAILED]);
+    let opened = count_lines(&pair.a, 0, &[CIRCUIT_OPEN]);
+    println!(
+        "[both up] {:.1?} in all; A's failed sends {failed}, breaker openings {opened}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (failed, opened),
+        (0, 0),
+        "B was up the whole time, yet A's sends failed; A's log tail:\n{}",
+        pair.a.log_tail(40)
+    );
+}
+
+/// B is SIGKILLed three times while A streams to it, and restarted on the
+/// same port each time. At stake: batches B committed but did not
+/// acknowledge (A sends them again, B's inbox drops the copies), batches in
+/// flight (A sends them again), and rows B received but had not handled yet
+/// (B's next run releases and handles them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_sigkilled_mid_stream_loses_and_duplicates_nothing() {
+    /// Kill points: OrderPlaced rows in B's inbox (received, any status), as
+    /// a share of N.
+    const KILL_AT_PERCENT: [i64; 3] = [15, 45, 75];
+    /// Delay after crossing each point, to land in other phases of B's
+    /// receive / acknowledge / handle cycle.
+    const KILL_OFFSET_MS: [u64; 3] = [0, 7, 19];
+
+    let pair = Pair::new();
+    let started = Instant::now();
+    pair.spawn_b().await;
+    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
+    pair.a.spawn();
+    let db = pair.b.db();
+    let da = pair.a.db();
+    for (k, pct) in KILL_AT_PERCENT.iter().enumerate() {
+        let threshold = N as i64 * pct / 100;
+        let seen = pair
+            .b
+            .wait_for_every(
+                &format!(
+                    "OrderPlaced rows in B's inbox >= {threshold} before kill #{}",
+                    k + 1
+                ),
+                PHASE_TIMEOUT,
+                Duration::from_millis(5),
+                || db.incoming_count(None, Some("OrderPlaced")),
+                |n| *n >= threshold,
+            )
+            .await;
+        if KILL_OFFSET_MS[k] > 0 {
+            tokio::time::sleep(Duration::from_millis(KILL_OFFSET_MS[k])).await;
+        }
+        pair.b.kill9();
+        // B is dead: its store is as the kill left it.
+        let pb = db.progress().await.unwrap();
+        let pa = da.progress().await.unwrap();
+        let received = pb.of_type("OrderPlaced");
+        println!(
+            "[receiver kill] #{} at {:.1?}: B had received {seen} when polled (threshold {threshold}), killed {} ms later; \
+             after kill: B received {received}, handled {}, received but unhandled {}; \
+             A PlaceOrder handled {}, A outgoing {}",
+            k + 1,
+            started.elapsed(),
+            KILL_OFFSET_MS[k],
+            pb.get("OrderPlaced", "handled"),
+            pb.get("OrderPlaced", "incoming"),
+            pa.get("PlaceOrder", "handled"),
+            pa.outgoing,
+        );
+        // Mid-stream: B had not received every order yet, so A was still
+        // sending (or about to) when B died.
+        assert!(
+            received < N as i64,
+            "kill #{} did not happen mid-stream: B had already received everything (B {pb:?})",
+            k + 1
+        );
+        pair.spawn_b().await;
+    }
+    let failed = count_lines(&pair.a, 0, &[SEND_FAILED]);
+    println!("[receiver kill] A's failed sends so far: {failed}");
+    assert!(
+        failed > 0,
+        "three receiver kills mid-stream, yet no send of A failed"
+    );
+    settle_and_check(&pair, "receiver SIGKILLed 3x", started).await;
+    println!("[receiver kill] {:.1?} in all", started.elapsed());
+}
+
+/// The worst moment for A: its handlers committed (every OrderPlaced is an
+/// outgoing row) but nothing was sent. Made deterministic by keeping B down
+/// until A has handled everything, then SIGKILLing A. A's next run must
+/// release the rows of the killed run and send each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
+    let pair = Pair::new();
+    let started = Instant::now();
+    let da = pair.a.db();
+    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
+    pair.a.spawn();
+    // B is not running: nothing can be acknowledged, every row stays.
+    pair.a
+        .wait_for_log(
+            "A's breaker opening while B is down",
+            0,
+            &[CIRCUIT_OPEN, &pair.uri],
+            PHASE_TIMEOUT,
+        )
+        .await;
+    let pa = pair
+        .a
+        .wait_for(
+            "A to handle every PlaceOrder, its OrderPlaced all in outgoing",
+            PHASE_TIMEOUT,
+            || da.progress(),
+            |p| p.get("PlaceOrder", "handled") == N as i64 && p.outgoing == N as i64,
+        )
+        .await;
+    let rows = da.outgoing_snapshot().await.unwrap();
+    let owners: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.owner_id).collect();
+    println!(
+        "[sender kill, B down] at {:.1?}: A {pa:?}; outgoing owners {owners:?}",
+        started.elapsed()
+    );
+    assert_eq!(rows.len(), N, "A's outgoing rows");
+    assert!(
+        rows.iter()
+            .all(|r| r.destination == pair.uri && r.message_type == "OrderPlaced"),
+        "every outgoing row is an OrderPlaced for {} (first: {:?})",
+        pair.uri,
+        rows.first()
+    );
+    assert!(
+        owners.len() == 1 && !owners.contains(&0),
+        "every row is held by A's running node: owners {owners:?}"
+    );
+    pair.a.kill9();
+    let after = da.progress().await.unwrap();
+    assert_eq!(
+        after.outgoing, N as i64,
+        "the killed A left all its committed, unsent rows: {after:?}"
+    );
+
+    pair.spawn_b().await;
+    let mark = pair.a.log_mark();
+    pair.a.spawn();
+    pair.a
+        .wait_for_log(
+            "A's restart to release the rows of its killed run",
+            mark,
+            &["recovered messages left by an earlier run"],
+            START_TIMEOUT,
+        )
+        .await;
+    settle_and_check(&pair, "sender SIGKILLed after commit, before send", started).await;
+    // The rows went out through the recovery relay, each once.
+    let relayed = relayed_rows(&pair.a, mark);
+    println!(
+        "[sender kill, B down] relayed after restart: {relayed} rows; {:.1?} in all",
+        started.elapsed()
+    );
+    assert_eq!(
+        relayed, N as i64,
+        "the restarted A relays exactly the {N} rows its killed run left"
+    );
+}
+
+/// Ids of A's outgoing rows that are in B's inbox too: batches B committed
+/// (and acknowledged, or was about to) that A has not deleted.
+async fn in_both(pair: &Pair, a_rows: &BTreeSet<String>) -> BTreeSet<String> {
+    let b_ids: BTreeSet<String> = pair
+        .b
+        .db()
+        .incoming_snapshot()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    a_rows.intersection(&b_ids).cloned().collect()
+}
+
+/// What a freeze of A must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Catch {
+    /// Rows A committed and has not deleted (not acknowledged yet).
+    Unacknowledged,
+    /// Such rows that B already committed: the moment between B's inbox
+    /// commit and A's deleting the rows on the ack.
+    CommittedByB,
+}
+
+/// A kill of A that caught what it was after.
+#[derive(Debug)]
+struct Caught {
+    /// A's outgoing rows after the kill: committed, never acknowledged.
+    rows: BTreeSet<String>,
+    /// Those of them that B had committed.
+    in_b: BTreeSet<String>,
+    /// Freezes it took.
+    tries: u32,
+    /// SIGKILLs it took (a kill whose result did not show the catch is
+    /// followed by a restart and another try).
+    kills: u32,
+}
+
+/// A's (handled rows, outgoing rows), by one light query (A handles only
+/// PlaceOrder; its reminders stay scheduled).
+async fn a_counts(da: &Db) -> anyhow::Result<(i64, i64)> {
+    let rows = da
+        .query(
+            &format!(
+                "SELECT (SELECT count(*) FROM {} WHERE status = 'handled'), (SELECT count(*) FROM {})",
+                da.table("incoming"),
+                da.table("outgoing")
+            ),
+            &[],
+            &[Col::Int, Col::Int],
+        )
+        .await?;
+    Ok((rows[0][0].int()?, rows[0][1].int()?))
+}
+
+/// SIGKILLs A once it handled at least `min_handled` PlaceOrder, at a moment
+/// that `catch` describes, and leaves it dead. To find the moment, A is
+/// frozen (SIGSTOP, every thread stopped) as soon as it has rows in
+/// outgoing, so it cannot delete them while the test looks; for
+/// `CommittedByB` the test then waits up to `CATCH` for B to commit what A
+/// sent before the freeze. If the frozen A does not show the catch, it is
+/// resumed and tried again (for `CommittedByB` after more progress: the
+/// rows it held were not sent yet). If it does, it is SIGKILLed, and what
+/// counts is the store after the kill: a commit A had written but not yet
+/// published to readers when it froze becomes visible then (SQLite's WAL),
+/// so a kill whose result shows no catch after all is followed by a restart
+/// and another try.
+async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
+    const TRIES: u32 = 200;
+    const CATCH: Duration = Duration::from_millis(300);
+    let da = pair.a.db();
+    let outgoing_ids = || async {
+        da.outgoing_snapshot()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<BTreeSet<String>>()
+    };
+    let shows = |rows: &BTreeSet<String>, in_b: &BTreeSet<String>| match catch {
+        Catch::Unacknowledged => !rows.is_empty(),
+        Catch::CommittedByB => !in_b.is_empty(),
+    };
+    let mut at_least = min_handled;
+    let mut kills = 0;
+    for attempt in 1..=TRIES {
+        let (handled, outgoing) = pair
+            .a
+            .wait_for_every(
+                &format!(
+                    "A to handle {at_least} PlaceOrder or more with rows in outgoing (or to finish)"
+                ),
+                PHASE_TIMEOUT,
+                Duration::from_millis(2),
+                || a_counts(&da),
+                |&(h, o)| (h >= at_least && o > 0) || (h == N as i64 && o == 0),
+            )
+            .await;
+        assert!(
+            outgoing > 0,
+            "A finished streaming after {attempt} tries, none of which caught {catch:?} rows (handled {handled})"
+        );
+        pair.a.sigstop();
+        let rows = outgoing_ids().await;
+        let deadline = Instant::now() + CATCH;
+        let mut seen = false;
+        while !rows.is_empty() {
+            if shows(&rows, &in_both(pair, &rows).await) {
+                seen = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !seen {
+            pair.a.sigcont();
+            if catch == Catch::CommittedByB && !rows.is_empty() {
+                at_least = handled + 1;
+            }
+            continue;
+        }
+        pair.a.kill9();
+        kills += 1;
+        let rows = outgoing_ids().await;
+        let in_b = in_both(pair, &rows).await;
+        if shows(&rows, &in_b) {
+            return Caught {
+                rows,
+                in_b,
+                tries: attempt,
+                kills,
+            };
+        }
+        println!(
+            "[sender kill] a frozen A showed {catch:?} rows, the store after its SIGKILL does not \
+             ({} outgoing, {} of them in B): a commit in flight; restarting A and trying again",
+            rows.len(),
+            in_b.len()
+        );
+        pair.a.spawn();
+    }
+    panic!("{TRIES} tries, none caught {catch:?} rows");
+}
+
+/// Both up, A SIGKILLed mid-stream twice (or more, see `kill_a_at`) while
+/// it has committed rows in outgoing that were not acknowledged; restarted
+/// each time. The first kill is the worst moment for duplicates: B has
+/// committed rows that A has not deleted, so A's next run sends them again
+/// and B's inbox must drop the copies. The second lands past 55% of the
+/// orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_sigkilled_mid_stream_twice_resends_once() {
+    let pair = Pair::new();
+    let started = Instant::now();
+    let da = pair.a.db();
+    pair.spawn_b().await;
+    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
+    pair.a.spawn();
+
+    let mut left_by_kills = 0;
+    let mut restarts = Vec::new();
+    let mut b_had = 0;
+    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unacknowledged)]
+        .into_iter()
+        .enumerate()
+    {
+        let min_handled = N as i64 * pct / 100;
+        let caught = kill_a_at(&pair, min_handled, catch).await;
+        // A is dead, and B cannot touch A's store.
+        let pa = da.progress().await.unwrap();
+        println!(
+            "[sender kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {} PlaceOrder (>= {min_handled}); \
+             left {} rows in outgoing, {} of them already in B's inbox",
+            k + 1,
+            started.elapsed(),
+            caught.tries,
+            caught.kills,
+            pa.get("PlaceOrder", "handled"),
+            caught.rows.len(),
+            caught.in_b.len(),
+        );
+        assert!(
+            pa.outgoing > 0 && pa.get("PlaceOrder", "handled") < N as i64,
+            "kill #{} was not mid-stream with unacknowledged rows: {pa:?}",
+            k + 1
+        );
+        if catch == Catch::CommittedByB {
+            b_had += caught.in_b.len();
+        }
+        left_by_kills += pa.outgoing;
+        restarts.push((pair.a.log_mark(), pa.outgoing));
+        pair.a.spawn();
+    }
+
+    settle_and_check(&pair, "sender SIGKILLed 2x mid-stream", started).await;
+    // The restart after the last kill released the rows that kill left and
+    // relayed them (the rows B already had among them; B holds each order
+    // once, checked above). A row relayed by one run and killed unsent is
+    // left and relayed again.
+    let (last_mark, last_left) = *restarts.last().unwrap();
+    let relayed = relayed_rows(&pair.a, restarts[0].0);
+    let relayed_last = relayed_rows(&pair.a, last_mark);
+    println!(
+        "[sender kill] rows left by the kills {left_by_kills} (B already had {b_had} of them), \
+         relayed after the restarts {relayed}; {:.1?} in all",
+        started.elapsed()
+    );
+    assert!(
+        relayed_last >= last_left,
+        "the last restart relays the {last_left} rows the last kill left: relayed {relayed_last}"
+    );
+}
+
+/// B goes away for ten seconds while A streams: A's breaker opens within the
+/// outage and holds everything (A keeps handling), closes when B is back, and
+/// every order arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_ten_seconds_breaker_opens_holds_and_delivers() {
+    /// The outage: the one fixed duration of the suite, it is the spec.
+    const OUTAGE: Duration = Duration::from_secs(10);
+
+    let pair = Pair::new();
+    let started = Instant::now();
+    let (da, db) = (pair.a.db(), pair.b.db());
+    pair.spawn_b().await;
+    pair.a
+        .send_file("PlaceOrder", &bodies(0..N / 2))
+        .assert_sent(N / 2);
+    pair.a.spawn();
+    let threshold = N as i64 / 10;
+    pair.b
+        .wait_for_every(
+            &format!("B's handled OrderPlaced >= {threshold} before the outage"),
+            PHASE_TIMEOUT,
+            Duration::from_millis(5),
+            || db.incoming_count(Some("handled"), Some("OrderPlaced")),
+            |h| *h >= threshold,
+        )
+        .await;
+
+    // ---- the outage ----------------------------------------------------------
+    let mark = pair.a.log_mark();
+    let st = pair.b.stop();
+    let down = Instant::now();
+    assert!(st.success(), "B's exit status after SIGTERM: {st}");
+    let pb_down = db.progress().await.unwrap();
+    let pa_down = da.progress().await.unwrap();
+    println!(
+        "[outage] B stopped at {:.1?}: B handled {} of {N}; A outgoing {}",
+        started.elapsed(),
+        pb_down.get("OrderPlaced", "handled"),
+        pa_down.outgoing
+    );
+    assert!(
+        pb_down.of_type("OrderPlaced") < N as i64,
+        "B had received everything before the outage: {pb_down:?}"
+    );
+    // The stream goes on: the second half arrives at A during the outage.
+    pair.a
+        .send_file("PlaceOrder", &bodies(N / 2..N))
+        .assert_sent(N - N / 2);
+    let open = pair
+        .a
+        .wait_for_log(
+            "A's breaker to open during the outage",
+            mark,
+            &[CIRCUIT_OPEN, &pair.uri],
+            OUTAGE.saturating_sub(down.elapsed()),
+        )
+        .await;
+    let opened_after = down.elapsed();
+    println!("[outage] breaker opened {opened_after:.1?} into the outage: {open}");
+    assert!(
+        open.contains("WARN"),
+        "the breaker opening is a warning: {open}"
+    );
+    assert!(
+        opened_after < OUTAGE,
+        "the breaker opened only after {opened_after:?}"
+    );
+    // Hold the outage for its full length; A must stay up and keep working.
+    let rest = OUTAGE.saturating_sub(down.elapsed());
+    tokio::time::sleep(rest).await;
+    pair.a.assert_alive("at the end of B's outage");
+    let pa_end = da.progress().await.unwrap();
+    let pb_end = db.progress().await.unwrap();
+    println!(
+        "[outage] end after {:.1?}: A handled {}, outgoing {} (was {}); B unchanged: {}",
+        down.elapsed(),
+        pa_end.get("PlaceOrder", "handled"),
+        pa_end.outgoing,
+        pa_down.outgoing,
+        pb_end == pb_down
+    );
+    assert_eq!(pb_end, pb_down, "B's store changed while B was down");
+    assert!(
+        pa_end.outgoing > pa_down.outgoing
+            && pa_end.get("PlaceOrder", "handled") > pa_down.get("PlaceOrder", "handled"),
+        "A kept handling during the outage and held the new OrderPlaced in outgoing: \
+         before {pa_down:?}, after {pa_end:?}"
+    );
+    assert_eq!(
+        count_lines(&pair.a, mark, &[CIRCUIT_CLOSED]),
+        0,
+        "the breaker closed while B was down"
+    );
+    assert_eq!(
+        count_lines(&pair.a, mark, &[CIRCUIT_OPEN]),
+        1,
+        "the breaker opens once per outage and stays open"
+    );
+
+    // ---- B is back -------------------------------------------------------------
+    let back = pair.a.log_mark();
+    let restarted = Instant::now();
+    pair.spawn_b().await;
+    let closed = pair
+        .a
+        .wait_for_log(
+            "A's breaker to close once B is back",
+            back,
+            &[CIRCUIT_CLOSED, &pair.uri],
+            START_TIMEOUT,
+        )
+        .await;
+    println!(
+        "[outage] breaker closed {:.1?} after B's restart: {closed}",
+        restarted.elapsed()
+    );
+    assert!(
+        closed.contains("INFO"),
+        "the breaker closing is info: {closed}"
+    );
+    settle_and_check(&pair, "receiver down 10 s", started).await;
+    assert_eq!(
+        (
+            count_lines(&pair.a, back, &[CIRCUIT_OPEN]),
+            count_lines(&pair.a, back, &[CIRCUIT_CLOSED])
+        ),
+        (0, 1),
+        "after B came back: no new opening, one closing"
+    );
+    println!("[outage] {:.1?} in all", started.elapsed());
+}

@@ -57,7 +57,9 @@ impl Host {
         for p in plugins.iter() {
             info!(plugin = %p.name, path = %p.path.display(), subscriptions = ?p.subscriptions, "plugin loaded");
         }
-        if plugins.is_empty() {
+        // A host with routes but no plugins is a forwarder; without either
+        // nothing it receives can be handled.
+        if plugins.is_empty() && config.route.is_empty() {
             warn!(dir = %config.plugins.dir.display(), "no plugin loaded: messages will wait in the inbox");
         }
         plugins.add_routes(&config.route);

@@ -65,8 +65,13 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with_a(|c| c)
+    }
+
+    /// [`Pair::new`] with `tweak` applied to A's config.
+    fn with_a(tweak: impl FnOnce(HostConfig) -> HostConfig) -> Pair {
         let uri = format!("durable://127.0.0.1:{}", free_port());
-        let a = TestHost::new(&["orders"], common("a").route("OrderPlaced", &uri));
+        let a = TestHost::new(&["orders"], tweak(common("a").route("OrderPlaced", &uri)));
         let b = TestHost::new(&["audit"], common("b").listen(&uri));
         Pair { a, b, uri }
     }
@@ -725,6 +730,92 @@ async fn sender_sigkilled_mid_stream_twice_resends_once() {
     assert!(
         relayed_last >= last_left,
         "the last restart relays the {last_left} rows the last kill left: relayed {relayed_last}"
+    );
+}
+
+/// B hangs (SIGSTOP: its socket takes bytes, nothing answers) while A waits
+/// for an ack; A is stopped with SIGTERM and must exit promptly (long before
+/// the ack timeout), leaving the unacknowledged rows in outgoing. B then
+/// resumes and commits what it had read, if anything (its ack goes nowhere):
+/// A's next run sends the rows again and B's inbox drops any copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_stopped_while_receiver_hangs_exits_and_resends_once() {
+    /// Well past how long a stop may take here.
+    const ACK_TIMEOUT_MS: u64 = 60_000;
+    const PROMPT: Duration = Duration::from_secs(10);
+
+    // An ack timeout no stop could hide behind.
+    let pair = Pair::with_a(|c| c.sending("ack_timeout_ms", ACK_TIMEOUT_MS));
+    let started = Instant::now();
+    let (da, db) = (pair.a.db(), pair.b.db());
+    pair.spawn_b().await;
+    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
+    pair.a.spawn();
+    let threshold = N as i64 * 3 / 10;
+    pair.b
+        .wait_for_every(
+            &format!("OrderPlaced rows in B's inbox >= {threshold} before B hangs"),
+            PHASE_TIMEOUT,
+            Duration::from_millis(5),
+            || db.incoming_count(None, Some("OrderPlaced")),
+            |n| *n >= threshold,
+        )
+        .await;
+    pair.b.sigstop();
+    // Nothing can be acknowledged now: A's next batch waits for its ack.
+    let (handled, outgoing) = pair
+        .a
+        .wait_for(
+            "A to have rows in outgoing while B hangs",
+            PHASE_TIMEOUT,
+            || a_counts(&da),
+            |&(_, o)| o > 0,
+        )
+        .await;
+    let t = Instant::now();
+    let st = pair.a.stop();
+    let took = t.elapsed();
+    let pa = da.progress().await.unwrap();
+    println!(
+        "[hanging receiver] at {:.1?}: A stopped in {took:.1?} ({st}) with {} rows in outgoing \
+         (handled {handled}, outgoing {outgoing} before the stop); A {pa:?}",
+        started.elapsed(),
+        pa.outgoing
+    );
+    assert!(st.success(), "A's exit status after SIGTERM: {st}");
+    assert!(
+        took < PROMPT,
+        "A took {took:?} to stop while its peer hung (ack timeout {ACK_TIMEOUT_MS} ms)"
+    );
+    assert!(
+        pa.outgoing > 0,
+        "the unacknowledged rows stay in outgoing: {pa:?}"
+    );
+
+    pair.b.sigcont();
+    let rows: BTreeSet<String> = da
+        .outgoing_snapshot()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let in_b = in_both(&pair, &rows).await;
+    let mark = pair.a.log_mark();
+    pair.a.spawn();
+    settle_and_check(&pair, "sender stopped while the receiver hangs", started).await;
+    let relayed = relayed_rows(&pair.a, mark);
+    println!(
+        "[hanging receiver] A left {} rows ({} of them in B's inbox when A restarted); \
+         relayed after its restart {relayed}; {:.1?} in all",
+        rows.len(),
+        in_b.len(),
+        started.elapsed()
+    );
+    assert_eq!(
+        relayed,
+        rows.len() as i64,
+        "the restarted A relays the rows the stopped run left"
     );
 }
 

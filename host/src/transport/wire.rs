@@ -687,6 +687,194 @@ fn roundtrip(frame: &Frame, limits: &FrameLimits) {
     );
 }
 
+/// Drive both sides of the handshake from arbitrary bytes (the handshake fuzz
+/// target and the corpus replay call this). First an honest exchange with
+/// the input's nonces, each side with or without the secret as the first
+/// byte says: peers that agree must succeed, peers that do not must stop
+/// where the protocol says. Then the rest of the input plays an attacker
+/// that sends made-up messages, messages of the honest exchange (whole,
+/// cut, spliced, or in the wrong place) and replays to a listener and a
+/// sender whose nonces it does not choose: nothing may panic, and no
+/// message passes a secret check unless it is a replay for the very same
+/// nonces.
+pub fn fuzz_handshake(data: &[u8]) {
+    const VICTIM_SERVER_NONCE: [u8; 32] = [0xA5; 32];
+    const VICTIM_CLIENT_NONCE: [u8; 32] = [0x5A; 32];
+    let secret = Secret::new(b"fuzzing-secret-0123456789");
+    let mut input = FuzzInput(data);
+    let setup = input.byte();
+    let server_secret = (setup & 1 != 0).then_some(&secret);
+    let client_secret = (setup & 2 != 0).then_some(&secret);
+    let (ns, nc) = (input.arr32(), input.arr32());
+
+    // The honest exchange.
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        flags: if server_secret.is_some() {
+            FLAG_SECRET
+        } else {
+            0
+        },
+        nonce: ns,
+    }
+    .encode();
+    let mut observed: Vec<Vec<u8>> = vec![hello.to_vec()];
+    let answered = answer_server_hello(&hello, nc, client_secret);
+    match (server_secret.is_some(), client_secret.is_some()) {
+        (true, false) => assert_eq!(answered, Err(HandshakeRefusal::SecretRequired)),
+        (false, true) => assert_eq!(answered, Err(HandshakeRefusal::SecretNotOffered)),
+        _ => assert!(answered.is_ok(), "honest peers disagree: {answered:?}"),
+    }
+    let honest_server = match answered {
+        Ok((server, client_hello)) => {
+            let client_hello = client_hello.encode();
+            let (accept, verdict) = judge_client_hello(&client_hello, &ns, server_secret);
+            assert!(verdict.is_ok(), "honest client hello refused: {verdict:?}");
+            let accept = accept.encode();
+            assert_eq!(
+                check_server_accept(&accept, &server, &nc, client_secret),
+                Ok(()),
+                "honest accept refused"
+            );
+            // Honest messages in the wrong place are refused wherever a
+            // secret is checked.
+            for wrong in [&hello[..], &accept[..]] {
+                if server_secret.is_some() {
+                    assert!(
+                        judge_client_hello(&fit(wrong), &ns, server_secret)
+                            .1
+                            .is_err()
+                    );
+                }
+            }
+            for wrong in [&hello[..], &client_hello[..]] {
+                assert!(check_server_accept(&fit(wrong), &server, &nc, client_secret).is_err());
+            }
+            observed.push(client_hello.to_vec());
+            observed.push(accept.to_vec());
+            Some(server)
+        }
+        Err(_) => None,
+    };
+
+    // The attacker.
+    while !input.is_empty() {
+        let op = input.byte();
+        let message = input.message(&observed);
+        match op % 4 {
+            // A client hello at a listener with its own nonce.
+            0 => {
+                let bytes = fit::<CLIENT_HELLO_LEN>(&message);
+                let (accept, verdict) =
+                    judge_client_hello(&bytes, &VICTIM_SERVER_NONCE, Some(&secret));
+                if verdict.is_ok() {
+                    assert!(
+                        ns == VICTIM_SERVER_NONCE && client_secret.is_some(),
+                        "a client hello not made for this listener's nonce passed the secret check"
+                    );
+                } else {
+                    assert_ne!(accept.status, AcceptStatus::Ok as u8);
+                    assert_eq!(accept.mac, [0; 32], "a refusal must not carry a proof");
+                }
+                let _ = judge_client_hello(&bytes, &VICTIM_SERVER_NONCE, None);
+            }
+            // A server hello, then an accept, at a sender with its own nonce.
+            1 => {
+                let bytes = fit::<SERVER_HELLO_LEN>(&message);
+                let _ = answer_server_hello(&bytes, VICTIM_CLIENT_NONCE, None);
+                if let Ok((server, _)) =
+                    answer_server_hello(&bytes, VICTIM_CLIENT_NONCE, Some(&secret))
+                {
+                    let accept = fit::<SERVER_ACCEPT_LEN>(&input.message(&observed));
+                    if check_server_accept(&accept, &server, &VICTIM_CLIENT_NONCE, Some(&secret))
+                        .is_ok()
+                    {
+                        assert!(
+                            nc == VICTIM_CLIENT_NONCE
+                                && server.nonce == ns
+                                && server_secret.is_some(),
+                            "an accept not made for this sender's nonce passed the secret check"
+                        );
+                    }
+                }
+            }
+            // An accept at the honest sender, after its own exchange.
+            2 => {
+                if let Some(server) = &honest_server {
+                    let accept = fit::<SERVER_ACCEPT_LEN>(&message);
+                    if check_server_accept(&accept, server, &nc, client_secret).is_ok()
+                        && client_secret.is_some()
+                    {
+                        assert_eq!(
+                            &accept[8..],
+                            &observed[2][8..],
+                            "only the listener's own proof passes"
+                        );
+                    }
+                }
+            }
+            // The decoders alone: what decodes encodes to what decodes the same.
+            _ => {
+                if let Ok(h) = ServerHello::decode(&fit(&message)) {
+                    assert_eq!(ServerHello::decode(&h.encode()).as_ref(), Ok(&h));
+                }
+                if let Ok(h) = ClientHello::decode(&fit(&message)) {
+                    assert_eq!(ClientHello::decode(&h.encode()).as_ref(), Ok(&h));
+                }
+                if let Ok(a) = ServerAccept::decode(&fit(&message)) {
+                    assert_eq!(ServerAccept::decode(&a.encode()).as_ref(), Ok(&a));
+                }
+            }
+        }
+    }
+}
+
+/// The first `N` bytes of `b`, zero-padded.
+fn fit<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = b.len().min(N);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+/// The fuzz input, read front to back; reads past the end give zeros.
+struct FuzzInput<'a>(&'a [u8]);
+
+impl<'a> FuzzInput<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
+    fn byte(&mut self) -> u8 {
+        self.take(1).first().copied().unwrap_or(0)
+    }
+    fn arr32(&mut self) -> [u8; 32] {
+        fit(self.take(32))
+    }
+    /// Up to three pieces, each either bytes of the input or a slice of a
+    /// message seen in the honest exchange.
+    fn message(&mut self, observed: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pieces = 1 + self.byte() % 3;
+        for _ in 0..pieces {
+            let len = usize::from(self.byte()) % (CLIENT_HELLO_LEN + 1);
+            if self.byte().is_multiple_of(2) {
+                out.extend_from_slice(self.take(len));
+            } else {
+                let seen = &observed[usize::from(self.byte()) % observed.len()];
+                let from = usize::from(self.byte()) % seen.len();
+                let to = (from + len).min(seen.len());
+                out.extend_from_slice(&seen[from..to]);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
@@ -861,6 +1049,25 @@ mod tests {
             judge_client_hello(&garbage, &[1; 32], None).1,
             Err(HandshakeRefusal::Malformed(WireError::BadMagic(_)))
         ));
+    }
+
+    #[test]
+    fn handshake_fuzz_entry_point_survives_simple_inputs() {
+        for setup in 0..4u8 {
+            let mut input = vec![setup];
+            input.extend_from_slice(&[0x11; 32]);
+            input.extend_from_slice(&[0x22; 32]);
+            fuzz_handshake(&input);
+            // Replays of every honest message to every victim, whole.
+            for op in 0..4u8 {
+                for seen in 0..3u8 {
+                    input.extend_from_slice(&[op, 0, 72, 1, seen, 0, 0, 40, 1, seen, 0]);
+                }
+            }
+            fuzz_handshake(&input);
+        }
+        fuzz_handshake(&[]);
+        fuzz_handshake(&[3; 200]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use serde_json::Value;
 
 pub use serde_json::json;
 
+pub mod amqp;
 mod store;
 pub use store::{
     Backend, Bind, Cell, Col, Db, DeadLetterRow, FreshDatabase, IncomingRow, OutgoingRow, Progress,
@@ -264,6 +265,8 @@ pub struct HostConfig {
     listen: Vec<String>,
     /// `[[route]]` (message_type pattern, to), in order.
     routes: Vec<(String, String)>,
+    /// `[[rabbitmq.binding]]` (exchange, queue, routing_key), in order.
+    rabbit_bindings: Vec<(String, String, String)>,
 }
 
 impl Default for HostConfig {
@@ -280,6 +283,7 @@ impl HostConfig {
             sections: BTreeMap::new(),
             listen: Vec::new(),
             routes: Vec::new(),
+            rabbit_bindings: Vec::new(),
         }
         .set("node", "name", "e2e")
         .set("storage", "url", "sqlite://jasper.db")
@@ -410,6 +414,23 @@ impl HostConfig {
         self
     }
 
+    /// `[rabbitmq] key = value`.
+    pub fn rabbitmq(self, key: &str, value: impl Into<Val>) -> Self {
+        self.set("rabbitmq", key, value)
+    }
+
+    /// Adds a `[[rabbitmq.binding]]` table: `exchange`, `queue`, `routing_key`.
+    pub fn rabbit_binding(
+        mut self,
+        exchange: impl Into<String>,
+        queue: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        self.rabbit_bindings
+            .push((exchange.into(), queue.into(), routing_key.into()));
+        self
+    }
+
     /// The `[[listen]]` URIs, in order.
     pub fn listen_uris(&self) -> &[String] {
         &self.listen
@@ -453,6 +474,15 @@ impl HostConfig {
                 "\n[[route]]\nmessage_type = {}\nto = {}",
                 Val::from(pattern.as_str()),
                 Val::from(to.as_str())
+            );
+        }
+        for (exchange, queue, key) in &self.rabbit_bindings {
+            let _ = writeln!(
+                out,
+                "\n[[rabbitmq.binding]]\nexchange = {}\nqueue = {}\nrouting_key = {}",
+                Val::from(exchange.as_str()),
+                Val::from(queue.as_str()),
+                Val::from(key.as_str())
             );
         }
         out
@@ -1478,6 +1508,40 @@ mod tests {
         assert!(text.contains("ping_interval_ms = 200\n"), "{text}");
         assert_eq!(c.listen_uris().len(), 1);
         assert_eq!(c.routes().len(), 2);
+    }
+
+    #[test]
+    fn config_renders_rabbit_bindings_as_an_array_of_tables() {
+        let c = HostConfig::new()
+            .rabbitmq("prefetch", 100)
+            .rabbit_binding("events", "audit-in", "Order.*")
+            .rabbit_binding("events", "all", "#")
+            .route("OrderPlaced", "rabbitmq://exchange/events");
+        let text = c.render();
+        // The host reads it as two bindings.
+        let parsed = jasper_host::Config::from_toml_str(&text, Path::new("/x"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let b = &parsed.rabbitmq.binding;
+        assert_eq!(b.len(), 2, "{text}");
+        assert_eq!(
+            (
+                b[0].exchange.as_str(),
+                b[0].queue.as_str(),
+                b[0].routing_key.as_str()
+            ),
+            ("events", "audit-in", "Order.*")
+        );
+        assert_eq!(parsed.rabbitmq.prefetch, 100);
+        assert!(
+            text.contains(
+                "[[rabbitmq.binding]]\nexchange = \"events\"\nqueue = \"audit-in\"\nrouting_key = \"Order.*\"\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.find("[rabbitmq]") < text.find("[[rabbitmq.binding]]"),
+            "{text}"
+        );
     }
 
     #[test]

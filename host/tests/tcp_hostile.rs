@@ -389,11 +389,18 @@ async fn garbage_instead_of_a_handshake_is_refused() {
     expect_log(&listener, peer, "WARN", &["bad magic bytes"]).await;
 
     // A short request that stops (an HTTP/1.0 client waiting for an
-    // answer): the host waits for the rest of a hello until the handshake
-    // timeout (2 s), then drops the connection.
+    // answer): its first bytes are not the magic, so it is dropped at once.
+    let (mut s, peer) = raw_connect(&b).await;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let closed = expect_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.after < Duration::from_millis(1500), "{closed:?}");
+    expect_log(&listener, peer, "WARN", &["bad magic bytes"]).await;
+
+    // The magic, then a stop: the host waits for the rest of the hello
+    // until the handshake timeout (2 s), then drops the connection.
     let (mut s, peer) = raw_connect(&b).await;
     let start = Instant::now();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    s.write_all(b"JSPR\x01").await.unwrap();
     let closed = expect_closed(&mut s, Duration::from_secs(10)).await;
     let after = start.elapsed();
     assert!(

@@ -98,7 +98,17 @@ impl Conn {
             io.write_all(&server.encode()).await?;
             io.flush().await?;
             let mut hello = [0u8; CLIENT_HELLO_LEN];
-            read_exact_or_closed(&mut io, &mut hello).await?;
+            // The magic first: a client that is not a jasper-host peer (an
+            // HTTP probe, say) is dropped at once, not at the timeout.
+            read_exact_or_closed(&mut io, &mut hello[..wire::MAGIC.len()]).await?;
+            if hello[..wire::MAGIC.len()] != wire::MAGIC {
+                let mut m = [0u8; 4];
+                m.copy_from_slice(&hello[..4]);
+                return Err(ConnError::Handshake(HandshakeRefusal::Malformed(
+                    WireError::BadMagic(m),
+                )));
+            }
+            read_exact_or_closed(&mut io, &mut hello[wire::MAGIC.len()..]).await?;
             let (accept, verdict) =
                 wire::judge_client_hello(&hello, &server.nonce, settings.secret.as_ref());
             io.write_all(&accept.encode()).await?;

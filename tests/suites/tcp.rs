@@ -441,8 +441,9 @@ async fn receiver_sigkilled_mid_stream_loses_and_duplicates_nothing() {
 
 /// The worst moment for A: its handlers committed (every OrderPlaced is an
 /// outgoing row) but nothing was sent. Made deterministic by keeping B down
-/// until A has handled everything, then SIGKILLing A. A's next run must
-/// release the rows of the killed run and send each once.
+/// until A has handled everything, then SIGKILLing A. A second run (B still
+/// down) releases the rows, relays and holds them, and is SIGKILLed too. A's
+/// third run, B up, must release them again and send each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
     let pair = Pair::new();
@@ -469,7 +470,7 @@ async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
         )
         .await;
     let rows = da.outgoing_snapshot().await.unwrap();
-    let owners: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.owner_id).collect();
+    let owners: BTreeSet<i64> = rows.iter().map(|r| r.owner_id).collect();
     println!(
         "[sender kill, B down] at {:.1?}: A {pa:?}; outgoing owners {owners:?}",
         started.elapsed()
@@ -491,6 +492,44 @@ async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
     assert_eq!(
         after.outgoing, N as i64,
         "the killed A left all its committed, unsent rows: {after:?}"
+    );
+
+    // A second run while B is still down: it releases the rows, its relay
+    // claims them all and holds them (breaker open) — and is SIGKILLed too.
+    let mark = pair.a.log_mark();
+    pair.a.spawn();
+    pair.a
+        .wait_for(
+            "A's second run to relay all the rows of the first",
+            PHASE_TIMEOUT,
+            || async { Ok(relayed_rows(&pair.a, mark)) },
+            |n| *n >= N as i64,
+        )
+        .await;
+    pair.a
+        .wait_for_log(
+            "the second run's breaker opening while B is down",
+            mark,
+            &[CIRCUIT_OPEN, &pair.uri],
+            PHASE_TIMEOUT,
+        )
+        .await;
+    let rows = da.outgoing_snapshot().await.unwrap();
+    let owners2: BTreeSet<i64> = rows.iter().map(|r| r.owner_id).collect();
+    assert_eq!(rows.len(), N, "A's outgoing rows in its second run");
+    assert!(
+        owners2.len() == 1 && !owners2.contains(&0) && owners2 != owners,
+        "the second run's relay holds every row: owners {owners2:?} (first run {owners:?})"
+    );
+    assert_eq!(
+        relayed_rows(&pair.a, mark),
+        N as i64,
+        "the second run relays each row once"
+    );
+    pair.a.kill9();
+    println!(
+        "[sender kill, B down] second run relayed and held all {N} rows (owner {owners2:?}), SIGKILLed at {:.1?}",
+        started.elapsed()
     );
 
     pair.spawn_b().await;

@@ -1,0 +1,435 @@
+//! What the RabbitMQ suites (`rabbitmq.rs`, `rabbitmq_outage.rs`) share:
+//! host configs, a pair of hosts A (orders, routes OrderPlaced to a queue)
+//! and B (audit, listens on that queue), the waits and the checkers.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use jasper_e2e::amqp::{Amqp, amqp_url, queue_uri, typed_message, unique_name};
+use jasper_e2e::{Db, HostConfig, Progress, REMIND_LATER_MS, TestHost, json, place_order};
+use lapin::BasicProperties;
+
+pub const N: usize = 10_000;
+pub const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+
+pub const CONSUMING: &str = "consuming";
+pub const LISTENER_LOST: &str = "RabbitMQ listener lost its connection; reconnecting";
+pub const CIRCUIT_OPEN: &str = "circuit open: sending to this peer paused until a ping succeeds";
+pub const CIRCUIT_CLOSED: &str = "circuit closed: the peer answered a ping; sending resumes";
+pub const SEND_FAILED: &str = "sending a batch failed; it will be sent again";
+pub const RELAYED: &str = "sending outgoing messages left unsent";
+
+pub fn amount(i: usize) -> u64 {
+    100 + (i as u64 % 9_900)
+}
+
+/// PlaceOrder bodies `o-i` for `range`, reminders far off.
+pub fn bodies(range: Range<usize>) -> Vec<serde_json::Value> {
+    range
+        .map(|i| place_order(&format!("o-{i}"), amount(i), REMIND_LATER_MS))
+        .collect()
+}
+
+/// An OrderPlaced as a plain client publishes it: order `{prefix}-{i}`,
+/// message id `msg-{prefix}-{i}` (not a UUID: the host derives one).
+pub fn plain_order_placed(prefix: &str, i: usize) -> (BasicProperties, Vec<u8>) {
+    let order = format!("{prefix}-{i}");
+    let body = json!({"order_id": order, "amount_cents": amount(i)});
+    (
+        typed_message("OrderPlaced", &format!("msg-{order}")),
+        serde_json::to_vec(&body).expect("json"),
+    )
+}
+
+/// Every host: short heartbeats and sender timings, handled rows kept for a
+/// week (they are the receiver's dedupe record), the test broker.
+pub fn common(name: &str) -> HostConfig {
+    HostConfig::new()
+        .node_name(name)
+        .keep_handled_ms(WEEK_MS)
+        .heartbeat_ms(200)
+        .stale_after_ms(2000)
+        .sending("ping_interval_ms", 200)
+        .sending("retry_delay_ms", 50)
+        .sending("recovery_interval_ms", 200)
+        .rabbitmq("url", amqp_url())
+}
+
+/// Spawns `host` and waits until its listener on `queue` consumes.
+pub async fn spawn_consuming(host: &TestHost, queue: &str) {
+    let mark = host.log_mark();
+    host.spawn();
+    wait_consuming(host, queue, mark).await;
+}
+
+/// Waits for a `consuming` line of the listener on `queue` after `mark`.
+pub async fn wait_consuming(host: &TestHost, queue: &str, mark: usize) -> String {
+    host.wait_for_log(
+        "the RabbitMQ listener consuming",
+        mark,
+        &[CONSUMING, &format!("listener={}", queue_uri(queue))],
+        START_TIMEOUT,
+    )
+    .await
+}
+
+/// Lines of `host`'s log after `mark` with every needle.
+pub fn count_lines(host: &TestHost, mark: usize, needles: &[&str]) -> usize {
+    host.log_lines(mark, needles).len()
+}
+
+/// The sum of `rows=K` over the relay's log lines after `mark`.
+pub fn relayed_rows(host: &TestHost, mark: usize) -> i64 {
+    host.log_lines(mark, &[RELAYED])
+        .iter()
+        .map(|l| {
+            let k = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rows="))
+                .unwrap_or_else(|| panic!("relay line without rows=: {l}"));
+            k.parse::<i64>()
+                .unwrap_or_else(|e| panic!("rows={k} in {l}: {e}"))
+        })
+        .sum()
+}
+
+/// Panics with the lines if `host`'s log has ERROR lines of jasper-host
+/// itself (lapin logs a connection the broker closed as an ERROR of its own).
+pub fn assert_no_error_lines(host: &TestHost, who: &str) {
+    let errors = host.log_lines(0, &[" ERROR ", "jasper_host"]);
+    for l in errors.iter().take(10) {
+        println!("  {who} ERROR: {l}");
+    }
+    assert!(
+        errors.is_empty(),
+        "ERROR lines in {who}'s log (first: {:?})",
+        errors.first()
+    );
+}
+
+/// What the audit checker found on one host.
+#[derive(Debug, Default)]
+pub struct AuditCheck {
+    pub lost: Vec<String>,
+    pub duplicated: Vec<String>,
+    pub corrupt: Vec<String>,
+    pub count: Option<i64>,
+}
+
+/// Every `seen/{id}` of `ids` must be exactly 1 in `db`'s audit state, and
+/// `count` the number of ids.
+pub async fn audit_check(db: &Db, ids: &[String]) -> AuditCheck {
+    let audit = db.state("audit").await.expect("audit state");
+    let mut c = AuditCheck::default();
+    for id in ids {
+        let key = format!("seen/{id}");
+        match audit.get(&key).map(|r| r.as_i64()) {
+            None | Some(Ok(0)) => c.lost.push(format!("audit {key}")),
+            Some(Ok(1)) => {}
+            Some(Ok(n)) if n > 1 => c.duplicated.push(format!("audit {key} = {n}")),
+            other => c.corrupt.push(format!("audit {key} = {other:?}")),
+        }
+    }
+    let known: BTreeSet<String> = ids.iter().map(|i| format!("seen/{i}")).collect();
+    for key in audit.keys() {
+        if key.starts_with("seen/") && !known.contains(key) {
+            c.corrupt.push(format!("audit {key}: an order nobody sent"));
+        }
+    }
+    c.count = audit.get("count").and_then(|r| r.as_i64().ok());
+    c
+}
+
+impl AuditCheck {
+    /// Prints the numbers and the first findings.
+    pub fn print(&self, who: &str) {
+        println!("{who} lost effects:       {}", self.lost.len());
+        println!("{who} duplicated effects: {}", self.duplicated.len());
+        println!("{who} corrupt values:     {}", self.corrupt.len());
+        println!("{who} audit count:        {:?}", self.count);
+        for l in self.lost.iter().take(10) {
+            println!("  lost: {l}");
+        }
+        for d in self.duplicated.iter().take(10) {
+            println!("  duplicated: {d}");
+        }
+        for c in self.corrupt.iter().take(10) {
+            println!("  corrupt: {c}");
+        }
+    }
+
+    /// 0 lost, 0 duplicated, 0 corrupt, count == n.
+    #[track_caller]
+    pub fn assert_exactly_once(&self, n: usize) {
+        assert_eq!(
+            self.lost.len(),
+            0,
+            "lost effects (first: {:?})",
+            self.lost.first()
+        );
+        assert_eq!(
+            self.duplicated.len(),
+            0,
+            "duplicated effects (first: {:?})",
+            self.duplicated.first()
+        );
+        assert_eq!(
+            self.corrupt.len(),
+            0,
+            "corrupt values (first: {:?})",
+            self.corrupt.first()
+        );
+        assert_eq!(self.count, Some(n as i64), "audit count, want {n}");
+    }
+}
+
+/// `audit/count` of `db` (0 before the first).
+pub async fn audit_count(db: &Db) -> anyhow::Result<i64> {
+    match db.state_get("audit", "count").await? {
+        Some(r) => r.as_i64(),
+        None => Ok(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A → queue → B
+// ---------------------------------------------------------------------------
+
+/// A runs `orders` and routes every OrderPlaced to `rabbitmq://queue/Q`; B
+/// runs `audit` and listens on Q. Each of the N orders crosses the broker
+/// once (or more: B's inbox drops the copies).
+pub struct Pair {
+    pub a: TestHost,
+    pub b: TestHost,
+    pub queue: String,
+}
+
+impl Pair {
+    /// The queue is owned by `amqp` (deleted at its cleanup or drop).
+    pub fn new(amqp: &Amqp) -> Pair {
+        let queue = unique_name("e2e-orders-placed");
+        amqp.own_queue(&queue);
+        let a = TestHost::new(
+            &["orders"],
+            common("a").route("OrderPlaced", queue_uri(&queue)),
+        );
+        let b = TestHost::new(&["audit"], common("b").listen(queue_uri(&queue)));
+        Pair { a, b, queue }
+    }
+
+    pub async fn spawn_b(&self) {
+        spawn_consuming(&self.b, &self.queue).await;
+    }
+
+    /// Polls both stores until `done`; panics with the host's log if either
+    /// spawned host exits meanwhile, or after `timeout`.
+    pub async fn wait_both(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl FnMut(&(Progress, Progress)) -> bool,
+    ) -> (Progress, Progress) {
+        let (da, db) = (self.a.db(), self.b.db());
+        let b_watched = self.b.is_running();
+        self.a
+            .wait_for(
+                what,
+                timeout,
+                || {
+                    if b_watched && let Some(st) = self.b.exit_status() {
+                        panic!(
+                            "host B exited ({st}) while waiting for {what}; log tail:\n{}",
+                            self.b.log_tail(60)
+                        );
+                    }
+                    let (da, db) = (da.clone(), db.clone());
+                    async move { Ok((da.progress().await?, db.progress().await?)) }
+                },
+                done,
+            )
+            .await
+    }
+}
+
+/// A handled every PlaceOrder and sent every OrderPlaced (outgoing empty);
+/// B handled them all. Rows of a killed node stay `incoming` until released,
+/// so they count as work left; a dead letter ends the wait too, and the
+/// checker says what went wrong instead of a timeout.
+pub fn settled((a, b): &(Progress, Progress)) -> bool {
+    let a_retries = a.with_status("scheduled") - a.get("OrderReminder", "scheduled");
+    let stuck = a.dead_letters > 0 || b.dead_letters > 0;
+    stuck
+        || (a.get("PlaceOrder", "handled") == N as i64
+            && a.with_status("incoming") == 0
+            && a_retries == 0
+            && a.outgoing == 0
+            && b.get("OrderPlaced", "handled") >= N as i64
+            && b.with_status("incoming") == 0
+            && b.with_status("scheduled") == 0)
+}
+
+/// Waits for both hosts to settle, checks every effect on both sides, stops
+/// both (SIGTERM, exit 0 within the harness's timeout) and checks the queue
+/// is empty then (nothing unacknowledged went back to it).
+pub async fn settle_and_check(pair: &Pair, amqp: &Amqp, label: &str, started: Instant) {
+    let p = pair
+        .wait_both(
+            "all 10,000 orders handled on A and their OrderPlaced handled on B",
+            FINAL_TIMEOUT,
+            settled,
+        )
+        .await;
+    println!(
+        "[{label}] settled after {:.1?}: A {:?}; B {:?}",
+        started.elapsed(),
+        p.0,
+        p.1
+    );
+    pair.a.assert_alive("after settling");
+    pair.b.assert_alive("after settling");
+    check_pair(pair, label, &p).await;
+    let t = Instant::now();
+    let (sa, sb) = (pair.a.stop(), pair.b.stop());
+    println!(
+        "[{label}] both hosts stopped after SIGTERM in {:.1?}",
+        t.elapsed()
+    );
+    assert!(sa.success(), "A's exit status after SIGTERM: {sa}");
+    assert!(sb.success(), "B's exit status after SIGTERM: {sb}");
+    let left = amqp.queue_len(&pair.queue).await.expect("queue length");
+    assert_eq!(
+        left,
+        Some(0),
+        "messages left in {} after both hosts stopped",
+        pair.queue
+    );
+}
+
+/// The checker: every order's effect on A once, its OrderPlaced on B once.
+pub async fn check_pair(pair: &Pair, label: &str, (pa, pb): &(Progress, Progress)) {
+    let (da, db) = (pair.a.db(), pair.b.db());
+    let orders = da.state("orders").await.unwrap();
+    let mut lost = Vec::new();
+    let mut duplicated = Vec::new();
+    let mut corrupt = Vec::new();
+    for i in 0..N {
+        let key = format!("order/o-{i}");
+        match orders.get(&key) {
+            None => lost.push(format!("A orders {key}")),
+            Some(row) => {
+                if row.version > 1 {
+                    duplicated.push(format!("A orders {key} version {}", row.version));
+                }
+                match row.json() {
+                    Ok(v)
+                        if v["order_id"] == format!("o-{i}") && v["amount_cents"] == amount(i) => {}
+                    other => corrupt.push(format!("A orders {key} = {other:?}")),
+                }
+            }
+        }
+    }
+    let ids: Vec<String> = (0..N).map(|i| format!("o-{i}")).collect();
+    let b = audit_check(&db, &ids).await;
+    let a_outgoing = da.outgoing_snapshot().await.unwrap();
+    let a_dead = da.dead_letter_rows().await.unwrap();
+    let b_dead = db.dead_letter_rows().await.unwrap();
+    let b_placed = pb.of_type("OrderPlaced");
+
+    println!(
+        "=== rabbitmq checker ({label}): {N} orders from A to B through queue {} ===",
+        pair.queue
+    );
+    println!("A lost effects:       {}", lost.len());
+    println!("A duplicated effects: {}", duplicated.len());
+    println!("A corrupt values:     {}", corrupt.len());
+    b.print("B");
+    println!("B OrderPlaced rows:   {b_placed} (want {N})");
+    println!("A outgoing rows left: {}", a_outgoing.len());
+    println!(
+        "dead letters:         A {}, B {}",
+        a_dead.len(),
+        b_dead.len()
+    );
+    for l in lost.iter().chain(&duplicated).chain(&corrupt).take(10) {
+        println!("  A: {l}");
+    }
+    for d in a_dead.iter().chain(&b_dead).take(10) {
+        println!("  dead letter: {d:?}");
+    }
+    for o in a_outgoing.iter().take(10) {
+        println!("  outgoing left: {o:?}");
+    }
+
+    assert_eq!(lost.len(), 0, "A lost effects (first: {:?})", lost.first());
+    assert_eq!(
+        duplicated.len(),
+        0,
+        "A duplicated effects (first: {:?})",
+        duplicated.first()
+    );
+    assert_eq!(
+        corrupt.len(),
+        0,
+        "A corrupt values (first: {:?})",
+        corrupt.first()
+    );
+    b.assert_exactly_once(N);
+    assert!(a_dead.is_empty(), "A's dead letters: {a_dead:?}");
+    assert!(b_dead.is_empty(), "B's dead letters: {b_dead:?}");
+    assert!(
+        a_outgoing.is_empty(),
+        "A's outgoing rows left: {}",
+        a_outgoing.len()
+    );
+    assert_eq!(
+        pa.of_type("OrderPlaced"),
+        0,
+        "A has no audit plugin: {pa:?}"
+    );
+    // A's inbox: each PlaceOrder once, handled; each reminder once, waiting.
+    assert_eq!(pa.of_type("PlaceOrder"), N as i64, "A: {pa:?}");
+    assert_eq!(pa.get("PlaceOrder", "handled"), N as i64, "A: {pa:?}");
+    assert_eq!(
+        pa.of_type("OrderReminder"),
+        N as i64,
+        "A's OrderReminder rows (more = a PlaceOrder committed twice): {pa:?}"
+    );
+    assert_eq!(pa.get("OrderReminder", "scheduled"), N as i64, "A: {pa:?}");
+    // B's inbox: each OrderPlaced once (more = one order published under two
+    // ids, which B's dedupe could not catch), every one handled.
+    assert_eq!(b_placed, N as i64, "B's OrderPlaced rows: {pb:?}");
+    assert_eq!(pb.get("OrderPlaced", "handled"), N as i64, "B: {pb:?}");
+    assert_eq!(pb.outgoing, 0, "B: {pb:?}");
+
+    assert_no_error_lines(&pair.a, "A");
+    assert_no_error_lines(&pair.b, "B");
+
+    let (ca, cb) = (pair.a.counts(), pair.b.counts());
+    assert_eq!(
+        (
+            ca.incoming,
+            ca.outgoing,
+            ca.dead_letters,
+            ca.handled,
+            ca.scheduled
+        ),
+        (0, 0, 0, N as u64, N as u64),
+        "A's storage counts: {ca:?}"
+    );
+    assert_eq!(
+        (
+            cb.incoming,
+            cb.outgoing,
+            cb.dead_letters,
+            cb.handled,
+            cb.scheduled
+        ),
+        (0, 0, 0, N as u64, 0),
+        "B's storage counts: {cb:?}"
+    );
+}

@@ -1,0 +1,737 @@
+//! The RabbitMQ transport end to end: real jasper-host processes, the real
+//! broker (127.0.0.1:5672, or `JASPER_TEST_AMQP_URL`), and a plain AMQP
+//! client (lapin, nothing of jasper-host) on the other side.
+//!
+//! - 10,000 OrderPlaced from a plain client, handled exactly once by `audit`;
+//!   and the other way: `orders`' OrderPlaced published to an exchange reach
+//!   a plain client through a bound queue, with their type and JSON body.
+//! - The consuming host SIGKILLed mid-stream three times: nothing lost,
+//!   nothing handled twice (redeliveries are dropped by the inbox).
+//! - The publishing host SIGKILLed twice with unconfirmed rows in its
+//!   outgoing table: every OrderPlaced arrives, the receiver handles each once.
+//! - A poison message: dead-lettered after `max_attempts`, the rest handled.
+//!
+//! Each test has queues and exchanges of its own (a UUID in the name), deleted
+//! at the end pass or fail; each host its own SQLite db, so they run in
+//! parallel. The broker outage is in `rabbitmq_outage.rs`, a binary of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "rabbit_common.rs"]
+mod rabbit_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use jasper_e2e::amqp::{Amqp, exchange_uri, queue_uri, typed_message, unique_name};
+use jasper_e2e::{Col, Db, TestHost, json, wait_until};
+use rabbit_common::*;
+
+// ---------------------------------------------------------------------------
+// 1. A plain client's messages, handled exactly once
+// ---------------------------------------------------------------------------
+
+/// A plain client publishes 10,000 OrderPlaced (the `type` property, a
+/// message id, a JSON body) into the queue B listens on: half before B runs
+/// (a backlog), half while it consumes, every hundredth twice (same message
+/// id). B's audit counts each order once; the queue ends empty; no dead
+/// letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_from_a_plain_client_handled_exactly_once() {
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let queue = unique_name("e2e-plain-in");
+    amqp.declare_queue(&queue).await;
+    let host = TestHost::new(&["audit"], common("b").listen(queue_uri(&queue)));
+    let db = host.db();
+
+    let backlog = amqp
+        .publish_to_queue(&queue, (0..N / 2).map(|i| plain_order_placed("p", i)))
+        .await;
+    assert_eq!(backlog, N / 2);
+    assert_eq!(
+        amqp.queue_len(&queue).await.unwrap(),
+        Some((N / 2) as u32),
+        "the backlog waits in the queue"
+    );
+    spawn_consuming(&host, &queue).await;
+    let live = (N / 2..N).flat_map(|i| {
+        let m = plain_order_placed("p", i);
+        if i % 100 == 0 {
+            vec![m.clone(), m]
+        } else {
+            vec![m]
+        }
+    });
+    let published = amqp.publish_to_queue(&queue, live).await;
+    let copies = (N / 2..N).filter(|i| i % 100 == 0).count();
+    assert_eq!(published, N / 2 + copies);
+    println!(
+        "[plain] published {} ({} copies) in {:.1?}",
+        backlog + published,
+        copies,
+        started.elapsed()
+    );
+
+    let p = host
+        .wait_for(
+            "10,000 OrderPlaced handled and the queue empty",
+            FINAL_TIMEOUT,
+            || {
+                let (db, amqp, queue) = (&db, &amqp, &queue);
+                async move {
+                    let p = db.progress().await?;
+                    let q = amqp.queue_info(queue).await?;
+                    Ok((p, q))
+                }
+            },
+            |(p, q)| {
+                p.dead_letters > 0
+                    || (p.get("OrderPlaced", "handled") >= N as i64
+                        && p.with_status("incoming") == 0
+                        && *q == Some((0, 1)))
+            },
+        )
+        .await
+        .0;
+    println!("[plain] settled after {:.1?}: {p:?}", started.elapsed());
+    host.assert_alive("after settling");
+    let st = host.stop();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    // Every delivery was acknowledged: none went back to the queue when the
+    // host's connection closed.
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+
+    let ids: Vec<String> = (0..N).map(|i| format!("p-{i}")).collect();
+    let c = audit_check(&db, &ids).await;
+    let dead = db.dead_letter_rows().await.unwrap();
+    println!(
+        "=== rabbitmq checker (plain client -> audit): {N} orders, {copies} published twice ==="
+    );
+    c.print("B");
+    println!(
+        "B OrderPlaced rows:   {} (want {N})",
+        p.of_type("OrderPlaced")
+    );
+    println!("dead letters:         {}", dead.len());
+    c.assert_exactly_once(N);
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+    assert_eq!(p.of_type("OrderPlaced"), N as i64, "{p:?}");
+    assert_eq!(p.get("OrderPlaced", "handled"), N as i64, "{p:?}");
+    assert_no_error_lines(&host, "B");
+    amqp.cleanup().await.unwrap();
+    println!("[plain] {:.1?} in all", started.elapsed());
+}
+
+/// The other way: A (orders) routes OrderPlaced to an exchange, a binding
+/// in A's config (`[[rabbitmq.binding]]`, key `OrderPlaced`) puts them in a
+/// queue, and a plain client reads back exactly those orders: the `type`
+/// property, routing key = message type (the route names no key), a JSON
+/// body with the order and its amount, one distinct message id per order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_routed_to_an_exchange_reach_a_plain_client_through_a_binding() {
+    const M: usize = 2_000;
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let exchange = unique_name("e2e-events");
+    let bound = unique_name("e2e-bound");
+    amqp.own_exchange(&exchange);
+    amqp.own_queue(&bound);
+    let host = TestHost::new(
+        &["orders"],
+        common("a")
+            .route("OrderPlaced", exchange_uri(&exchange))
+            .rabbit_binding(&exchange, &bound, "OrderPlaced"),
+    );
+    let db = host.db();
+    host.send_file("PlaceOrder", &bodies(0..M)).assert_sent(M);
+    host.spawn();
+    let p = host
+        .wait_for(
+            "every PlaceOrder handled and every OrderPlaced confirmed",
+            FINAL_TIMEOUT,
+            || db.progress(),
+            |p| {
+                p.dead_letters > 0
+                    || (p.get("PlaceOrder", "handled") == M as i64
+                        && p.with_status("incoming") == 0
+                        && p.outgoing == 0)
+            },
+        )
+        .await;
+    println!(
+        "[exchange] A settled after {:.1?}: {p:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.dead_letters, 0, "{:?}", db.dead_letter_rows().await);
+
+    let want: BTreeMap<String, u64> = (0..M).map(|i| (format!("o-{i}"), amount(i))).collect();
+    let got = amqp
+        .consume_until(
+            &bound,
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            |ds| {
+                ds.iter()
+                    .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d.data).ok())
+                    .filter_map(|v| v["order_id"].as_str().map(str::to_owned))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= M
+            },
+        )
+        .await;
+    let mut orders = BTreeSet::new();
+    let mut message_ids = BTreeSet::new();
+    let mut bad = Vec::new();
+    for d in &got {
+        let kind = d.properties.kind().as_ref().map(|k| k.to_string());
+        let ct = d.properties.content_type().as_ref().map(|k| k.to_string());
+        let v: serde_json::Value = match serde_json::from_slice(&d.data) {
+            Ok(v) => v,
+            Err(e) => {
+                bad.push(format!("body is not JSON ({e}): {:?}", d.data));
+                continue;
+            }
+        };
+        let order = v["order_id"].as_str().unwrap_or("").to_owned();
+        if kind.as_deref() != Some("OrderPlaced")
+            || d.routing_key.as_str() != "OrderPlaced"
+            || d.exchange.as_str() != exchange
+            || ct.as_deref() != Some("application/json")
+            || want.get(&order).copied() != v["amount_cents"].as_u64()
+        {
+            bad.push(format!(
+                "type {kind:?}, exchange {}, key {}, content type {ct:?}, body {v}",
+                d.exchange, d.routing_key
+            ));
+        }
+        match d.properties.message_id() {
+            Some(m) if uuid::Uuid::parse_str(m.as_str()).is_ok() => {
+                message_ids.insert(m.to_string());
+            }
+            other => bad.push(format!("message id {other:?} of {order}")),
+        }
+        orders.insert(order);
+    }
+    let unexpected: Vec<_> = orders.iter().filter(|o| !want.contains_key(*o)).collect();
+    println!(
+        "=== rabbitmq checker (orders -> exchange {exchange} -> {bound} -> plain client) ===\n\
+         deliveries {}, distinct orders {} (want {M}), distinct message ids {}, malformed {}, unexpected {}",
+        got.len(),
+        orders.len(),
+        message_ids.len(),
+        bad.len(),
+        unexpected.len()
+    );
+    for b in bad.iter().take(10) {
+        println!("  malformed: {b}");
+    }
+    assert!(
+        bad.is_empty(),
+        "malformed deliveries (first: {:?})",
+        bad.first()
+    );
+    assert!(
+        unexpected.is_empty(),
+        "orders nobody placed: {unexpected:?}"
+    );
+    assert_eq!(orders.len(), M, "distinct orders read back");
+    assert_eq!(
+        message_ids.len(),
+        M,
+        "one message id per order (copies share theirs)"
+    );
+    assert!(got.len() >= M);
+    assert_eq!(amqp.queue_len(&bound).await.unwrap(), Some(0));
+    assert_no_error_lines(&host, "A");
+    let st = host.stop();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    amqp.cleanup().await.unwrap();
+    println!("[exchange] {:.1?} in all", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 2. The consumer SIGKILLed
+// ---------------------------------------------------------------------------
+
+/// What a kill point counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Rows the listener put in the inbox (any status): the kill lands
+    /// while it receives, between a batch's commit and its ack, or with
+    /// deliveries unacknowledged.
+    Received,
+    /// Rows the worker handled.
+    Handled,
+}
+
+/// Kill points: what is counted, its share of N, and how long after
+/// crossing it the SIGKILL goes out (counts move by whole batches; the
+/// offsets land the kills at other phases of the next one).
+const CONSUMER_KILLS: [(Phase, i64, u64); 3] = [
+    (Phase::Received, 15, 0),
+    (Phase::Received, 45, 3),
+    (Phase::Handled, 75, 11),
+];
+
+/// 10,000 OrderPlaced from a plain client, queued before B (audit) starts;
+/// B SIGKILLed three times mid-stream, twice while its listener receives and
+/// once while its worker handles, and restarted. A batch committed but not yet acknowledged is delivered again
+/// and dropped by the inbox; unacknowledged deliveries go back to the queue.
+/// In the end: every order counted once, the queue empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_consuming_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let queue = unique_name("e2e-killed-consumer");
+    amqp.declare_queue(&queue).await;
+    let host = TestHost::new(&["audit"], common("b").listen(queue_uri(&queue)));
+    let db = host.db();
+
+    // All of them first: then after each kill, what the inbox holds plus
+    // what the queue holds again must be at least N (less: deliveries
+    // acknowledged but never committed, lost), and what is over N was
+    // committed but not acknowledged (it comes again; the inbox drops it).
+    let published = amqp
+        .publish_to_queue(&queue, (0..N).map(|i| plain_order_placed("k", i)))
+        .await;
+    assert_eq!(published, N);
+    spawn_consuming(&host, &queue).await;
+    let mut copies_due = 0;
+
+    for (k, (phase, pct, offset_ms)) in CONSUMER_KILLS.into_iter().enumerate() {
+        let threshold = N as i64 * pct / 100;
+        let status = match phase {
+            Phase::Received => None,
+            Phase::Handled => Some("handled"),
+        };
+        let seen = host
+            .wait_for_every(
+                &format!(
+                    "{phase:?} OrderPlaced >= {threshold} ({pct}%) before kill #{}",
+                    k + 1
+                ),
+                PHASE_TIMEOUT,
+                Duration::from_millis(2),
+                || db.incoming_count(status, Some("OrderPlaced")),
+                |h| *h >= threshold,
+            )
+            .await;
+        if offset_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+        }
+        host.kill9();
+        let p = db.progress().await.unwrap();
+        let received = p.of_type("OrderPlaced");
+        // The broker takes back what the dead connection had unacknowledged
+        // once it notices the connection closed (nothing consumes meanwhile).
+        let q = i64::from(
+            wait_until(
+                &format!(
+                    "the queue to hold again all the inbox lacks ({received} of {N} received)"
+                ),
+                Duration::from_secs(10),
+                || amqp.queue_len(&queue),
+                |q| received + i64::from(q.unwrap_or(0)) >= N as i64,
+            )
+            .await
+            .unwrap_or(0),
+        );
+        let overlap = received + q - N as i64;
+        copies_due += overlap;
+        let in_inbox = p.with_status("incoming");
+        println!(
+            "[consumer kill] #{} at {:.1?}: {phase:?} {seen} when polled (threshold {threshold}), killed {offset_ms} ms later; \
+             after the kill: {received} received, {} handled, {in_inbox} incoming in the inbox, {q} ready in the queue, \
+             {overlap} committed but unacknowledged (to come again)",
+            k + 1,
+            started.elapsed(),
+            p.get("OrderPlaced", "handled"),
+        );
+        assert!(
+            p.get("OrderPlaced", "handled") < N as i64 && (q > 0 || in_inbox > 0),
+            "kill #{} was not mid-stream: no work left ({p:?}, queue {q})",
+            k + 1
+        );
+        if phase == Phase::Received {
+            // The listener had more to receive: it died receiving.
+            assert!(
+                p.of_type("OrderPlaced") < N as i64 && q > 0,
+                "kill #{} did not land while the listener received ({p:?}, queue {q})",
+                k + 1
+            );
+        }
+        let mark = host.log_mark();
+        host.spawn();
+        wait_consuming(&host, &queue, mark).await;
+    }
+    let p = host
+        .wait_for(
+            "all 10,000 handled after the last restart, the queue empty",
+            FINAL_TIMEOUT,
+            || {
+                let (db, amqp, queue) = (&db, &amqp, &queue);
+                async move { Ok((db.progress().await?, amqp.queue_info(queue).await?)) }
+            },
+            |(p, q)| {
+                p.dead_letters > 0
+                    || (p.get("OrderPlaced", "handled") >= N as i64
+                        && p.with_status("incoming") == 0
+                        && *q == Some((0, 1)))
+            },
+        )
+        .await
+        .0;
+    println!(
+        "[consumer kill] settled after {:.1?}: {p:?}",
+        started.elapsed()
+    );
+    host.assert_alive("after the last restart settled");
+    let st = host.stop();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+
+    let ids: Vec<String> = (0..N).map(|i| format!("k-{i}")).collect();
+    let c = audit_check(&db, &ids).await;
+    let dead = db.dead_letter_rows().await.unwrap();
+    println!(
+        "=== rabbitmq checker (consumer SIGKILLed {}x): {N} orders from a plain client ===",
+        CONSUMER_KILLS.len()
+    );
+    c.print("B");
+    println!(
+        "B OrderPlaced rows:   {} (want {N})",
+        p.of_type("OrderPlaced")
+    );
+    println!("redelivered copies:   {copies_due} (committed, unacknowledged at a kill; dropped)");
+    println!("dead letters:         {}", dead.len());
+    c.assert_exactly_once(N);
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+    assert_eq!(p.of_type("OrderPlaced"), N as i64, "{p:?}");
+    assert_eq!(p.get("OrderPlaced", "handled"), N as i64, "{p:?}");
+    let counts = host.counts();
+    assert_eq!(
+        (
+            counts.incoming,
+            counts.handled,
+            counts.dead_letters,
+            counts.outgoing
+        ),
+        (0, N as u64, 0, 0),
+        "storage counts: {counts:?}"
+    );
+    assert_no_error_lines(&host, "B");
+    amqp.cleanup().await.unwrap();
+    println!("[consumer kill] {:.1?} in all", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 3. The publisher SIGKILLed with unconfirmed rows
+// ---------------------------------------------------------------------------
+
+/// What a kill of A is to catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Catch {
+    /// Rows in A's outgoing table (published or not, never confirmed and
+    /// deleted).
+    Unconfirmed,
+    /// Rows in A's outgoing table that B already committed: the broker took
+    /// them, A did not settle them, so A's next run publishes them again and
+    /// B's inbox must drop the copies.
+    CommittedByB,
+}
+
+/// A kill of A that caught what it was after.
+#[derive(Debug)]
+struct Caught {
+    /// A's outgoing rows after the kill.
+    rows: BTreeSet<String>,
+    /// Those of them that B had committed.
+    in_b: BTreeSet<String>,
+    tries: u32,
+    kills: u32,
+}
+
+/// A's (handled rows, outgoing rows), by one light query.
+async fn a_counts(da: &Db) -> anyhow::Result<(i64, i64)> {
+    let rows = da
+        .query(
+            &format!(
+                "SELECT (SELECT count(*) FROM {} WHERE status = 'handled'), (SELECT count(*) FROM {})",
+                da.table("incoming"),
+                da.table("outgoing")
+            ),
+            &[],
+            &[Col::Int, Col::Int],
+        )
+        .await?;
+    Ok((rows[0][0].int()?, rows[0][1].int()?))
+}
+
+/// The ids of `rows` that are in B's inbox.
+async fn in_b(db: &Db, rows: &BTreeSet<String>) -> BTreeSet<String> {
+    if rows.is_empty() {
+        return BTreeSet::new();
+    }
+    db.incoming_snapshot()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|id| rows.contains(id))
+        .collect()
+}
+
+/// SIGKILLs A once it handled at least `min_handled` PlaceOrder, at a moment
+/// `catch` describes, and leaves it dead. A is frozen (SIGSTOP, every thread
+/// stopped) as soon as it has rows in outgoing, so it cannot settle them
+/// while the test looks (B and the broker go on); for `CommittedByB` the
+/// test waits up to `CATCH` for B to commit some of them. If the frozen A
+/// does not show the catch it is resumed and tried again; if it does, it is
+/// SIGKILLed, and what counts is the store after the kill (a commit A had
+/// not yet published to readers when it froze shows then), so a kill whose
+/// result shows no catch after all is followed by a restart and a new try.
+async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
+    const TRIES: u32 = 200;
+    const CATCH: Duration = Duration::from_millis(500);
+    let (da, db) = (pair.a.db(), pair.b.db());
+    let outgoing_ids = || async {
+        da.outgoing_snapshot()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<BTreeSet<String>>()
+    };
+    let shows = |rows: &BTreeSet<String>, in_b: &BTreeSet<String>| match catch {
+        Catch::Unconfirmed => !rows.is_empty(),
+        Catch::CommittedByB => !in_b.is_empty(),
+    };
+    let mut at_least = min_handled;
+    let mut kills = 0;
+    for attempt in 1..=TRIES {
+        let (handled, outgoing) = pair
+            .a
+            .wait_for_every(
+                &format!(
+                    "A to handle {at_least} PlaceOrder or more with rows in outgoing (or to finish)"
+                ),
+                PHASE_TIMEOUT,
+                Duration::from_millis(2),
+                || a_counts(&da),
+                |&(h, o)| (h >= at_least && o > 0) || (h >= N as i64 && o == 0),
+            )
+            .await;
+        assert!(
+            outgoing > 0,
+            "A finished streaming after {attempt} tries, none of which caught {catch:?} rows (handled {handled})"
+        );
+        pair.a.sigstop();
+        let rows = outgoing_ids().await;
+        let deadline = Instant::now() + CATCH;
+        let mut seen = false;
+        while !rows.is_empty() {
+            if shows(&rows, &in_b(&db, &rows).await) {
+                seen = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !seen {
+            pair.a.sigcont();
+            if catch == Catch::CommittedByB && !rows.is_empty() {
+                at_least = handled + 1;
+            }
+            continue;
+        }
+        pair.a.kill9();
+        kills += 1;
+        let rows = outgoing_ids().await;
+        let got = in_b(&db, &rows).await;
+        if shows(&rows, &got) {
+            return Caught {
+                rows,
+                in_b: got,
+                tries: attempt,
+                kills,
+            };
+        }
+        println!(
+            "[publisher kill] a frozen A showed {catch:?} rows, the store after its SIGKILL does not \
+             ({} outgoing, {} of them in B): restarting A and trying again",
+            rows.len(),
+            got.len()
+        );
+        pair.a.spawn();
+    }
+    panic!("{TRIES} tries, none caught {catch:?} rows");
+}
+
+/// A (orders) routes OrderPlaced to `rabbitmq://queue/Q`, B (audit) consumes
+/// Q. A is SIGKILLed twice mid-stream while rows in its outgoing table are
+/// unconfirmed (the first time: rows B already committed, so they are
+/// published twice), and restarted; its next run publishes what it left.
+/// Every OrderPlaced reaches B, which handles each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_unconfirmed_outgoing_every_message_arrives() {
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let pair = Pair::new(&amqp);
+    let da = pair.a.db();
+    pair.spawn_b().await;
+    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
+    pair.a.spawn();
+
+    let mut restarts = Vec::new();
+    let mut b_had = 0;
+    let mut left_by_kills = 0;
+    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unconfirmed)]
+        .into_iter()
+        .enumerate()
+    {
+        let min_handled = N as i64 * pct / 100;
+        let caught = kill_a_at(&pair, min_handled, catch).await;
+        let pa = da.progress().await.unwrap();
+        println!(
+            "[publisher kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {} PlaceOrder (>= {min_handled}); \
+             left {} rows in outgoing, {} of them already in B's inbox",
+            k + 1,
+            started.elapsed(),
+            caught.tries,
+            caught.kills,
+            pa.get("PlaceOrder", "handled"),
+            caught.rows.len(),
+            caught.in_b.len(),
+        );
+        assert!(
+            pa.outgoing > 0 && pa.get("PlaceOrder", "handled") < N as i64,
+            "kill #{} was not mid-stream with unconfirmed rows: {pa:?}",
+            k + 1
+        );
+        b_had += caught.in_b.len();
+        left_by_kills += pa.outgoing;
+        restarts.push((pair.a.log_mark(), pa.outgoing));
+        pair.a.spawn();
+    }
+
+    settle_and_check(&pair, &amqp, "publisher SIGKILLed 2x mid-stream", started).await;
+    // The restart after the last kill relayed the rows that kill left.
+    let (last_mark, last_left) = *restarts.last().unwrap();
+    let relayed = relayed_rows(&pair.a, restarts[0].0);
+    let relayed_last = relayed_rows(&pair.a, last_mark);
+    println!(
+        "[publisher kill] rows left by the kills {left_by_kills} (B already had {b_had} of them), \
+         relayed after the restarts {relayed}; {:.1?} in all",
+        started.elapsed()
+    );
+    assert!(b_had > 0, "no kill left rows B already had");
+    assert!(
+        relayed_last >= last_left,
+        "the last restart relays the {last_left} rows the last kill left: relayed {relayed_last}"
+    );
+    amqp.cleanup().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// 5. A poison message
+// ---------------------------------------------------------------------------
+
+/// `misbehave` with max_attempts 3: a test.Panic among 200 test.Ok from a
+/// plain client is tried three times and dead-lettered (kind panic, attempts
+/// 3, its id derived from its AMQP message id); every test.Ok is handled;
+/// the queue ends empty (the poison was acknowledged at receipt, never
+/// redelivered by the broker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_dead_letters_after_the_configured_attempts() {
+    const OKS: u64 = 200;
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let queue = unique_name("e2e-poison");
+    amqp.own_queue(&queue);
+    let host = TestHost::new(
+        &["misbehave"],
+        common("m")
+            .max_attempts(3)
+            .retry_delay_ms(10)
+            .listen(queue_uri(&queue)),
+    );
+    let db = host.db();
+    spawn_consuming(&host, &queue).await;
+    let msg = |ty: &str, n: u64| {
+        (
+            typed_message(ty, &format!("{ty}-{n}")),
+            serde_json::to_vec(&json!({ "n": n })).unwrap(),
+        )
+    };
+    let messages = (0..OKS / 2)
+        .map(|n| msg("test.Ok", n))
+        .chain([msg("test.Panic", 0)])
+        .chain((OKS / 2..OKS).map(|n| msg("test.Ok", n)));
+    assert_eq!(
+        amqp.publish_to_queue(&queue, messages).await,
+        OKS as usize + 1
+    );
+
+    let p = host
+        .wait_for(
+            "every test.Ok handled and the poison out of the inbox",
+            Duration::from_secs(120),
+            || db.progress(),
+            |p| {
+                p.get("test.Ok", "handled") == OKS as i64
+                    && p.with_status("incoming") == 0
+                    && p.with_status("scheduled") == 0
+                    && p.dead_letters > 0
+            },
+        )
+        .await;
+    println!("[poison] settled after {:.1?}: {p:?}", started.elapsed());
+    let state = db.state("misbehave").await.unwrap();
+    let missing: Vec<u64> = (0..OKS)
+        .filter(|n| state.get(&format!("ok/{n}")).map(|r| r.json().ok()) != Some(Some(json!(true))))
+        .collect();
+    let dead = db.dead_letter_rows().await.unwrap();
+    println!("=== rabbitmq checker (poison among {OKS} test.Ok) ===");
+    println!("ok/* missing: {}", missing.len());
+    println!("dead letters: {dead:?}");
+    assert!(missing.is_empty(), "ok/* missing: {missing:?}");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.message_type, "test.Panic", "{d:?}");
+    assert_eq!(d.error_kind, "panic", "{d:?}");
+    assert_eq!(d.attempts, 3, "max_attempts = 3: {d:?}");
+    assert!(
+        d.error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("test.Panic 0")),
+        "the panic's message is kept: {d:?}"
+    );
+    let want_id = jasper_host::transport::rabbitmq::mapping::id_of("test.Panic-0");
+    assert_eq!(
+        uuid::Uuid::parse_str(&d.id).ok(),
+        Some(want_id),
+        "the dead letter's id is the one derived from the AMQP message id: {d:?}"
+    );
+    assert_eq!(
+        p.of_type("test.Panic"),
+        0,
+        "the poison left the inbox: {p:?}"
+    );
+    // The CLI agrees.
+    let listed = host.dead_letters();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].error_kind.as_str(), listed[0].attempts),
+        ("panic", 3),
+        "{listed:?}"
+    );
+    assert_eq!(amqp.queue_info(&queue).await.unwrap(), Some((0, 1)));
+    host.assert_alive("after the poison");
+    let st = host.stop();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+    amqp.cleanup().await.unwrap();
+}

@@ -613,46 +613,52 @@ async fn a_counts(da: &Db) -> anyhow::Result<(i64, i64)> {
 }
 
 /// SIGKILLs A once it handled at least `min_handled` PlaceOrder, at a moment
-/// that `catch` describes, and leaves it dead. To find the moment, A is
-/// frozen (SIGSTOP, every thread stopped) as soon as it has rows in
-/// outgoing, so it cannot delete them while the test looks; for
-/// `CommittedByB` the test then waits up to `CATCH` for B to commit what A
-/// sent before the freeze. If the frozen A does not show the catch, it is
-/// resumed and tried again (for `CommittedByB` after more progress: the
-/// rows it held were not sent yet). If it does, it is SIGKILLed, and what
+/// that `catch` describes, and leaves it dead; only rows not in `earlier`
+/// (left by earlier kills) count. To find the moment, A is frozen (SIGSTOP,
+/// every thread stopped) as soon as it has rows in outgoing, so it cannot
+/// delete them while the test looks; for `CommittedByB` the test then waits
+/// up to `CATCH` for B to commit what A sent before the freeze. If the
+/// frozen A does not show the catch, it is resumed and tried again (the
+/// rows it held were not sent yet, say). If it does, it is SIGKILLed, and what
 /// counts is the store after the kill: a commit A had written but not yet
 /// published to readers when it froze becomes visible then (SQLite's WAL),
 /// so a kill whose result shows no catch after all is followed by a restart
 /// and another try.
-async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
+async fn kill_a_at(
+    pair: &Pair,
+    min_handled: i64,
+    catch: Catch,
+    earlier: &BTreeSet<String>,
+) -> Caught {
     const TRIES: u32 = 200;
     const CATCH: Duration = Duration::from_millis(300);
     let da = pair.a.db();
+    // Only rows this run committed count: not those an earlier kill left.
     let outgoing_ids = || async {
         da.outgoing_snapshot()
             .await
             .unwrap()
             .into_iter()
             .map(|r| r.id)
+            .filter(|id| !earlier.contains(id))
             .collect::<BTreeSet<String>>()
     };
     let shows = |rows: &BTreeSet<String>, in_b: &BTreeSet<String>| match catch {
         Catch::Unacknowledged => !rows.is_empty(),
         Catch::CommittedByB => !in_b.is_empty(),
     };
-    let mut at_least = min_handled;
     let mut kills = 0;
     for attempt in 1..=TRIES {
         let (handled, outgoing) = pair
             .a
             .wait_for_every(
                 &format!(
-                    "A to handle {at_least} PlaceOrder or more with rows in outgoing (or to finish)"
+                    "A to handle {min_handled} PlaceOrder or more with rows in outgoing (or to finish)"
                 ),
                 PHASE_TIMEOUT,
                 Duration::from_millis(2),
                 || a_counts(&da),
-                |&(h, o)| (h >= at_least && o > 0) || (h == N as i64 && o == 0),
+                |&(h, o)| (h >= min_handled && o > 0) || (h == N as i64 && o == 0),
             )
             .await;
         assert!(
@@ -675,9 +681,6 @@ async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
         }
         if !seen {
             pair.a.sigcont();
-            if catch == Catch::CommittedByB && !rows.is_empty() {
-                at_least = handled + 1;
-            }
             continue;
         }
         pair.a.kill9();
@@ -708,7 +711,7 @@ async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
 /// each time. The first kill is the worst moment for duplicates: B has
 /// committed rows that A has not deleted, so A's next run sends them again
 /// and B's inbox must drop the copies. The second lands past 55% of the
-/// orders.
+/// orders (and past the first kill), on rows its own run committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_sigkilled_mid_stream_twice_resends_once() {
     let pair = Pair::new();
@@ -721,34 +724,46 @@ async fn sender_sigkilled_mid_stream_twice_resends_once() {
     let mut left_by_kills = 0;
     let mut restarts = Vec::new();
     let mut b_had = 0;
+    // Rows left by earlier kills, and how far A had got then: each kill
+    // must catch rows its own run committed, further on.
+    let mut earlier = BTreeSet::new();
+    let mut handled_before = 0;
     for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unacknowledged)]
         .into_iter()
         .enumerate()
     {
-        let min_handled = N as i64 * pct / 100;
-        let caught = kill_a_at(&pair, min_handled, catch).await;
+        let min_handled = (N as i64 * pct / 100).max(handled_before + 1);
+        let caught = kill_a_at(&pair, min_handled, catch, &earlier).await;
         // A is dead, and B cannot touch A's store.
         let pa = da.progress().await.unwrap();
+        handled_before = pa.get("PlaceOrder", "handled");
         println!(
-            "[sender kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {} PlaceOrder (>= {min_handled}); \
-             left {} rows in outgoing, {} of them already in B's inbox",
+            "[sender kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {handled_before} PlaceOrder (>= {min_handled}); \
+             left {} rows in outgoing: {} committed by this run, {} of those already in B's inbox",
             k + 1,
             started.elapsed(),
             caught.tries,
             caught.kills,
-            pa.get("PlaceOrder", "handled"),
+            pa.outgoing,
             caught.rows.len(),
             caught.in_b.len(),
         );
         assert!(
-            pa.outgoing > 0 && pa.get("PlaceOrder", "handled") < N as i64,
-            "kill #{} was not mid-stream with unacknowledged rows: {pa:?}",
+            !caught.rows.is_empty() && handled_before < N as i64,
+            "kill #{} was not mid-stream with unacknowledged rows of its run: {pa:?}",
             k + 1
         );
         if catch == Catch::CommittedByB {
             b_had += caught.in_b.len();
         }
         left_by_kills += pa.outgoing;
+        earlier.extend(
+            da.outgoing_snapshot()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id),
+        );
         restarts.push((pair.a.log_mark(), pa.outgoing));
         pair.a.spawn();
     }

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use common::wasm;
 use jasper_host::config::{ListenConfig, RouteConfig, TcpConfig};
 use jasper_host::store::Counts;
 use jasper_host::transport::tcp::TcpSettings;
@@ -116,15 +115,7 @@ async fn expect_log(listener: &str, peer: SocketAddr, level: &str, words: &[&str
 // ---------------------------------------------------------------------------
 
 fn config(dir: &Path, plugins: &[&str], tcp: TcpConfig) -> Config {
-    let plugin_dir = dir.join("plugins");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    for p in plugins {
-        std::fs::copy(wasm(p), plugin_dir.join(format!("{p}.wasm"))).unwrap();
-    }
-    let mut c = Config::for_dir(dir);
-    c.handling.poll_interval_ms = 20;
-    c.sending.ping_interval_ms = 100;
-    c.sending.retry_delay_ms = 20;
+    let mut c = common::config_with(dir, plugins);
     c.tcp = tcp;
     c
 }
@@ -155,10 +146,7 @@ fn addr_of(uri: &str) -> String {
 }
 
 async fn audit_count(host: &Host) -> u64 {
-    match host.store.read_state("audit", "count").await.unwrap() {
-        Some(v) => serde_json::from_slice(&v.value).unwrap(),
-        None => 0,
-    }
+    common::state_u64(host, "audit", "count").await
 }
 
 /// (c): not a row in any table of B's store, and nothing handled.

@@ -7,48 +7,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::wasm;
+use common::{config_with as config, state_u64, wait_for};
+use jasper_host::Host;
 use jasper_host::config::{ListenConfig, RouteConfig};
-use jasper_host::{Config, Host};
 use serde_json::json;
-
-fn config(dir: &std::path::Path, plugins: &[&str]) -> Config {
-    let plugin_dir = dir.join("plugins");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    for p in plugins {
-        std::fs::copy(wasm(p), plugin_dir.join(format!("{p}.wasm"))).unwrap();
-    }
-    let mut c = Config::for_dir(dir);
-    c.handling.poll_interval_ms = 20;
-    c.sending.ping_interval_ms = 100;
-    c.sending.retry_delay_ms = 20;
-    c
-}
-
-/// Waits until `f` returns Some, polling; panics with `what` at the deadline.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn state_u64(host: &Host, plugin: &str, key: &str) -> u64 {
-    match host.store.read_state(plugin, key).await.unwrap() {
-        Some(v) => serde_json::from_slice(&v.value).unwrap(),
-        None => 0,
-    }
-}
 
 /// Host B (audit) listening on `scheme://127.0.0.1:0`, host A (orders)
 /// routing OrderPlaced there.

@@ -16,3 +16,49 @@ pub fn wasm(name: &str) -> PathBuf {
     );
     p
 }
+
+/// A config in `dir` with `plugins` copied into its plugin folder, polling
+/// fast and retrying senders quickly (tests wait on conditions, not time).
+pub fn config_with(dir: &std::path::Path, plugins: &[&str]) -> jasper_host::Config {
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", plugin_dir.display()));
+    for p in plugins {
+        let to = plugin_dir.join(format!("{p}.wasm"));
+        std::fs::copy(wasm(p), &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    }
+    let mut c = jasper_host::Config::for_dir(dir);
+    c.handling.poll_interval_ms = 20;
+    c.sending.ping_interval_ms = 100;
+    c.sending.retry_delay_ms = 20;
+    c
+}
+
+/// Waits until `f` returns Some, polling; panics with `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A plugin's JSON number state at `key` (0 when absent).
+pub async fn state_u64(host: &jasper_host::Host, plugin: &str, key: &str) -> u64 {
+    match host.store.read_state(plugin, key).await {
+        Ok(Some(v)) => serde_json::from_slice(&v.value)
+            .unwrap_or_else(|e| panic!("{plugin}/{key} is not a number: {e}")),
+        Ok(None) => 0,
+        Err(e) => panic!("reading {plugin}/{key}: {e}"),
+    }
+}

@@ -25,6 +25,9 @@ use crate::store::{CommitBatch, DeadLetter, MessageStore};
 use crate::transport::receive::Inbox;
 use crate::transport::{LinkError, Verdict};
 
+/// How long shutdown waits for the broker to confirm the connection's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Start consuming `queue` until shutdown.
 pub fn start(
     queue: String,
@@ -108,7 +111,11 @@ async fn consume(
         let first = tokio::select! {
             d = consumer.next() => d,
             _ = shutdown.changed() => {
-                let _ = conn.close(200, ShortString::from("shutting down")).await;
+                // A broker that hangs never answers the close; shutdown
+                // does not wait for it (the connection ends with the
+                // process, and unacknowledged deliveries go back then).
+                let close = conn.close(200, ShortString::from("shutting down"));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                 return Ok(());
             }
         };

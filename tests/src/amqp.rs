@@ -2,8 +2,10 @@
 //! suites: it publishes with publisher confirms, consumes and acknowledges,
 //! reads queue lengths, and deletes the queues and exchanges a test made
 //! ([`Amqp::cleanup`], or on drop with a connection of its own, pass or fail).
-//! [`BrokerOutage`] stops the broker's application (`rabbitmqctl stop_app`)
-//! and always starts it again, even if the test panics.
+//! [`Proxy`] stands between hosts and the broker and can freeze (a broker
+//! that hangs). [`BrokerOutage`] stops the broker's application
+//! (`rabbitmqctl stop_app`) and always starts it again, even if the test
+//! panics.
 //!
 //! The broker: `JASPER_TEST_AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -565,6 +567,139 @@ impl Drop for BrokerOutage {
             } else {
                 panic!("{msg}");
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A broker that hangs
+// ---------------------------------------------------------------------------
+
+/// [`amqp_url`] with its `host:port` replaced by `127.0.0.1:port`.
+pub fn url_via(port: u16) -> String {
+    let url = amqp_url();
+    let start = match (url.find("://"), url.rfind('@')) {
+        (Some(_), Some(at)) => at + 1,
+        (Some(s), None) => s + 3,
+        _ => 0,
+    };
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    format!("{}127.0.0.1:{port}{}", &url[..start], &url[end..])
+}
+
+/// A TCP proxy in front of the broker (its `host:port` of [`amqp_url`]), in
+/// the test's runtime, whose connections can be frozen: nothing is read or
+/// forwarded either way while the sockets stay open, as with a broker that
+/// hangs or a network that drops everything. [`Proxy::cut`] closes them.
+#[derive(Debug)]
+pub struct Proxy {
+    pub port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to the broker.
+    pub async fn start() -> Proxy {
+        let url = amqp_url();
+        let authority = {
+            let after = url
+                .rfind('@')
+                .map(|i| i + 1)
+                .or_else(|| url.find("://").map(|i| i + 3))
+                .unwrap_or(0);
+            let rest = &url[after..];
+            rest[..rest.find('/').unwrap_or(rest.len())].to_owned()
+        };
+        let target = if authority.contains(':') {
+            authority
+        } else {
+            format!("{authority}:5672")
+        };
+        let port = crate::free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("proxy bind 127.0.0.1:{port}: {e}"));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (frozen, conns) = (frozen.clone(), conns.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let mut c = conns.lock().expect("conns lock");
+                    c.push(tokio::spawn(pipe(cr, sw, frozen.clone())));
+                    c.push(tokio::spawn(pipe(sr, cw, frozen.clone())));
+                }
+            })
+        };
+        Proxy {
+            port,
+            frozen,
+            accept,
+            conns,
+        }
+    }
+
+    /// The AMQP URL through this proxy.
+    pub fn url(&self) -> String {
+        url_via(self.port)
+    }
+
+    /// Stop forwarding (the connections stay open, nothing moves).
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Forward again.
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Close every connection made so far (both sides see them end).
+    pub fn cut(&self) {
+        for t in self.conns.lock().expect("conns lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to` while not frozen; ends when either side does.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Read before a freeze, forwarded after it: a frozen proxy holds
+        // what it has, too.
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }

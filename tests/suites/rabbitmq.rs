@@ -10,6 +10,8 @@
 //! - The publishing host SIGKILLed twice with unconfirmed rows in its
 //!   outgoing table: every OrderPlaced arrives, the receiver handles each once.
 //! - A poison message: dead-lettered after `max_attempts`, the rest handled.
+//! - A broker that hangs (both hosts behind a proxy that freezes): SIGTERM
+//!   stops them at once, and their next runs deliver every order once.
 //!
 //! Each test has queues and exchanges of its own (a UUID in the name), deleted
 //! at the end pass or fail; each host its own SQLite db, so they run in
@@ -22,7 +24,7 @@ mod rabbit_common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use jasper_e2e::amqp::{Amqp, exchange_uri, queue_uri, typed_message, unique_name};
+use jasper_e2e::amqp::{Amqp, Proxy, exchange_uri, queue_uri, typed_message, unique_name};
 use jasper_e2e::{Col, Db, TestHost, json, wait_until};
 use rabbit_common::*;
 
@@ -734,4 +736,125 @@ async fn a_poison_message_dead_letters_after_the_configured_attempts() {
     assert!(st.success(), "exit status after SIGTERM: {st}");
     assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
     amqp.cleanup().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// 6. A broker that hangs
+// ---------------------------------------------------------------------------
+
+/// Both hosts reach the broker through a proxy that then freezes (sockets
+/// open, nothing moves: a hung broker or a black-holed network) while A has
+/// publishes waiting for confirms. SIGTERM must still stop both at once
+/// (nothing waits on the broker), and after the broker is reachable again
+/// the next runs deliver every order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_stop_promptly_while_the_broker_hangs() {
+    const M: usize = 3_000;
+    /// What "at once" means: well under the harness's STOP_TIMEOUT.
+    const PROMPT: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let amqp = Amqp::connect().await;
+    let proxy = Proxy::start().await;
+    let queue = unique_name("e2e-hung-broker");
+    amqp.own_queue(&queue);
+    let a = TestHost::new(
+        &["orders"],
+        common("a")
+            .rabbitmq("url", proxy.url())
+            .route("OrderPlaced", queue_uri(&queue)),
+    );
+    let b = TestHost::new(
+        &["audit"],
+        common("b")
+            .rabbitmq("url", proxy.url())
+            .listen(queue_uri(&queue)),
+    );
+    let (da, db) = (a.db(), b.db());
+    spawn_consuming(&b, &queue).await;
+    a.send_file("PlaceOrder", &bodies(0..M)).assert_sent(M);
+    a.spawn();
+    b.wait_for_every(
+        "B to receive some OrderPlaced",
+        PHASE_TIMEOUT,
+        Duration::from_millis(2),
+        || db.incoming_count(None, Some("OrderPlaced")),
+        |n| *n >= (M / 10) as i64,
+    )
+    .await;
+    proxy.freeze();
+    // A still streams into a broker that answers nothing.
+    let pa = a
+        .wait_for(
+            "A to hold unconfirmed rows with the broker hung",
+            PHASE_TIMEOUT,
+            || da.progress(),
+            |p| p.outgoing > 0,
+        )
+        .await;
+    let pb = db.progress().await.unwrap();
+    println!(
+        "[hung broker] frozen at {:.1?}: A handled {}, outgoing {}; B received {}",
+        started.elapsed(),
+        pa.get("PlaceOrder", "handled"),
+        pa.outgoing,
+        pb.of_type("OrderPlaced")
+    );
+    assert!(
+        pb.of_type("OrderPlaced") < M as i64,
+        "B had everything before the freeze: {pb:?}"
+    );
+    let t = Instant::now();
+    let sa = a.stop();
+    let took_a = t.elapsed();
+    let t = Instant::now();
+    let sb = b.stop();
+    let took_b = t.elapsed();
+    println!("[hung broker] SIGTERM: A exited in {took_a:.1?} ({sa}), B in {took_b:.1?} ({sb})");
+    assert!(
+        sa.success() && sb.success(),
+        "exit statuses: A {sa}, B {sb}"
+    );
+    assert!(
+        took_a < PROMPT && took_b < PROMPT,
+        "a hung broker held up shutdown: A {took_a:?}, B {took_b:?}"
+    );
+
+    // The broker is reachable again: the next runs finish the job.
+    proxy.cut();
+    proxy.thaw();
+    spawn_consuming(&b, &queue).await;
+    a.spawn();
+    let ids: Vec<String> = (0..M).map(|i| format!("o-{i}")).collect();
+    let (pa, pb) = a
+        .wait_for(
+            "every order handled on A, confirmed, and handled on B",
+            FINAL_TIMEOUT,
+            || {
+                let (da, db) = (&da, &db);
+                async move { Ok((da.progress().await?, db.progress().await?)) }
+            },
+            |(pa, pb)| {
+                pa.dead_letters > 0
+                    || pb.dead_letters > 0
+                    || (pa.get("PlaceOrder", "handled") == M as i64
+                        && pa.outgoing == 0
+                        && pb.get("OrderPlaced", "handled") >= M as i64
+                        && pb.with_status("incoming") == 0)
+            },
+        )
+        .await;
+    let c = audit_check(&db, &ids).await;
+    println!("=== rabbitmq checker (hung broker, hosts stopped and restarted): {M} orders ===");
+    c.print("B");
+    c.assert_exactly_once(M);
+    assert_eq!((pa.dead_letters, pb.dead_letters), (0, 0));
+    assert_eq!(pb.of_type("OrderPlaced"), M as i64, "{pb:?}");
+    let (sa, sb) = (a.stop(), b.stop());
+    assert!(
+        sa.success() && sb.success(),
+        "exit statuses: A {sa}, B {sb}"
+    );
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+    amqp.cleanup().await.unwrap();
+    println!("[hung broker] {:.1?} in all", started.elapsed());
 }

@@ -85,24 +85,37 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
     consumed: &mut bool,
 ) -> Result<(), LinkError> {
-    let (conn, ch) = settings.open().await?;
     let err = |what: &'static str| {
         move |e: lapin::Error| LinkError(format!("{what}: {}", crate::error_chain(&e)))
     };
-    ch.basic_qos(settings.config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(err("setting the prefetch"))?;
-    settings.topology(&ch).await?;
-    settings.queue(&ch, queue).await?;
-    let mut consumer = ch
-        .basic_consume(
-            ShortString::from(queue),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(err("starting the consumer"))?;
+    // The whole set-up under the connect timeout: a broker that accepts the
+    // connection and then hangs must not hold the listener (or shutdown).
+    let setup = async {
+        let (conn, ch) = settings.open().await?;
+        ch.basic_qos(settings.config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(err("setting the prefetch"))?;
+        settings.topology(&ch).await?;
+        settings.queue(&ch, queue).await?;
+        let consumer = ch
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err("starting the consumer"))?;
+        Ok::<_, LinkError>((conn, ch, consumer))
+    };
+    let (conn, ch, mut consumer) = tokio::select! {
+        r = tokio::time::timeout(settings.connect_timeout, setup) => r.map_err(|_| {
+            LinkError(format!("setting up the consumer took longer than {:?}", settings.connect_timeout))
+        })??,
+        _ = shutdown.changed() => return Ok(()),
+    };
+    // Consuming again: the next loss starts the backoff from the bottom.
+    *consumed = true;
     info!(listener = %uri, prefetch = settings.config.prefetch, "consuming");
     let window = Duration::from_millis(settings.config.batch_window_ms);
     let max = usize::from(settings.config.prefetch);
@@ -128,7 +141,6 @@ async fn consume(
                 _ = &mut deadline => break,
             }
         }
-        *consumed = true;
         let span =
             info_span!("receive_batch", listener = %uri, size = batch.len(), ack = field::Empty);
         let outcome = take_batch(&batch, uri, inbox, &limits)

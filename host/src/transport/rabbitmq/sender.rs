@@ -47,15 +47,28 @@ impl Connector for RabbitConnector {
     }
 
     async fn connect(&self) -> Result<Box<dyn Link>, LinkError> {
-        let (conn, ch) = self.settings.open().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
+        // The whole set-up under the connect timeout: a broker that accepts
+        // the connection and then hangs must not hold the agent.
+        let setup = async {
+            let (conn, ch) = self.settings.open().await?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(lapin_err("enabling publisher confirms"))?;
+            self.settings.topology(&ch).await?;
+            match &self.target {
+                RabbitEndpoint::Queue(q) => self.settings.queue(&ch, q).await?,
+                RabbitEndpoint::Exchange { name, .. } => self.settings.exchange(&ch, name).await?,
+            }
+            Ok::<_, LinkError>((conn, ch))
+        };
+        let (conn, ch) = tokio::time::timeout(self.settings.connect_timeout, setup)
             .await
-            .map_err(lapin_err("enabling publisher confirms"))?;
-        self.settings.topology(&ch).await?;
-        match &self.target {
-            RabbitEndpoint::Queue(q) => self.settings.queue(&ch, q).await?,
-            RabbitEndpoint::Exchange { name, .. } => self.settings.exchange(&ch, name).await?,
-        }
+            .map_err(|_| {
+                LinkError(format!(
+                    "{}: setting up the channel took longer than {:?}",
+                    self.peer, self.settings.connect_timeout
+                ))
+            })??;
         Ok(Box::new(RabbitLink {
             conn: Some(conn),
             ch,

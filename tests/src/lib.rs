@@ -40,6 +40,7 @@ use serde_json::Value;
 pub use serde_json::json;
 
 pub mod amqp;
+pub mod orders;
 mod store;
 pub use store::{
     Backend, Bind, Cell, Col, Db, DeadLetterRow, FreshDatabase, IncomingRow, OutgoingRow, Progress,

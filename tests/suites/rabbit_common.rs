@@ -3,37 +3,17 @@
 //! and B (audit, listens on that queue), the waits and the checkers.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use jasper_e2e::amqp::{Amqp, amqp_url, queue_uri, typed_message, unique_name};
-use jasper_e2e::{Db, HostConfig, Progress, REMIND_LATER_MS, TestHost, json, place_order};
+pub use jasper_e2e::orders::*;
+use jasper_e2e::{HostConfig, Progress, TestHost, json};
 use lapin::BasicProperties;
 
-pub const N: usize = 10_000;
-pub const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
-pub const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
 
 pub const CONSUMING: &str = "consuming";
 pub const LISTENER_LOST: &str = "RabbitMQ listener lost its connection; reconnecting";
-pub const CIRCUIT_OPEN: &str = "circuit open: sending to this peer paused until a ping succeeds";
-pub const CIRCUIT_CLOSED: &str = "circuit closed: the peer answered a ping; sending resumes";
-pub const SEND_FAILED: &str = "sending a batch failed; it will be sent again";
-pub const RELAYED: &str = "sending outgoing messages left unsent";
-
-pub fn amount(i: usize) -> u64 {
-    100 + (i as u64 % 9_900)
-}
-
-/// PlaceOrder bodies `o-i` for `range`, reminders far off.
-pub fn bodies(range: Range<usize>) -> Vec<serde_json::Value> {
-    range
-        .map(|i| place_order(&format!("o-{i}"), amount(i), REMIND_LATER_MS))
-        .collect()
-}
 
 /// An OrderPlaced as a plain client publishes it: order `{prefix}-{i}`,
 /// message id `msg-{prefix}-{i}` (not a UUID: the host derives one).
@@ -78,26 +58,6 @@ pub async fn wait_consuming(host: &TestHost, queue: &str, mark: usize) -> String
     .await
 }
 
-/// Lines of `host`'s log after `mark` with every needle.
-pub fn count_lines(host: &TestHost, mark: usize, needles: &[&str]) -> usize {
-    host.log_lines(mark, needles).len()
-}
-
-/// The sum of `rows=K` over the relay's log lines after `mark`.
-pub fn relayed_rows(host: &TestHost, mark: usize) -> i64 {
-    host.log_lines(mark, &[RELAYED])
-        .iter()
-        .map(|l| {
-            let k = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("rows="))
-                .unwrap_or_else(|| panic!("relay line without rows=: {l}"));
-            k.parse::<i64>()
-                .unwrap_or_else(|e| panic!("rows={k} in {l}: {e}"))
-        })
-        .sum()
-}
-
 /// Panics with the lines if `host`'s log has ERROR lines of jasper-host
 /// itself (lapin logs a connection the broker closed as an ERROR of its own).
 pub fn assert_no_error_lines(host: &TestHost, who: &str) {
@@ -110,90 +70,6 @@ pub fn assert_no_error_lines(host: &TestHost, who: &str) {
         "ERROR lines in {who}'s log (first: {:?})",
         errors.first()
     );
-}
-
-/// What the audit checker found on one host.
-#[derive(Debug, Default)]
-pub struct AuditCheck {
-    pub lost: Vec<String>,
-    pub duplicated: Vec<String>,
-    pub corrupt: Vec<String>,
-    pub count: Option<i64>,
-}
-
-/// Every `seen/{id}` of `ids` must be exactly 1 in `db`'s audit state, and
-/// `count` the number of ids.
-pub async fn audit_check(db: &Db, ids: &[String]) -> AuditCheck {
-    let audit = db.state("audit").await.expect("audit state");
-    let mut c = AuditCheck::default();
-    for id in ids {
-        let key = format!("seen/{id}");
-        match audit.get(&key).map(|r| r.as_i64()) {
-            None | Some(Ok(0)) => c.lost.push(format!("audit {key}")),
-            Some(Ok(1)) => {}
-            Some(Ok(n)) if n > 1 => c.duplicated.push(format!("audit {key} = {n}")),
-            other => c.corrupt.push(format!("audit {key} = {other:?}")),
-        }
-    }
-    let known: BTreeSet<String> = ids.iter().map(|i| format!("seen/{i}")).collect();
-    for key in audit.keys() {
-        if key.starts_with("seen/") && !known.contains(key) {
-            c.corrupt.push(format!("audit {key}: an order nobody sent"));
-        }
-    }
-    c.count = audit.get("count").and_then(|r| r.as_i64().ok());
-    c
-}
-
-impl AuditCheck {
-    /// Prints the numbers and the first findings.
-    pub fn print(&self, who: &str) {
-        println!("{who} lost effects:       {}", self.lost.len());
-        println!("{who} duplicated effects: {}", self.duplicated.len());
-        println!("{who} corrupt values:     {}", self.corrupt.len());
-        println!("{who} audit count:        {:?}", self.count);
-        for l in self.lost.iter().take(10) {
-            println!("  lost: {l}");
-        }
-        for d in self.duplicated.iter().take(10) {
-            println!("  duplicated: {d}");
-        }
-        for c in self.corrupt.iter().take(10) {
-            println!("  corrupt: {c}");
-        }
-    }
-
-    /// 0 lost, 0 duplicated, 0 corrupt, count == n.
-    #[track_caller]
-    pub fn assert_exactly_once(&self, n: usize) {
-        assert_eq!(
-            self.lost.len(),
-            0,
-            "lost effects (first: {:?})",
-            self.lost.first()
-        );
-        assert_eq!(
-            self.duplicated.len(),
-            0,
-            "duplicated effects (first: {:?})",
-            self.duplicated.first()
-        );
-        assert_eq!(
-            self.corrupt.len(),
-            0,
-            "corrupt values (first: {:?})",
-            self.corrupt.first()
-        );
-        assert_eq!(self.count, Some(n as i64), "audit count, want {n}");
-    }
-}
-
-/// `audit/count` of `db` (0 before the first).
-pub async fn audit_count(db: &Db) -> anyhow::Result<i64> {
-    match db.state_get("audit", "count").await? {
-        Some(r) => r.as_i64(),
-        None => Ok(0),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -226,51 +102,15 @@ impl Pair {
         spawn_consuming(&self.b, &self.queue).await;
     }
 
-    /// Polls both stores until `done`; panics with the host's log if either
-    /// spawned host exits meanwhile, or after `timeout`.
+    /// Polls both stores until `done` (see [`wait_both`]).
     pub async fn wait_both(
         &self,
         what: &str,
         timeout: Duration,
         done: impl FnMut(&(Progress, Progress)) -> bool,
     ) -> (Progress, Progress) {
-        let (da, db) = (self.a.db(), self.b.db());
-        let b_watched = self.b.is_running();
-        self.a
-            .wait_for(
-                what,
-                timeout,
-                || {
-                    if b_watched && let Some(st) = self.b.exit_status() {
-                        panic!(
-                            "host B exited ({st}) while waiting for {what}; log tail:\n{}",
-                            self.b.log_tail(60)
-                        );
-                    }
-                    let (da, db) = (da.clone(), db.clone());
-                    async move { Ok((da.progress().await?, db.progress().await?)) }
-                },
-                done,
-            )
-            .await
+        wait_both(&self.a, &self.b, what, timeout, done).await
     }
-}
-
-/// A handled every PlaceOrder and sent every OrderPlaced (outgoing empty);
-/// B handled them all. Rows of a killed node stay `incoming` until released,
-/// so they count as work left; a dead letter ends the wait too, and the
-/// checker says what went wrong instead of a timeout.
-pub fn settled((a, b): &(Progress, Progress)) -> bool {
-    let a_retries = a.with_status("scheduled") - a.get("OrderReminder", "scheduled");
-    let stuck = a.dead_letters > 0 || b.dead_letters > 0;
-    stuck
-        || (a.get("PlaceOrder", "handled") == N as i64
-            && a.with_status("incoming") == 0
-            && a_retries == 0
-            && a.outgoing == 0
-            && b.get("OrderPlaced", "handled") >= N as i64
-            && b.with_status("incoming") == 0
-            && b.with_status("scheduled") == 0)
 }
 
 /// Waits for both hosts to settle, checks every effect on both sides, stops

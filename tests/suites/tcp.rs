@@ -12,34 +12,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use jasper_e2e::{
-    Col, Db, HostConfig, Progress, REMIND_LATER_MS, TestHost, free_port, place_order,
-};
+use jasper_e2e::orders::*;
+use jasper_e2e::{Col, Db, HostConfig, Progress, TestHost, free_port};
 
-const N: usize = 10_000;
-const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
-const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Both hosts prove they know it before any frame is read.
 const SECRET: &str = "e2e-shared-secret-for-the-tcp-suite";
-
-const CIRCUIT_OPEN: &str = "circuit open: sending to this peer paused until a ping succeeds";
-const CIRCUIT_CLOSED: &str = "circuit closed: the peer answered a ping; sending resumes";
-const SEND_FAILED: &str = "sending a batch failed; it will be sent again";
-const RELAYED: &str = "sending outgoing messages left unsent";
-
-fn amount(i: usize) -> u64 {
-    100 + (i as u64 % 9_900)
-}
-
-fn bodies(range: Range<usize>) -> Vec<serde_json::Value> {
-    range
-        .map(|i| place_order(&format!("o-{i}"), amount(i), REMIND_LATER_MS))
-        .collect()
-}
 
 /// What both hosts share: short heartbeats and sender timings, handled rows
 /// kept for a week (they are the receiver's dedupe record).
@@ -90,71 +69,15 @@ impl Pair {
             .await;
     }
 
-    /// Polls both stores until `done`; panics with the host's log if either
-    /// spawned host exits meanwhile, or after `timeout`.
+    /// Polls both stores until `done` (see [`wait_both`]).
     async fn wait_both(
         &self,
         what: &str,
         timeout: Duration,
         done: impl FnMut(&(Progress, Progress)) -> bool,
     ) -> (Progress, Progress) {
-        let (da, db) = (self.a.db(), self.b.db());
-        let b_watched = self.b.is_running();
-        self.a
-            .wait_for(
-                what,
-                timeout,
-                || {
-                    if b_watched && let Some(st) = self.b.exit_status() {
-                        panic!(
-                            "host B exited ({st}) while waiting for {what}; log tail:\n{}",
-                            self.b.log_tail(60)
-                        );
-                    }
-                    let (da, db) = (da.clone(), db.clone());
-                    async move { Ok((da.progress().await?, db.progress().await?)) }
-                },
-                done,
-            )
-            .await
+        wait_both(&self.a, &self.b, what, timeout, done).await
     }
-}
-
-/// A handled every PlaceOrder and sent every OrderPlaced (outgoing empty);
-/// B handled them all. Rows of a killed node stay `incoming` until released,
-/// so they count as work left; a dead letter ends the wait too, and the
-/// checker says what went wrong instead of a timeout.
-fn settled((a, b): &(Progress, Progress)) -> bool {
-    let a_retries = a.with_status("scheduled") - a.get("OrderReminder", "scheduled");
-    let stuck = a.dead_letters > 0 || b.dead_letters > 0;
-    stuck
-        || (a.get("PlaceOrder", "handled") == N as i64
-            && a.with_status("incoming") == 0
-            && a_retries == 0
-            && a.outgoing == 0
-            && b.get("OrderPlaced", "handled") >= N as i64
-            && b.with_status("incoming") == 0
-            && b.with_status("scheduled") == 0)
-}
-
-/// Lines of `host`'s log after `mark` with every needle.
-fn count_lines(host: &TestHost, mark: usize, needles: &[&str]) -> usize {
-    host.log_lines(mark, needles).len()
-}
-
-/// The sum of `rows=K` over the relay's log lines after `mark`.
-fn relayed_rows(host: &TestHost, mark: usize) -> i64 {
-    host.log_lines(mark, &[RELAYED])
-        .iter()
-        .map(|l| {
-            let k = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("rows="))
-                .unwrap_or_else(|| panic!("relay line without rows=: {l}"));
-            k.parse::<i64>()
-                .unwrap_or_else(|e| panic!("rows={k} in {l}: {e}"))
-        })
-        .sum()
 }
 
 /// Waits for both hosts to settle, then checks every effect on both sides

@@ -58,20 +58,6 @@ pub async fn wait_consuming(host: &TestHost, queue: &str, mark: usize) -> String
     .await
 }
 
-/// Panics with the lines if `host`'s log has ERROR lines of jasper-host
-/// itself (lapin logs a connection the broker closed as an ERROR of its own).
-pub fn assert_no_error_lines(host: &TestHost, who: &str) {
-    let errors = host.log_lines(0, &[" ERROR ", "jasper_host"]);
-    for l in errors.iter().take(10) {
-        println!("  {who} ERROR: {l}");
-    }
-    assert!(
-        errors.is_empty(),
-        "ERROR lines in {who}'s log (first: {:?})",
-        errors.first()
-    );
-}
-
 // ---------------------------------------------------------------------------
 // A → queue → B
 // ---------------------------------------------------------------------------
@@ -150,126 +136,11 @@ pub async fn settle_and_check(pair: &Pair, amqp: &Amqp, label: &str, started: In
     );
 }
 
-/// The checker: every order's effect on A once, its OrderPlaced on B once.
-pub async fn check_pair(pair: &Pair, label: &str, (pa, pb): &(Progress, Progress)) {
-    let (da, db) = (pair.a.db(), pair.b.db());
-    let orders = da.state("orders").await.unwrap();
-    let mut lost = Vec::new();
-    let mut duplicated = Vec::new();
-    let mut corrupt = Vec::new();
-    for i in 0..N {
-        let key = format!("order/o-{i}");
-        match orders.get(&key) {
-            None => lost.push(format!("A orders {key}")),
-            Some(row) => {
-                if row.version > 1 {
-                    duplicated.push(format!("A orders {key} version {}", row.version));
-                }
-                match row.json() {
-                    Ok(v)
-                        if v["order_id"] == format!("o-{i}") && v["amount_cents"] == amount(i) => {}
-                    other => corrupt.push(format!("A orders {key} = {other:?}")),
-                }
-            }
-        }
-    }
-    let ids: Vec<String> = (0..N).map(|i| format!("o-{i}")).collect();
-    let b = audit_check(&db, &ids).await;
-    let a_outgoing = da.outgoing_snapshot().await.unwrap();
-    let a_dead = da.dead_letter_rows().await.unwrap();
-    let b_dead = db.dead_letter_rows().await.unwrap();
-    let b_placed = pb.of_type("OrderPlaced");
-
-    println!(
-        "=== rabbitmq checker ({label}): {N} orders from A to B through queue {} ===",
+/// The checker (see [`check_crossed`]).
+pub async fn check_pair(pair: &Pair, label: &str, p: &(Progress, Progress)) {
+    let via = format!(
+        "rabbitmq checker ({label}): {N} orders from A to B through queue {}",
         pair.queue
     );
-    println!("A lost effects:       {}", lost.len());
-    println!("A duplicated effects: {}", duplicated.len());
-    println!("A corrupt values:     {}", corrupt.len());
-    b.print("B");
-    println!("B OrderPlaced rows:   {b_placed} (want {N})");
-    println!("A outgoing rows left: {}", a_outgoing.len());
-    println!(
-        "dead letters:         A {}, B {}",
-        a_dead.len(),
-        b_dead.len()
-    );
-    for l in lost.iter().chain(&duplicated).chain(&corrupt).take(10) {
-        println!("  A: {l}");
-    }
-    for d in a_dead.iter().chain(&b_dead).take(10) {
-        println!("  dead letter: {d:?}");
-    }
-    for o in a_outgoing.iter().take(10) {
-        println!("  outgoing left: {o:?}");
-    }
-
-    assert_eq!(lost.len(), 0, "A lost effects (first: {:?})", lost.first());
-    assert_eq!(
-        duplicated.len(),
-        0,
-        "A duplicated effects (first: {:?})",
-        duplicated.first()
-    );
-    assert_eq!(
-        corrupt.len(),
-        0,
-        "A corrupt values (first: {:?})",
-        corrupt.first()
-    );
-    b.assert_exactly_once(N);
-    assert!(a_dead.is_empty(), "A's dead letters: {a_dead:?}");
-    assert!(b_dead.is_empty(), "B's dead letters: {b_dead:?}");
-    assert!(
-        a_outgoing.is_empty(),
-        "A's outgoing rows left: {}",
-        a_outgoing.len()
-    );
-    assert_eq!(
-        pa.of_type("OrderPlaced"),
-        0,
-        "A has no audit plugin: {pa:?}"
-    );
-    // A's inbox: each PlaceOrder once, handled; each reminder once, waiting.
-    assert_eq!(pa.of_type("PlaceOrder"), N as i64, "A: {pa:?}");
-    assert_eq!(pa.get("PlaceOrder", "handled"), N as i64, "A: {pa:?}");
-    assert_eq!(
-        pa.of_type("OrderReminder"),
-        N as i64,
-        "A's OrderReminder rows (more = a PlaceOrder committed twice): {pa:?}"
-    );
-    assert_eq!(pa.get("OrderReminder", "scheduled"), N as i64, "A: {pa:?}");
-    // B's inbox: each OrderPlaced once (more = one order published under two
-    // ids, which B's dedupe could not catch), every one handled.
-    assert_eq!(b_placed, N as i64, "B's OrderPlaced rows: {pb:?}");
-    assert_eq!(pb.get("OrderPlaced", "handled"), N as i64, "B: {pb:?}");
-    assert_eq!(pb.outgoing, 0, "B: {pb:?}");
-
-    assert_no_error_lines(&pair.a, "A");
-    assert_no_error_lines(&pair.b, "B");
-
-    let (ca, cb) = (pair.a.counts(), pair.b.counts());
-    assert_eq!(
-        (
-            ca.incoming,
-            ca.outgoing,
-            ca.dead_letters,
-            ca.handled,
-            ca.scheduled
-        ),
-        (0, 0, 0, N as u64, N as u64),
-        "A's storage counts: {ca:?}"
-    );
-    assert_eq!(
-        (
-            cb.incoming,
-            cb.outgoing,
-            cb.dead_letters,
-            cb.handled,
-            cb.scheduled
-        ),
-        (0, 0, 0, N as u64, 0),
-        "B's storage counts: {cb:?}"
-    );
+    check_crossed(&pair.a, &pair.b, &via, p).await;
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Db, Progress, REMIND_LATER_MS, TestHost, place_order};
 
@@ -318,4 +318,41 @@ pub async fn check_crossed(a: &TestHost, b: &TestHost, via: &str, (pa, pb): &(Pr
         (0, 0, 0, N as u64, 0),
         "B's storage counts: {cb:?}"
     );
+}
+
+/// Waits for both hosts to settle (the wait names `what`), checks every
+/// effect on both sides with [`check_crossed`] (its report headed `via`),
+/// then stops both hosts: SIGTERM, exit 0 within the harness's timeout.
+pub async fn settle_check_and_stop(
+    a: &TestHost,
+    b: &TestHost,
+    label: &str,
+    via: &str,
+    started: Instant,
+) {
+    let p = wait_both(
+        a,
+        b,
+        "all 10,000 orders handled on A and their OrderPlaced handled on B",
+        FINAL_TIMEOUT,
+        settled,
+    )
+    .await;
+    println!(
+        "[{label}] settled after {:.1?}: A {:?}; B {:?}",
+        started.elapsed(),
+        p.0,
+        p.1
+    );
+    a.assert_alive("after settling");
+    b.assert_alive("after settling");
+    check_crossed(a, b, via, &p).await;
+    let t = Instant::now();
+    let (sa, sb) = (a.stop(), b.stop());
+    println!(
+        "[{label}] both hosts stopped after SIGTERM in {:.1?}",
+        t.elapsed()
+    );
+    assert!(sa.success(), "A's exit status after SIGTERM: {sa}");
+    assert!(sb.success(), "B's exit status after SIGTERM: {sb}");
 }

@@ -103,30 +103,11 @@ impl Pair {
 /// both (SIGTERM, exit 0 within the harness's timeout) and checks the queue
 /// is empty then (nothing unacknowledged went back to it).
 pub async fn settle_and_check(pair: &Pair, amqp: &Amqp, label: &str, started: Instant) {
-    let p = pair
-        .wait_both(
-            "all 10,000 orders handled on A and their OrderPlaced handled on B",
-            FINAL_TIMEOUT,
-            settled,
-        )
-        .await;
-    println!(
-        "[{label}] settled after {:.1?}: A {:?}; B {:?}",
-        started.elapsed(),
-        p.0,
-        p.1
+    let via = format!(
+        "rabbitmq checker ({label}): {N} orders from A to B through queue {}",
+        pair.queue
     );
-    pair.a.assert_alive("after settling");
-    pair.b.assert_alive("after settling");
-    check_pair(pair, label, &p).await;
-    let t = Instant::now();
-    let (sa, sb) = (pair.a.stop(), pair.b.stop());
-    println!(
-        "[{label}] both hosts stopped after SIGTERM in {:.1?}",
-        t.elapsed()
-    );
-    assert!(sa.success(), "A's exit status after SIGTERM: {sa}");
-    assert!(sb.success(), "B's exit status after SIGTERM: {sb}");
+    settle_check_and_stop(&pair.a, &pair.b, label, &via, started).await;
     let left = amqp.queue_len(&pair.queue).await.expect("queue length");
     assert_eq!(
         left,
@@ -134,13 +115,4 @@ pub async fn settle_and_check(pair: &Pair, amqp: &Amqp, label: &str, started: In
         "messages left in {} after both hosts stopped",
         pair.queue
     );
-}
-
-/// The checker (see [`check_crossed`]).
-pub async fn check_pair(pair: &Pair, label: &str, p: &(Progress, Progress)) {
-    let via = format!(
-        "rabbitmq checker ({label}): {N} orders from A to B through queue {}",
-        pair.queue
-    );
-    check_crossed(&pair.a, &pair.b, &via, p).await;
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use jasper_e2e::orders::*;
-use jasper_e2e::{Col, Db, HostConfig, Progress, TestHost, free_port};
+use jasper_e2e::{Col, Db, HostConfig, TestHost, free_port};
 
 /// Both hosts prove they know it before any frame is read.
 const SECRET: &str = "e2e-shared-secret-for-the-tcp-suite";
@@ -68,49 +68,16 @@ impl Pair {
             )
             .await;
     }
-
-    /// Polls both stores until `done` (see [`wait_both`]).
-    async fn wait_both(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl FnMut(&(Progress, Progress)) -> bool,
-    ) -> (Progress, Progress) {
-        wait_both(&self.a, &self.b, what, timeout, done).await
-    }
 }
 
 /// Waits for both hosts to settle, then checks every effect on both sides
 /// and stops both hosts (SIGTERM, exit 0).
 async fn settle_and_check(pair: &Pair, label: &str, started: Instant) {
-    let p = pair
-        .wait_both(
-            "all 10,000 orders handled on A and their OrderPlaced handled on B",
-            FINAL_TIMEOUT,
-            settled,
-        )
-        .await;
-    println!(
-        "[{label}] settled after {:.1?}: A {:?}; B {:?}",
-        started.elapsed(),
-        p.0,
-        p.1
-    );
-    pair.a.assert_alive("after settling");
-    pair.b.assert_alive("after settling");
-    check(pair, label, &p).await;
-    let (sa, sb) = (pair.a.stop(), pair.b.stop());
-    assert!(sa.success(), "A's exit status after SIGTERM: {sa}");
-    assert!(sb.success(), "B's exit status after SIGTERM: {sb}");
-}
-
-/// The checker (see [`check_crossed`]).
-async fn check(pair: &Pair, label: &str, p: &(Progress, Progress)) {
     let via = format!(
         "tcp checker ({label}): {N} orders from A to B over {}",
         pair.uri
     );
-    check_crossed(&pair.a, &pair.b, &via, p).await;
+    settle_check_and_stop(&pair.a, &pair.b, label, &via, started).await;
 }
 
 // ---------------------------------------------------------------------------

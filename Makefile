@@ -7,12 +7,13 @@ CARGO ?= cargo
 PLUGINS := orders audit noop misbehave
 PLUGIN_DIR := target/wasm32-wasip2/plugin
 
-.PHONY: help plugins build test quickstart bench
+.PHONY: help plugins build test lint quickstart bench
 
 help:
 	@echo "make plugins     build the example and test plugins (wasm32-wasip2) into $(PLUGIN_DIR)/"
 	@echo "make build       build the host: target/release/jasper-host"
 	@echo "make test        plugins + build + every test (unit and end-to-end)"
+	@echo "make lint        cargo fmt --check and clippy (-D warnings) over every crate and target"
 	@echo "make quickstart  run a host on examples/jasper.toml and send it demo orders"
 	@echo "make bench       run the benchmarks (jasper-bench, jasper-tcp-bench, jasper-rabbit-bench)"
 
@@ -28,6 +29,12 @@ build:
 test: plugins build
 	$(CARGO) test --release --no-fail-fast
 	$(CARGO) test --release -p orders -p audit
+
+# The release profile for clippy too: its build scripts and proc macros are the
+# ones `make build` compiles, so lint and test share them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 quickstart: plugins build
 	mkdir -p plugins

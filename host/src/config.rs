@@ -1,6 +1,7 @@
 //! The host's configuration file.
 //!
-//! This module owns the TOML config format (see `CONTRACT.md`): parsing with
+//! This module owns the TOML config format (the keys are listed in README.md,
+//! "Configuration"): parsing with
 //! defaults for every key, rejecting unknown keys, resolving relative paths
 //! against the config file's folder, resolving `storage.url` into a
 //! [`Backend`], and validating values. Nothing else reads the file.
@@ -81,7 +82,8 @@ pub struct PluginsConfig {
     pub deadline_ms: u64,
     /// Fuel per message, 0 = off (default).
     pub fuel: u64,
-    /// Messages handled concurrently, default 16.
+    /// Sizes the instance pool (slots = 2 x this + 8, at most 1000), default 16.
+    /// Not a concurrency limit: the worker runs one handler at a time.
     pub max_in_flight: usize,
 }
 

@@ -1,8 +1,10 @@
 //! The Wasm runtime: one wasmtime engine (pooling allocator, epoch deadlines,
 //! optional fuel), the plugins loaded from the plugin folder (each pre-linked
 //! once), and one handler call on a fresh instance with its limits. Owns no
-//! database work and no policy: a call returns what the handler did and how
-//! it ended; `handling` decides what that means.
+//! policy and no writes: a call returns what the handler did and how it
+//! ended, and `handling` decides what that means and commits it. Its only
+//! database work is the handler's state reads (`state_view`), which read
+//! committed state through the store.
 
 mod bindings;
 mod host_state;

@@ -19,6 +19,22 @@ pub(crate) enum Table {
     DeadLetters,
 }
 
+impl Table {
+    /// The name of this table among a backend's three.
+    pub(crate) fn pick<'a>(
+        self,
+        incoming: &'a str,
+        outgoing: &'a str,
+        dead_letters: &'a str,
+    ) -> &'a str {
+        match self {
+            Table::Incoming => incoming,
+            Table::Outgoing => outgoing,
+            Table::DeadLetters => dead_letters,
+        }
+    }
+}
+
 /// Tables whose rows have an owner node.
 pub(crate) const OWNED: [Table; 2] = [Table::Incoming, Table::Outgoing];
 

@@ -317,6 +317,19 @@ fn dead_letter(row: &impl Columns) -> StoreResult<DeadLetter> {
     })
 }
 
+/// Tables of the store (incoming, outgoing, dead letters, nodes, state).
+pub(crate) const TABLE_COUNT: i64 = 5;
+
+/// `Ok` when a schema check found all [`TABLE_COUNT`] tables, else
+/// [`StoreError::MissingSchema`] for the target `where_`.
+pub(crate) fn all_tables(found: i64, where_: impl FnOnce() -> String) -> StoreResult<()> {
+    if found == TABLE_COUNT {
+        Ok(())
+    } else {
+        Err(StoreError::MissingSchema { target: where_() })
+    }
+}
+
 /// `value, version` of a state key, when there is one.
 pub(crate) fn state_value(row: Option<impl Columns>) -> StoreResult<Option<StateValue>> {
     let op = "read state";

@@ -94,13 +94,7 @@ impl Admin for MysqlStore {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::db("check schema"))?;
-        if n == 5 {
-            Ok(())
-        } else {
-            Err(StoreError::MissingSchema {
-                target: self.target.clone(),
-            })
-        }
+        shared::all_tables(n, || self.target.clone())
     }
 
     fn schema_script(&self) -> String {
@@ -121,18 +115,15 @@ impl Admin for MysqlStore {
         let count = |from: &str, filter: &str| {
             format!("CAST((SELECT COUNT(*) FROM {from}{filter}) AS SIGNED)")
         };
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let query = sqlx::query(AssertSqlSafe(format!(
             "SELECT {}, {}, {}, {}, {}",
             count(inc, &format!(" WHERE status = '{STATUS_INCOMING}'")),
             count(inc, &format!(" WHERE status = '{STATUS_SCHEDULED}'")),
             count(inc, &format!(" WHERE status = '{STATUS_HANDLED}'")),
             count(out, ""),
             count(dl, ""),
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::db(op))?;
-        shared::counts(&row)
+        )));
+        shared::counts(&shared::fetch_one(&self.pool, query, op).await?)
     }
 
     async fn clear(&self) -> StoreResult<()> {

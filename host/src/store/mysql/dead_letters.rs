@@ -16,16 +16,13 @@ use crate::store::shared::{self, CHUNK, Columns, db_count as limit, inline_ids};
 impl DeadLetters for MysqlStore {
     async fn dead_letters(&self, limit_rows: usize) -> StoreResult<Vec<DeadLetter>> {
         let op = "list dead letters";
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let query = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
              FROM {} ORDER BY failed_at, id LIMIT ?",
             self.t.dead_letters
         )))
-        .bind(limit(limit_rows))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::db(op))?;
-        shared::dead_letters(&rows)
+        .bind(limit(limit_rows));
+        shared::dead_letters(&shared::fetch_all(&self.pool, query, op).await?)
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

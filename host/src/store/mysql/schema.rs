@@ -43,11 +43,7 @@ impl Tables {
 
     /// The table a maintenance step names.
     pub fn of(&self, table: Table) -> &str {
-        match table {
-            Table::Incoming => &self.incoming,
-            Table::Outgoing => &self.outgoing,
-            Table::DeadLetters => &self.dead_letters,
-        }
+        table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     /// `DROP TABLE IF EXISTS` of every table, as one statement.

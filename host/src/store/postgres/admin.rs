@@ -11,7 +11,7 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::Admin;
 use crate::store::maintenance;
 use crate::store::rows::Counts;
-use crate::store::shared::{self, db_count};
+use crate::store::shared;
 
 /// The SQLSTATE of a database error, if it is one.
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -143,13 +143,9 @@ impl Admin for PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::db("check schema"))?;
-        if n == db_count(TABLES.len()) {
-            Ok(())
-        } else {
-            Err(StoreError::MissingSchema {
-                target: format!("schema \"{}\" of {}", self.names.schema, self.target),
-            })
-        }
+        shared::all_tables(n, || {
+            format!("schema \"{}\" of {}", self.names.schema, self.target)
+        })
     }
 
     fn schema_script(&self) -> String {
@@ -158,11 +154,8 @@ impl Admin for PostgresStore {
 
     async fn counts(&self) -> StoreResult<Counts> {
         let op = "counts";
-        let row = q(&self.sql.counts)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::db(op))?;
-        shared::counts(&row)
+        let query = q(&self.sql.counts);
+        shared::counts(&shared::fetch_one(&self.pool, query, op).await?)
     }
 
     async fn clear(&self) -> StoreResult<()> {

@@ -245,7 +245,6 @@ impl MaintenanceSteps for PgTx {
 #[async_trait]
 impl StateReader for PostgresStore {
     async fn read_state(&self, plugin: &str, key: &str) -> StoreResult<Option<StateValue>> {
-        let op = "read state";
         let query = q(&self.sql.read_state).bind(plugin).bind(key);
         shared::state_value(shared::fetch_optional(&self.pool, query, "read state").await?)
     }

@@ -12,12 +12,8 @@ use crate::store::shared::{self, db_count, run};
 #[async_trait]
 impl DeadLetters for PostgresStore {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        let rows = q(&self.sql.dead_letters)
-            .bind(db_count(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::db("list dead letters"))?;
-        shared::dead_letters(&rows)
+        let query = q(&self.sql.dead_letters).bind(db_count(limit));
+        shared::dead_letters(&shared::fetch_all(&self.pool, query, "list dead letters").await?)
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

@@ -83,11 +83,7 @@ impl Names {
 
     /// The table a maintenance step names.
     pub fn of(&self, table: Table) -> &str {
-        match table {
-            Table::Incoming => &self.incoming,
-            Table::Outgoing => &self.outgoing,
-            Table::DeadLetters => &self.dead_letters,
-        }
+        table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     pub fn all(&self) -> [&str; 5] {

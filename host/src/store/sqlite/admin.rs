@@ -60,13 +60,7 @@ impl Admin for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::db("check schema"))?;
-        if n == 5 {
-            Ok(())
-        } else {
-            Err(StoreError::MissingSchema {
-                target: self.target.clone(),
-            })
-        }
+        shared::all_tables(n, || self.target.clone())
     }
 
     fn schema_script(&self) -> String {
@@ -80,7 +74,7 @@ impl Admin for SqliteStore {
 
     async fn counts(&self) -> StoreResult<Counts> {
         let t = &self.tables;
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let query = sqlx::query(AssertSqlSafe(format!(
             "SELECT \
                (SELECT count(*) FROM {inc} WHERE status = '{STATUS_INCOMING}'), \
                (SELECT count(*) FROM {inc} WHERE status = '{STATUS_SCHEDULED}'), \
@@ -90,11 +84,8 @@ impl Admin for SqliteStore {
             inc = t.incoming,
             out = t.outgoing,
             dl = t.dead_letters
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::db("counts"))?;
-        shared::counts(&row)
+        )));
+        shared::counts(&shared::fetch_one(&self.pool, query, "counts").await?)
     }
 
     async fn clear(&self) -> StoreResult<()> {

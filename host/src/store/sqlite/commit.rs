@@ -58,8 +58,12 @@ impl SqliteTx {
     }
 }
 
-fn value(w: &StateWrite) -> &[u8] {
-    w.value.as_deref().unwrap_or_default()
+/// `query` with a write's plugin, key and value bound (`?1`, `?2`, `?3`).
+fn with_value(query: Query, w: &StateWrite) -> Query {
+    query
+        .bind(w.plugin.as_str())
+        .bind(w.key.as_str())
+        .bind(w.value.as_deref().unwrap_or_default())
 }
 
 #[async_trait]
@@ -81,32 +85,18 @@ impl CommitSteps for SqliteTx {
     }
 
     async fn upsert_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
-        let upsert = |sql: &Sql, w: &&StateWrite| {
-            q(&sql.state_upsert)
-                .bind(&w.plugin)
-                .bind(&w.key)
-                .bind(value(w))
-        };
+        let upsert = |sql: &Sql, w: &&StateWrite| with_value(q(&sql.state_upsert), w);
         self.each(writes, upsert, OP).await
     }
 
     async fn insert_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
-        let insert = |sql: &Sql, w: &&StateWrite| {
-            q(&sql.state_insert_new)
-                .bind(&w.plugin)
-                .bind(&w.key)
-                .bind(value(w))
-        };
+        let insert = |sql: &Sql, w: &&StateWrite| with_value(q(&sql.state_insert_new), w);
         self.each(writes, insert, OP).await
     }
 
     async fn update_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
         let update = |sql: &Sql, w: &&StateWrite| {
-            q(&sql.state_update_checked)
-                .bind(&w.plugin)
-                .bind(&w.key)
-                .bind(value(w))
-                .bind(w.expected_version.unwrap_or(0))
+            with_value(q(&sql.state_update_checked), w).bind(w.expected_version.unwrap_or(0))
         };
         self.each(writes, update, OP).await
     }

@@ -22,16 +22,13 @@ fn filter(which: &Selection, base: Option<&str>) -> String {
 #[async_trait]
 impl DeadLetters for SqliteStore {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let query = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
              FROM {} ORDER BY failed_at, id LIMIT ?1",
             self.tables.dead_letters
         )))
-        .bind(db_count(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::db("list dead letters"))?;
-        shared::dead_letters(&rows)
+        .bind(db_count(limit));
+        shared::dead_letters(&shared::fetch_all(&self.pool, query, "list dead letters").await?)
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

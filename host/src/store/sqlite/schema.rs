@@ -113,11 +113,7 @@ impl Sql {
 impl Tables {
     /// The table a maintenance step names.
     pub(super) fn of(&self, table: Table) -> &str {
-        match table {
-            Table::Incoming => &self.incoming,
-            Table::Outgoing => &self.outgoing,
-            Table::DeadLetters => &self.dead_letters,
-        }
+        table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     pub(super) fn ddl(&self) -> Vec<String> {

@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::config::DurabilityConfig;
 use crate::envelope::now_ms;
-use crate::store::{MessageStore, StoreResult};
+use crate::store::{MessageStore, Nodes, StoreResult};
 
 /// Rows deleted per statement by the cleanup (keeps each transaction short).
 const CLEANUP_BATCH: usize = 1000;
@@ -19,7 +19,7 @@ const CLEANUP_BATCH: usize = 1000;
 /// Register the node and take back what earlier runs of it (same name) or
 /// dead nodes left owned. Returns the rows released.
 pub async fn recover_on_start(
-    store: &dyn MessageStore,
+    store: &dyn Nodes,
     node_id: i64,
     name: &str,
     cfg: &DurabilityConfig,

@@ -16,7 +16,7 @@ use jasper_host::envelope::Envelope;
 use jasper_host::handling::local_row;
 use jasper_host::store::{
     self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, StateCheck,
-    StateWrite, StoreError,
+    Selection, StateWrite, StoreError,
 };
 use uuid::Uuid;
 
@@ -307,7 +307,7 @@ async fn retries_reschedule_and_dead_letters_replay_into_the_inbox(kind: Kind) {
     let dl = s.dead_letters(10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!((dl[0].error_kind.as_str(), dl[0].attempts), ("panic", 3));
-    assert_eq!(s.replay_dead_letters(&[]).await.unwrap(), 1);
+    assert_eq!(s.replay_dead_letters(&Selection::All).await.unwrap(), 1);
     let c = s.counts().await.unwrap();
     // The claimed retry counts as incoming too.
     assert_eq!((c.incoming, c.dead_letters), (2, 0));

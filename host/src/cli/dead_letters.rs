@@ -4,7 +4,7 @@ use clap::Subcommand;
 use uuid::Uuid;
 
 use super::ConfigArg;
-use crate::store;
+use crate::store::{self, Selection};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
@@ -61,14 +61,14 @@ pub async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
             let cfg = config.load()?;
             let store = store::open(&cfg.storage).await?;
             store.check_schema().await?;
-            let n = store.replay_dead_letters(&ids).await?;
+            let n = store.replay_dead_letters(&Selection::all_or(ids)).await?;
             println!("replayed {n} dead letter(s) into the inbox");
         }
         DeadLettersCommand::Purge { config, ids } => {
             let cfg = config.load()?;
             let store = store::open(&cfg.storage).await?;
             store.check_schema().await?;
-            let n = store.purge_dead_letters(&ids).await?;
+            let n = store.purge_dead_letters(&Selection::all_or(ids)).await?;
             println!("purged {n} dead letter(s)");
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::store::{MessageStore, StateCheck, StateValue, StateWrite, StoreError};
+use crate::store::{StateCheck, StateReader, StateValue, StateWrite, StoreError};
 
 type Key = (String, String);
 
@@ -60,7 +60,7 @@ impl BatchState {
 /// The state view of one handler call.
 #[derive(Debug)]
 pub struct StateView {
-    store: Option<Arc<dyn MessageStore>>,
+    store: Option<Arc<dyn StateReader>>,
     plugin: Arc<str>,
     pub(crate) batch: BatchState,
     own: HashMap<String, Option<Vec<u8>>>,
@@ -77,7 +77,7 @@ impl StateView {
         }
     }
 
-    pub fn new(store: Arc<dyn MessageStore>, plugin: Arc<str>, batch: BatchState) -> Self {
+    pub fn new(store: Arc<dyn StateReader>, plugin: Arc<str>, batch: BatchState) -> Self {
         StateView {
             store: Some(store),
             plugin,

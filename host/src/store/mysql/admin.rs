@@ -1,147 +1,132 @@
-//! The node sweep and dead-letter replay: the two maintenance operations
-//! that read before they write.
+//! The schema of the MySQL/MariaDB store (create, rebuild, drop, check,
+//! script), run under a named lock, and the whole-store commands (counts,
+//! clear).
 
-use std::collections::HashSet;
+use async_trait::async_trait;
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection};
 
-use sqlx::{AssertSqlSafe, Row};
-use uuid::Uuid;
-
-use super::super::{STATUS_INCOMING, StoreError, StoreResult};
 use super::MysqlStore;
-use super::commit::exec;
-use super::schema::{CHUNK, id_list, parse_id};
+use crate::store::error::{StoreError, StoreResult};
+use crate::store::faces::Admin;
+use crate::store::maintenance;
+use crate::store::rows::{Counts, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED};
+use crate::store::shared;
+
+/// How long a migration waits for another host's migration (seconds).
+const DDL_LOCK_WAIT: i64 = 30;
 
 impl MysqlStore {
-    pub(super) async fn release_dead_nodes_tx(
-        &self,
-        self_id: i64,
-        same_name: Option<&str>,
-        stale_before: i64,
-    ) -> StoreResult<u64> {
-        let op = "release dead nodes";
-        let nodes = &self.t.nodes;
-        let mut tx = self.begin().await?;
-        // Dead: another node whose heartbeat is stale or (at start-up) an
-        // earlier run with this node's name. Live: every other node.
-        let (dead, live) = match same_name {
-            Some(_) => (
-                format!("node_id <> {self_id} AND (heartbeat_at < {stale_before} OR name = ?)"),
-                format!("node_id = {self_id} OR (heartbeat_at >= {stale_before} AND name <> ?)"),
-            ),
-            None => (
-                format!("node_id <> {self_id} AND heartbeat_at < {stale_before}"),
-                format!("node_id = {self_id} OR heartbeat_at >= {stale_before}"),
-            ),
-        };
-        // Rows can also belong to nodes that never registered or were removed:
-        // anything not owned by a live node is orphaned. The owners are read
-        // before the live nodes: a node registers before it claims, so an
-        // owner seen here is either live in the next read or gone for good,
-        // and no row of a node that registered meanwhile is released. (One
-        // `NOT IN (SELECT … nodes)` could miss such a node under READ
-        // COMMITTED, its statement snapshot being older than its row reads.)
-        let tables = [&self.t.incoming, &self.t.outgoing];
-        let mut owners: Vec<Vec<i64>> = Vec::with_capacity(tables.len());
-        for table in tables {
-            owners.push(
-                sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT DISTINCT owner_id FROM {table} WHERE owner_id <> 0"
-                )))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::db(op))?,
-            );
-        }
-        let q = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT node_id FROM {nodes} WHERE {live}"
-        )));
-        let q = match same_name {
-            Some(name) => q.bind(name),
-            None => q,
-        };
-        let live: HashSet<i64> = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::db(op))?
-            .into_iter()
-            .collect();
-        let mut released = 0;
-        for (table, owners) in tables.into_iter().zip(owners) {
-            let orphans: Vec<String> = owners
-                .iter()
-                .filter(|o| !live.contains(o))
-                .map(i64::to_string)
-                .collect();
-            if !orphans.is_empty() {
-                let sql = format!(
-                    "UPDATE {table} SET owner_id = 0 WHERE owner_id IN ({})",
-                    orphans.join(",")
-                );
-                released += exec(&mut tx, sql, op).await?;
-            }
-        }
-        let q = sqlx::query(AssertSqlSafe(format!("DELETE FROM {nodes} WHERE {dead}")));
-        let q = match same_name {
-            Some(name) => q.bind(name),
-            None => q,
-        };
-        q.execute(&mut *tx).await.map_err(StoreError::db(op))?;
-        tx.commit().await.map_err(StoreError::db(op))?;
-        Ok(released)
-    }
-
-    pub(super) async fn replay_tx(&self, ids: &[Uuid]) -> StoreResult<u64> {
-        let op = "replay dead letters";
-        let t = &self.t;
-        let mut tx = self.begin().await?;
-        // Lock the dead letters first: one committed meanwhile must not be
-        // deleted without having been replayed.
-        let mut chosen: Vec<Uuid> = Vec::new();
-        let filters: Vec<String> = if ids.is_empty() {
-            vec![String::new()]
-        } else {
-            ids.chunks(CHUNK)
-                .map(|c| format!(" AND id IN ({})", id_list(c)))
-                .collect()
-        };
-        for filter in filters {
-            let rows = sqlx::raw_sql(AssertSqlSafe(format!(
-                "SELECT id FROM {} WHERE replayable <> 0{filter} ORDER BY id FOR UPDATE",
-                t.dead_letters
-            )))
-            .fetch_all(&mut *tx)
+    /// Run DDL on a connection of its own holding the named lock of this
+    /// prefix, so two hosts starting together take turns (MySQL DDL commits
+    /// by itself; the lock is what makes the script atomic to the other host).
+    /// The connection is closed afterwards, which also frees the lock if the
+    /// future is dropped half-way.
+    async fn ddl(&self, statements: &[String], op: &'static str) -> StoreResult<()> {
+        let mut conn = MySqlConnection::connect_with(&self.options)
             .await
             .map_err(StoreError::db(op))?;
-            for r in rows {
-                let id: String = r.try_get(0).map_err(StoreError::db(op))?;
-                chosen.push(parse_id(&id)?);
+        let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
+            .bind(&self.t.lock_name)
+            .bind(DDL_LOCK_WAIT)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(StoreError::db(op))?;
+        if got != Some(1) {
+            let _ = conn.close().await;
+            return Err(StoreError::Database {
+                operation: op,
+                source: sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "another host held the lock {:?} for {DDL_LOCK_WAIT} s",
+                        self.t.lock_name
+                    ),
+                )),
+            });
+        }
+        let mut result = Ok(());
+        for stmt in statements {
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(stmt.as_str()))
+                .execute(&mut conn)
+                .await
+            {
+                result = Err(StoreError::db(op)(e));
+                break;
             }
         }
-        // Back into the inbox as fresh attempts; an id still in the inbox wins.
-        let mut n = 0;
-        for chunk in chosen.chunks(CHUNK) {
-            let list = id_list(chunk);
-            n += exec(
-                &mut tx,
-                format!(
-                    "INSERT INTO {inc} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) \
-                     SELECT d.id, '{STATUS_INCOMING}', 0, NULL, 0, d.message_type, d.received_at, d.body \
-                     FROM {dl} d WHERE d.id IN ({list}) \
-                     AND NOT EXISTS (SELECT 1 FROM {inc} i WHERE i.id = d.id)",
-                    inc = t.incoming,
-                    dl = t.dead_letters
-                ),
-                op,
-            )
-            .await?;
-            exec(
-                &mut tx,
-                format!("DELETE FROM {} WHERE id IN ({list})", t.dead_letters),
-                op,
-            )
-            .await?;
+        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&self.t.lock_name)
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        result
+    }
+}
+
+#[async_trait]
+impl Admin for MysqlStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        self.ddl(&self.t.ddl(), "create schema").await
+    }
+
+    async fn rebuild(&self) -> StoreResult<()> {
+        let mut stmts = vec![self.t.drop_statement()];
+        stmts.extend(self.t.ddl());
+        self.ddl(&stmts, "rebuild schema").await
+    }
+
+    async fn drop_all(&self) -> StoreResult<()> {
+        self.ddl(&[self.t.drop_statement()], "drop schema").await
+    }
+
+    async fn check_schema(&self) -> StoreResult<()> {
+        let [a, b, c, d, e] = &self.t.raw;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name IN (?, ?, ?, ?, ?)",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(d)
+        .bind(e)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::db("check schema"))?;
+        shared::all_tables(n, || self.target.clone())
+    }
+
+    fn schema_script(&self) -> String {
+        let mut out = String::from(
+            "-- jasper-host message store (MySQL 8 / MariaDB 10.6+)\n\
+             -- Apply to the database that storage.url names, e.g. `mariadb DATABASE < FILE`.\n",
+        );
+        for stmt in self.t.ddl() {
+            out.push_str(&stmt);
+            out.push_str(";\n");
         }
-        tx.commit().await.map_err(StoreError::db(op))?;
-        Ok(n)
+        out
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        let op = "counts";
+        let (inc, out, dl) = (&self.t.incoming, &self.t.outgoing, &self.t.dead_letters);
+        let count = |from: &str, filter: &str| {
+            format!("CAST((SELECT COUNT(*) FROM {from}{filter}) AS SIGNED)")
+        };
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {}, {}, {}, {}, {}",
+            count(inc, &format!(" WHERE status = '{STATUS_INCOMING}'")),
+            count(inc, &format!(" WHERE status = '{STATUS_SCHEDULED}'")),
+            count(inc, &format!(" WHERE status = '{STATUS_HANDLED}'")),
+            count(out, ""),
+            count(dl, ""),
+        )));
+        shared::counts(&shared::fetch_one(&self.pool, query, op).await?)
+    }
+
+    async fn clear(&self) -> StoreResult<()> {
+        maintenance::clear(self).await
     }
 }

@@ -1,18 +1,30 @@
-//! The set-based statements of a group commit (and of `insert_incoming`):
-//! multi-row inserts in chunks, one `UPDATE … WHERE id IN (…)` per chunk of
-//! marks, version checks with one locking read over the touched state keys.
+//! The state reads of the MySQL/MariaDB store and its steps of the shared
+//! group commit and maintenance sequences (`store/commit.rs`,
+//! `store/maintenance.rs`): multi-row inserts in chunks that fit the packet
+//! size, one `UPDATE … WHERE id IN (…)` per chunk of marks, one locking read
+//! over the state keys a round touches.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use sqlx::mysql::{MySql, MySqlConnection};
-use sqlx::{AssertSqlSafe, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use super::super::{
-    DeadLetter, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
-    STATUS_SCHEDULED, StateCheck, StateWrite, StoreError, StoreResult,
+use super::MysqlStore;
+use super::schema::{Tables, chunks};
+use crate::store::commit::{CommitSteps, DeadLetterRow, StateKey, Versions};
+use crate::store::error::{StoreError, StoreResult};
+use crate::store::faces::StateReader;
+use crate::store::maintenance::{MaintenanceSteps, NodeSweep, OWNED, Table};
+use crate::store::rows::{
+    InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
+    STATUS_SCHEDULED, StateValue, StateWrite,
 };
-use super::schema::{CHUNK, Tables, chunks, id_list, parse_id};
+use crate::store::shared::{
+    self, CHUNK, Columns, incoming_values, inline_ids, outgoing_values, run,
+};
 
 /// How often a multi-row insert is tried again when a concurrent transaction
 /// committed one of its ids between the duplicate check and the insert.
@@ -22,12 +34,20 @@ const KEY_CHUNK: usize = 200;
 /// A generous allowance for a row's fixed-size columns and encoding overhead.
 const ROW_OVERHEAD: usize = 128;
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+/// One write transaction.
+pub(crate) struct MysqlTx {
+    pub(super) tx: Transaction<'static, MySql>,
+    pub(super) t: Arc<Tables>,
+    pub(super) budget: usize,
+}
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
 }
 
-/// Run an inlined statement (ids and integers only) as a plain text query.
+/// Run an inlined statement (ids and integers only) as a plain text query,
+/// which fills no prepared-statement cache.
 pub(super) async fn exec(
     conn: &mut MySqlConnection,
     sql: String,
@@ -40,6 +60,10 @@ pub(super) async fn exec(
         .map_err(StoreError::db(operation))
 }
 
+fn len_u64<T>(items: &[T]) -> u64 {
+    u64::try_from(items.len()).unwrap_or(u64::MAX)
+}
+
 /// The ids of `table` among `ids`, locked for this transaction.
 pub(super) async fn locked_ids<'a>(
     conn: &mut MySqlConnection,
@@ -47,7 +71,7 @@ pub(super) async fn locked_ids<'a>(
     ids: impl IntoIterator<Item = &'a Uuid>,
     operation: &'static str,
 ) -> StoreResult<HashSet<Uuid>> {
-    let list = id_list(ids);
+    let list = inline_ids(ids);
     if list.is_empty() {
         return Ok(HashSet::new());
     }
@@ -57,12 +81,7 @@ pub(super) async fn locked_ids<'a>(
     .fetch_all(conn)
     .await
     .map_err(StoreError::db(operation))?;
-    rows.iter()
-        .map(|r| {
-            let id: String = r.try_get(0).map_err(StoreError::db(operation))?;
-            parse_id(&id)
-        })
-        .collect()
+    rows.iter().map(|r| r.id(0, operation)).collect()
 }
 
 /// Insert incoming rows; every row not inserted (an id already present, or a
@@ -125,330 +144,194 @@ async fn insert_incoming_rows(
     t: &Tables,
     rows: &[&NewIncoming],
 ) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
-        "INSERT INTO {} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) ",
-        t.incoming
-    ));
-    qb.push_values(rows, |mut b, row| {
-        b.push_bind(row.id.to_string())
-            .push_bind(row.status())
-            .push_bind(row.owner_id)
-            .push_bind(row.execute_at)
-            .push_bind(i64::from(row.attempts))
-            .push_bind(row.message_type.as_str())
-            .push_bind(row.destination.as_str())
-            .push_bind(row.body.as_slice());
-    });
+    let mut qb = incoming_values::<MySql>(&t.incoming, rows.iter().copied());
     qb.build().execute(conn).await.map(|_| ())
 }
 
-/// Insert outgoing rows; an existing id (or a second copy in `rows`) is kept
-/// as it is.
-pub(super) async fn insert_outgoing(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    budget: usize,
-    rows: &[NewOutgoing],
-) -> StoreResult<()> {
-    let size =
-        |r: &NewOutgoing| r.body.len() + r.message_type.len() + r.destination.len() + ROW_OVERHEAD;
-    for chunk in chunks(rows, budget, size) {
-        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
-            "INSERT INTO {} (id, owner_id, destination, deliver_by, attempts, message_type, body) ",
-            t.outgoing
-        ));
-        qb.push_values(chunk, |mut b, row| {
-            b.push_bind(row.id.to_string())
-                .push_bind(row.owner_id)
-                .push_bind(row.destination.as_str())
-                .push_bind(row.deliver_by)
-                .push_bind(i64::from(row.attempts))
-                .push_bind(row.message_type.as_str())
-                .push_bind(row.body.as_slice());
-        });
-        qb.push(" ON DUPLICATE KEY UPDATE id = id");
-        qb.build()
-            .execute(&mut *conn)
+#[async_trait]
+impl CommitSteps for MysqlTx {
+    async fn lock_versions(&mut self, keys: &[StateKey<'_>]) -> StoreResult<Versions> {
+        lock_versions(&mut self.tx, &self.t, keys, "commit state").await
+    }
+
+    async fn upsert_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
+        upsert_state(&mut self.tx, &self.t, self.budget, writes, true)
             .await
-            .map_err(StoreError::db("insert outgoing"))?;
+            .map_err(StoreError::db("commit state"))?;
+        // `ON DUPLICATE KEY` counts 2 per updated row; every write went in.
+        Ok(len_u64(writes))
     }
-    Ok(())
-}
 
-/// Mark rows handled: one statement per keep time and chunk of ids.
-pub(super) async fn mark_handled(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    handled: &[(Uuid, i64)],
-) -> StoreResult<()> {
-    let mut by_keep: BTreeMap<i64, Vec<Uuid>> = BTreeMap::new();
-    for (id, keep) in handled {
-        by_keep.entry(*keep).or_default().push(*id);
-    }
-    for (keep, ids) in by_keep {
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE {} SET status = '{STATUS_HANDLED}', keep_until = {keep}, owner_id = 0 WHERE id IN ({})",
-                t.incoming,
-                id_list(chunk)
-            );
-            exec(conn, sql, "mark handled").await?;
-        }
-    }
-    Ok(())
-}
-
-/// Hand failed rows back for another attempt: one `UPDATE … CASE id …` per
-/// chunk. When an id appears twice, the last mark wins (as if applied in order).
-pub(super) async fn retry(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    retries: &[RetryMark],
-) -> StoreResult<()> {
-    let mut last: HashMap<Uuid, usize> = HashMap::with_capacity(retries.len());
-    for (i, r) in retries.iter().enumerate() {
-        last.insert(r.id, i);
-    }
-    let marks: Vec<&RetryMark> = retries
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| last.get(&r.id) == Some(i))
-        .map(|(_, r)| r)
-        .collect();
-    for chunk in marks.chunks(CHUNK) {
-        let (mut attempts, mut execute_at, mut status) =
-            (String::new(), String::new(), String::new());
-        for r in chunk {
-            let id = r.id;
-            attempts.push_str(&format!(" WHEN '{id}' THEN {}", r.attempts));
-            match r.execute_at {
-                Some(at) => {
-                    execute_at.push_str(&format!(" WHEN '{id}' THEN {at}"));
-                    status.push_str(&format!(" WHEN '{id}' THEN '{STATUS_SCHEDULED}'"));
-                }
-                None => {
-                    execute_at.push_str(&format!(" WHEN '{id}' THEN NULL"));
-                    status.push_str(&format!(" WHEN '{id}' THEN '{STATUS_INCOMING}'"));
-                }
-            }
-        }
-        // Each CASE depends on `id` only: MySQL evaluates SET left to right
-        // with the new values, so no expression may read an assigned column.
-        let sql = format!(
-            "UPDATE {} SET owner_id = 0, attempts = CASE id{attempts} END, \
-             execute_at = CASE id{execute_at} END, status = CASE id{status} END \
-             WHERE id IN ({})",
-            t.incoming,
-            id_list(chunk.iter().map(|r| &r.id))
-        );
-        exec(conn, sql, "retry").await?;
-    }
-    Ok(())
-}
-
-/// Move failed rows to dead letters: one `DELETE` per chunk of ids, then a
-/// multi-row upsert (a dead letter already there takes the new failure).
-pub(super) async fn dead_letters(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    budget: usize,
-    dead: &[DeadLetter],
-) -> StoreResult<()> {
-    let op = "dead-letter";
-    for chunk in dead.chunks(CHUNK) {
-        let sql = format!(
-            "DELETE FROM {} WHERE id IN ({})",
-            t.incoming,
-            id_list(chunk.iter().map(|d| &d.id))
-        );
-        exec(conn, sql, op).await?;
-    }
-    let size = |d: &DeadLetter| {
-        d.body.len()
-            + d.message_type.len()
-            + d.received_at.len()
-            + d.source.as_ref().map_or(0, String::len)
-            + d.error_kind.len()
-            + d.error_message.len()
-            + ROW_OVERHEAD
-    };
-    for chunk in chunks(dead, budget, size) {
-        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
-            "INSERT INTO {} (id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body) ",
-            t.dead_letters
-        ));
-        qb.push_values(chunk, |mut b, d| {
-            b.push_bind(d.id.to_string())
-                .push_bind(d.message_type.as_str())
-                .push_bind(d.received_at.as_str())
-                .push_bind(d.source.as_deref())
-                .push_bind(d.error_kind.as_str())
-                .push_bind(d.error_message.as_str())
-                .push_bind(d.failed_at)
-                .push_bind(i64::from(d.attempts))
-                .push_bind(d.replayable)
-                .push_bind(d.body.as_slice());
-        });
-        qb.push(
-            " ON DUPLICATE KEY UPDATE error_kind = VALUES(error_kind), error_message = VALUES(error_message), \
-             failed_at = VALUES(failed_at), attempts = VALUES(attempts), body = VALUES(body)",
-        );
-        qb.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::db(op))?;
-    }
-    Ok(())
-}
-
-type Key<'a> = (&'a str, &'a str);
-
-/// Does the version found (`None`: absent) match the version a batch read
-/// (0: absent)?
-fn version_matches(found: Option<i64>, expected: i64) -> bool {
-    match found {
-        None => expected == 0,
-        Some(v) => expected != 0 && v == expected,
-    }
-}
-
-fn stale(plugin: &str, key: &str, expected: i64) -> StoreError {
-    StoreError::StaleState {
-        plugin: plugin.to_string(),
-        key: key.to_string(),
-        expected,
-    }
-}
-
-/// Apply state writes and checks. Every version-checked key is read with one
-/// locking read (`FOR UPDATE`, so it cannot change before the commit), any
-/// mismatch fails with [`StoreError::StaleState`], then the writes go as one
-/// multi-row upsert, one multi-row insert (keys that were absent) and one
-/// delete. A key written twice in one batch (the host never does) goes to a
-/// later round, so the outcome is that of applying the writes in order.
-pub(super) async fn write_state(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    budget: usize,
-    writes: &[StateWrite],
-    checks: &[StateCheck],
-) -> StoreResult<()> {
-    let mut rounds: Vec<Vec<&StateWrite>> = vec![Vec::new()];
-    let mut times: HashMap<Key, usize> = HashMap::with_capacity(writes.len());
-    for w in writes {
-        let n = times.entry((&w.plugin, &w.key)).or_insert(0);
-        if rounds.len() <= *n {
-            rounds.push(Vec::new());
-        }
-        if let Some(round) = rounds.get_mut(*n) {
-            round.push(w);
-        }
-        *n += 1;
-    }
-    for (i, round) in rounds.iter().enumerate() {
-        let checks = if i == 0 { checks } else { &[] };
-        write_round(conn, t, budget, round, checks).await?;
-    }
-    Ok(())
-}
-
-async fn write_round(
-    conn: &mut MySqlConnection,
-    t: &Tables,
-    budget: usize,
-    writes: &[&StateWrite],
-    checks: &[StateCheck],
-) -> StoreResult<()> {
-    let op = "commit state";
-    let mut keys: Vec<Key> = checks
-        .iter()
-        .map(|c| (c.plugin.as_str(), c.key.as_str()))
-        .chain(
-            writes
-                .iter()
-                .filter(|w| w.expected_version.is_some())
-                .map(|w| (w.plugin.as_str(), w.key.as_str())),
-        )
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let found = lock_versions(conn, t, &keys, op).await?;
-    let version = |plugin: &str, key: &str| {
-        found
-            .get(&(plugin.as_bytes().to_vec(), key.as_bytes().to_vec()))
-            .copied()
-    };
-    for c in checks {
-        if !version_matches(version(&c.plugin, &c.key), c.expected_version) {
-            return Err(stale(&c.plugin, &c.key, c.expected_version));
-        }
-    }
-    for w in writes {
-        if let Some(e) = w.expected_version
-            && !version_matches(version(&w.plugin, &w.key), e)
-        {
-            return Err(stale(&w.plugin, &w.key, e));
+    /// A plain insert, so that a key another transaction created meanwhile
+    /// (absent keys take no lock) fails it: fewer rows than asked.
+    async fn insert_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
+        match upsert_state(&mut self.tx, &self.t, self.budget, writes, false).await {
+            Ok(()) => Ok(len_u64(writes)),
+            Err(e) if is_unique_violation(&e) => Ok(0),
+            Err(e) => Err(StoreError::db("commit state")(e)),
         }
     }
 
-    // Present (or not checked): insert or bump. Checked rows are locked, so
-    // the upsert finds them exactly as read.
-    let upserts: Vec<&StateWrite> = writes
-        .iter()
-        .copied()
-        .filter(|w| w.value.is_some() && w.expected_version != Some(0))
-        .collect();
-    upsert_state(conn, t, budget, &upserts, true)
-        .await
-        .map_err(StoreError::db(op))?;
+    /// The rows are locked and their versions checked: an upsert that bumps
+    /// them finds them exactly as read.
+    async fn update_states(&mut self, writes: &[&StateWrite]) -> StoreResult<u64> {
+        self.upsert_states(writes).await
+    }
 
-    // Absent when read: a plain insert, so that a key another transaction
-    // created meanwhile (absent keys take no lock) fails as stale.
-    let inserts: Vec<&StateWrite> = writes
-        .iter()
-        .copied()
-        .filter(|w| w.value.is_some() && w.expected_version == Some(0))
-        .collect();
-    if let Err(e) = upsert_state(conn, t, budget, &inserts, false).await {
-        if !is_unique_violation(&e) {
-            return Err(StoreError::db(op)(e));
-        }
-        let keys: Vec<Key> = inserts
+    /// Checked or not, a plain delete: checked rows are locked as read.
+    async fn delete_states(&mut self, writes: &[&StateWrite], _checked: bool) -> StoreResult<u64> {
+        let keys: Vec<StateKey<'_>> = writes
             .iter()
             .map(|w| (w.plugin.as_str(), w.key.as_str()))
             .collect();
-        let now = lock_versions(conn, t, &keys, op).await?;
-        let culprit = inserts
-            .iter()
-            .find(|w| now.contains_key(&(w.plugin.as_bytes().to_vec(), w.key.as_bytes().to_vec())))
-            .or(inserts.first());
-        return Err(match culprit {
-            Some(w) => stale(&w.plugin, &w.key, 0),
-            None => StoreError::db(op)(e),
-        });
+        let mut n = 0;
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let mut qb: QueryBuilder<MySql> =
+                QueryBuilder::new(format!("DELETE FROM {} WHERE ", self.t.state));
+            push_keys(&mut qb, chunk);
+            n += qb
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(StoreError::db("commit state"))?
+                .rows_affected();
+        }
+        Ok(n)
     }
 
-    // Deletes; one checked against 0 (absent when read) is already done.
-    let deletes: Vec<Key> = writes
-        .iter()
-        .filter(|w| w.value.is_none() && w.expected_version != Some(0))
-        .map(|w| (w.plugin.as_str(), w.key.as_str()))
-        .collect();
-    for chunk in deletes.chunks(KEY_CHUNK) {
-        let mut qb: QueryBuilder<MySql> =
-            QueryBuilder::new(format!("DELETE FROM {} WHERE ", t.state));
-        push_keys(&mut qb, chunk);
-        qb.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::db(op))?;
+    async fn insert_incoming(&mut self, rows: &[NewIncoming]) -> StoreResult<InsertReport> {
+        let mut report = InsertReport::default();
+        insert_incoming(&mut self.tx, &self.t, self.budget, rows, &mut report).await?;
+        Ok(report)
     }
-    Ok(())
+
+    async fn mark_handled(&mut self, keep_until: i64, ids: &[Uuid]) -> StoreResult<u64> {
+        let mut n = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE {} SET status = '{STATUS_HANDLED}', keep_until = {keep_until}, owner_id = 0 WHERE id IN ({})",
+                self.t.incoming,
+                inline_ids(chunk)
+            );
+            n += exec(&mut self.tx, sql, "mark handled").await?;
+        }
+        Ok(n)
+    }
+
+    /// An existing id is kept as it is (`ON DUPLICATE KEY UPDATE id = id`).
+    async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64> {
+        let size = |r: &NewOutgoing| {
+            r.body.len() + r.message_type.len() + r.destination.len() + ROW_OVERHEAD
+        };
+        let mut n = 0;
+        for chunk in chunks(rows, self.budget, size) {
+            let mut qb = outgoing_values::<MySql>(&self.t.outgoing, chunk);
+            qb.push(" ON DUPLICATE KEY UPDATE id = id");
+            n += run(&mut *self.tx, qb.build(), "insert outgoing").await?;
+        }
+        Ok(n)
+    }
+
+    /// One `UPDATE … CASE id …` per chunk.
+    async fn retry(&mut self, marks: &[&RetryMark]) -> StoreResult<u64> {
+        let mut n = 0;
+        for chunk in marks.chunks(CHUNK) {
+            let (mut attempts, mut execute_at, mut status) =
+                (String::new(), String::new(), String::new());
+            for r in chunk {
+                let id = r.id;
+                attempts.push_str(&format!(" WHEN '{id}' THEN {}", r.attempts));
+                match r.execute_at {
+                    Some(at) => {
+                        execute_at.push_str(&format!(" WHEN '{id}' THEN {at}"));
+                        status.push_str(&format!(" WHEN '{id}' THEN '{STATUS_SCHEDULED}'"));
+                    }
+                    None => {
+                        execute_at.push_str(&format!(" WHEN '{id}' THEN NULL"));
+                        status.push_str(&format!(" WHEN '{id}' THEN '{STATUS_INCOMING}'"));
+                    }
+                }
+            }
+            // Each CASE depends on `id` only: MySQL evaluates SET left to right
+            // with the new values, so no expression may read an assigned column.
+            let sql = format!(
+                "UPDATE {} SET owner_id = 0, attempts = CASE id{attempts} END, \
+             execute_at = CASE id{execute_at} END, status = CASE id{status} END \
+             WHERE id IN ({})",
+                self.t.incoming,
+                inline_ids(chunk.iter().map(|r| &r.id))
+            );
+            n += exec(&mut self.tx, sql, "retry").await?;
+        }
+        Ok(n)
+    }
+
+    async fn delete_incoming(&mut self, ids: &[Uuid]) -> StoreResult<u64> {
+        let mut n = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM {} WHERE id IN ({})",
+                self.t.incoming,
+                inline_ids(chunk)
+            );
+            n += exec(&mut self.tx, sql, "dead-letter").await?;
+        }
+        Ok(n)
+    }
+
+    /// A multi-row upsert per chunk (a dead letter already there takes the
+    /// new failure).
+    async fn upsert_dead_letters(&mut self, dead: &[DeadLetterRow<'_>]) -> StoreResult<u64> {
+        let size = |d: &DeadLetterRow<'_>| {
+            d.last.body.len()
+                + d.first.message_type.len()
+                + d.first.received_at.len()
+                + d.first.source.as_ref().map_or(0, String::len)
+                + d.last.error_kind.len()
+                + d.last.error_message.len()
+                + ROW_OVERHEAD
+        };
+        for chunk in chunks(dead, self.budget, size) {
+            let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
+                "INSERT INTO {} (id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body) ",
+                self.t.dead_letters
+            ));
+            qb.push_values(chunk, |mut b, DeadLetterRow { first, last }| {
+                b.push_bind(first.id.hyphenated())
+                    .push_bind(first.message_type.as_str())
+                    .push_bind(first.received_at.as_str())
+                    .push_bind(first.source.as_deref())
+                    .push_bind(last.error_kind.as_str())
+                    .push_bind(last.error_message.as_str())
+                    .push_bind(last.failed_at)
+                    .push_bind(i64::from(last.attempts))
+                    .push_bind(first.replayable)
+                    .push_bind(last.body.as_slice());
+            });
+            qb.push(
+                " ON DUPLICATE KEY UPDATE error_kind = VALUES(error_kind), error_message = VALUES(error_message), \
+                 failed_at = VALUES(failed_at), attempts = VALUES(attempts), body = VALUES(body)",
+            );
+            qb.build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(StoreError::db("dead-letter"))?;
+        }
+        // `ON DUPLICATE KEY` counts 2 per updated row; every row went in.
+        Ok(len_u64(dead))
+    }
+
+    async fn finish(self) -> StoreResult<()> {
+        self.tx
+            .commit()
+            .await
+            .map_err(StoreError::db("commit batch"))
+    }
 }
 
 /// `(plugin = ? AND `key` = ?) OR …`: a range read of the primary key on
 /// MySQL and MariaDB alike (row-constructor `IN` is not optimised everywhere).
-fn push_keys(qb: &mut QueryBuilder<MySql>, keys: &[Key]) {
+fn push_keys(qb: &mut QueryBuilder<MySql>, keys: &[StateKey<'_>]) {
     for (i, (plugin, key)) in keys.iter().enumerate() {
         if i > 0 {
             qb.push(" OR ");
@@ -465,10 +348,10 @@ fn push_keys(qb: &mut QueryBuilder<MySql>, keys: &[Key]) {
 async fn lock_versions(
     conn: &mut MySqlConnection,
     t: &Tables,
-    keys: &[Key<'_>],
+    keys: &[StateKey<'_>],
     op: &'static str,
-) -> StoreResult<HashMap<(Vec<u8>, Vec<u8>), i64>> {
-    let mut out = HashMap::new();
+) -> StoreResult<Versions> {
+    let mut out = Versions::new();
     for chunk in keys.chunks(KEY_CHUNK) {
         let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
             "SELECT plugin, `key`, version FROM {} WHERE ",
@@ -482,8 +365,12 @@ async fn lock_versions(
             .await
             .map_err(StoreError::db(op))?;
         for r in rows {
+            // VARBINARY columns: the bytes of the strings bound.
             let plugin: Vec<u8> = r.try_get(0).map_err(StoreError::db(op))?;
             let key: Vec<u8> = r.try_get(1).map_err(StoreError::db(op))?;
+            let (Ok(plugin), Ok(key)) = (String::from_utf8(plugin), String::from_utf8(key)) else {
+                continue;
+            };
             let version: i64 = r.try_get(2).map_err(StoreError::db(op))?;
             out.insert((plugin, key), version);
         }
@@ -520,4 +407,114 @@ async fn upsert_state(
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+#[async_trait]
+impl MaintenanceSteps for MysqlTx {
+    /// The owners are read before the live nodes: a node registers before it
+    /// claims, so an owner seen here is either live in the next read or gone
+    /// for good, and no row of a node that registered meanwhile is released.
+    /// (One `NOT IN (SELECT … nodes)` could miss such a node under READ
+    /// COMMITTED, its statement snapshot being older than its row reads.)
+    async fn release_orphans(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+        let op = "release dead nodes";
+        let mut owners: Vec<Vec<i64>> = Vec::with_capacity(OWNED.len());
+        for table in OWNED {
+            owners.push(
+                sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT DISTINCT owner_id FROM {} WHERE owner_id <> 0",
+                    self.t.of(table)
+                )))
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(StoreError::db(op))?,
+            );
+        }
+        let (self_id, stale_before) = (sweep.self_id, sweep.stale_before);
+        let live = match sweep.same_name {
+            Some(_) => {
+                format!("node_id = {self_id} OR (heartbeat_at >= {stale_before} AND name <> ?)")
+            }
+            None => format!("node_id = {self_id} OR heartbeat_at >= {stale_before}"),
+        };
+        let q = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT node_id FROM {} WHERE {live}",
+            self.t.nodes
+        )));
+        let q = match sweep.same_name {
+            Some(name) => q.bind(name),
+            None => q,
+        };
+        let live: HashSet<i64> = q
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(StoreError::db(op))?
+            .into_iter()
+            .collect();
+        let mut released = 0;
+        for (table, owners) in OWNED.into_iter().zip(owners) {
+            let orphans: Vec<String> = owners
+                .iter()
+                .filter(|o| !live.contains(o))
+                .map(i64::to_string)
+                .collect();
+            if !orphans.is_empty() {
+                let sql = format!(
+                    "UPDATE {} SET owner_id = 0 WHERE owner_id IN ({})",
+                    self.t.of(table),
+                    orphans.join(",")
+                );
+                released += exec(&mut self.tx, sql, op).await?;
+            }
+        }
+        Ok(released)
+    }
+
+    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+        let (self_id, stale_before) = (sweep.self_id, sweep.stale_before);
+        let dead = match sweep.same_name {
+            Some(_) => {
+                format!("node_id <> {self_id} AND (heartbeat_at < {stale_before} OR name = ?)")
+            }
+            None => format!("node_id <> {self_id} AND heartbeat_at < {stale_before}"),
+        };
+        let q = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE {dead}",
+            self.t.nodes
+        )));
+        let q = match sweep.same_name {
+            Some(name) => q.bind(name),
+            None => q,
+        };
+        Ok(q.execute(&mut *self.tx)
+            .await
+            .map_err(StoreError::db("release dead nodes"))?
+            .rows_affected())
+    }
+
+    async fn release_owned(&mut self, table: Table) -> StoreResult<u64> {
+        let sql = format!(
+            "UPDATE {} SET owner_id = 0 WHERE owner_id <> 0",
+            self.t.of(table)
+        );
+        exec(&mut self.tx, sql, "release owned rows").await
+    }
+
+    async fn delete_all(&mut self, table: Table) -> StoreResult<u64> {
+        let sql = format!("DELETE FROM {}", self.t.of(table));
+        exec(&mut self.tx, sql, "clear messages").await
+    }
+}
+
+#[async_trait]
+impl StateReader for MysqlStore {
+    async fn read_state(&self, plugin: &str, key: &str) -> StoreResult<Option<StateValue>> {
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT value, version FROM {} WHERE plugin = ? AND `key` = ?",
+            self.t.state
+        )))
+        .bind(plugin.as_bytes())
+        .bind(key.as_bytes());
+        shared::state_value(shared::fetch_optional(&self.pool, query, "read state").await?)
+    }
 }

@@ -1,8 +1,8 @@
-//! Table names, DDL and small SQL helpers of the MySQL/MariaDB store.
+//! Table names and DDL of the MySQL/MariaDB store, and the split of rows
+//! into statements that fit the server's packet size.
 
-use uuid::Uuid;
-
-use super::super::{StoreError, StoreResult};
+use crate::store::maintenance::Table;
+use crate::store::shared::CHUNK;
 
 /// The longest table suffix (`_dead_letters` is 13 characters with its `_`).
 const LONGEST_SUFFIX: usize = "_dead_letters".len();
@@ -39,6 +39,11 @@ impl Tables {
             lock_name: format!("{schema}_migrate"),
             raw,
         }
+    }
+
+    /// The table a maintenance step names.
+    pub fn of(&self, table: Table) -> &str {
+        table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     /// `DROP TABLE IF EXISTS` of every table, as one statement.
@@ -84,32 +89,6 @@ impl Tables {
     }
 }
 
-pub(super) fn parse_id(text: &str) -> StoreResult<Uuid> {
-    Uuid::parse_str(text).map_err(|e| StoreError::Database {
-        operation: "read message id",
-        source: sqlx::Error::Decode(Box::new(e)),
-    })
-}
-
-/// `'id','id',…` for an `IN (…)` list. Uuids render as `[0-9a-f-]` only, so
-/// quoting them inline is safe; inlined lists run as plain text queries
-/// (`raw_sql`), which fill no prepared-statement cache.
-pub(super) fn id_list<'a>(ids: impl IntoIterator<Item = &'a Uuid>) -> String {
-    let mut out = String::new();
-    for id in ids {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push('\'');
-        out.push_str(&id.to_string());
-        out.push('\'');
-    }
-    out
-}
-
-/// Rows per multi-row statement.
-pub(super) const CHUNK: usize = 500;
-
 /// Split `rows` into runs of at most [`CHUNK`] rows and about `budget` bytes
 /// (a statement must fit in the server's `max_allowed_packet`); a row larger
 /// than the budget goes alone.
@@ -130,35 +109,9 @@ pub(super) fn chunks<T>(rows: &[T], budget: usize, size: impl Fn(&T) -> usize) -
     out
 }
 
-/// The URL without its password, for error messages.
-pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_left_out_of_targets() {
-        assert_eq!(
-            redact("mysql://root:s3cr/t@db:3306/test?ssl-mode=required"),
-            "mysql://root@db:3306/test?ssl-mode=required"
-        );
-        assert_eq!(redact("mysql://root@db/test"), "mysql://root@db/test");
-        assert_eq!(redact("mariadb://db/test"), "mariadb://db/test");
-    }
 
     #[test]
     fn chunks_respect_rows_and_bytes() {

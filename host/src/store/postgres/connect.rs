@@ -1,7 +1,6 @@
 //! Connecting to PostgreSQL: one probe connection that names what is wrong
 //! (unreachable server, wrong credentials, missing database), then the pool.
 
-use std::borrow::Cow;
 use std::io;
 use std::str::FromStr;
 use std::time::Duration;
@@ -83,76 +82,10 @@ pub(super) async fn pool(url: &str, target: &str) -> StoreResult<PgPool> {
     Ok(pool)
 }
 
-/// `url` without its password (in the user info or a `password=` parameter).
-pub(super) fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (head, rest) = url.split_at(start);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority: Cow<'_, str> = match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!("{}{}", &authority[..colon], &authority[at..]).into(),
-            None => authority.into(),
-        },
-        None => authority.into(),
-    };
-    let tail: Cow<'_, str> = match tail.split_once('?') {
-        Some((path, query)) => {
-            let (query, fragment) = match query.split_once('#') {
-                Some((q, f)) => (q, Some(f)),
-                None => (query, None),
-            };
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|p| {
-                    let key = p.split('=').next().unwrap_or_default();
-                    !key.eq_ignore_ascii_case("password")
-                })
-                .collect();
-            let mut t = path.to_owned();
-            if !kept.is_empty() {
-                t.push('?');
-                t.push_str(&kept.join("&"));
-            }
-            if let Some(f) = fragment {
-                t.push('#');
-                t.push_str(f);
-            }
-            t.into()
-        }
-        None => tail.into(),
-    };
-    format!("{head}{authority}{tail}")
-}
-
 /// Where the options point, for "is unreachable" messages.
 fn server_of(options: &PgConnectOptions) -> String {
     match options.get_socket() {
         Some(path) => format!("socket {}", path.display()),
         None => format!("{}:{}", options.get_host(), options.get_port()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn the_password_is_left_out_of_the_target() {
-        assert_eq!(
-            redact("postgres://u:secret@db:5432/app"),
-            "postgres://u@db:5432/app"
-        );
-        assert_eq!(
-            redact("postgres://u@db/app?sslmode=require&password=secret"),
-            "postgres://u@db/app?sslmode=require"
-        );
-        assert_eq!(
-            redact("postgresql://u:p%40ss@db/app?password=x"),
-            "postgresql://u@db/app"
-        );
-        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
     }
 }

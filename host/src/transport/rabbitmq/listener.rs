@@ -21,7 +21,7 @@ use tracing::{Instrument, error, field, info, info_span, warn};
 use super::RabbitSettings;
 use super::mapping::from_amqp;
 use crate::envelope::{Envelope, Limits, now_ms};
-use crate::store::{CommitBatch, DeadLetter, MessageStore};
+use crate::store::{CommitBatch, DeadLetter, GroupCommit};
 use crate::transport::receive::Inbox;
 use crate::transport::{LinkError, Verdict};
 
@@ -231,7 +231,7 @@ async fn take_batch(
 }
 
 async fn dead_letter(
-    store: &dyn MessageStore,
+    store: &dyn GroupCommit,
     uri: &str,
     refused: Vec<(Envelope, &'static str, String)>,
 ) -> Result<(), String> {

@@ -2,14 +2,14 @@
 //! the DDL (one statement per object, so `migrate` can skip what exists), and
 //! every statement the store runs, built once per store.
 //!
-//! Ids are native `uuid` columns. sqlx's `uuid` feature is not enabled, so ids
-//! travel as text: bound as `text[]` and cast (`$1::text[]::uuid[]`), read
-//! back as `id::text`. PostgreSQL orders `uuid` byte by byte, which for
-//! UUIDv7 is creation-time order, the order the claim queries rely on.
+//! Ids are native `uuid` columns, bound and read as `Uuid` (`uuid[]` for
+//! sets). PostgreSQL orders `uuid` byte by byte, which for UUIDv7 is
+//! creation-time order, the order the claim queries rely on.
 
 use std::sync::Arc;
 
-use super::super::{STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED};
+use crate::store::maintenance::Table;
+use crate::store::rows::{STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED};
 
 /// `"name"` with embedded quotes doubled (the schema is validated anyway).
 pub(super) fn quote_ident(name: &str) -> String {
@@ -79,6 +79,11 @@ impl Names {
             state: t(TABLES[4]),
             schema_q,
         }
+    }
+
+    /// The table a maintenance step names.
+    pub fn of(&self, table: Table) -> &str {
+        table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     pub fn all(&self) -> [&str; 5] {
@@ -235,17 +240,14 @@ pub(super) struct Statements {
     pub register_node: Arc<str>,
     pub heartbeat: Arc<str>,
     pub remove_node: Arc<str>,
-    pub dead_nodes: Arc<str>,
     pub release_orphans: [Arc<str>; 2],
-    pub forget_nodes: Arc<str>,
-    pub release_all: [Arc<str>; 2],
+    pub forget_dead_nodes: Arc<str>,
     pub counts: Arc<str>,
     pub dead_letters: Arc<str>,
     pub replay_all: Arc<str>,
     pub replay_ids: Arc<str>,
     pub purge_all: Arc<str>,
     pub purge_ids: Arc<str>,
-    pub clear: [Arc<str>; 3],
     pub check_schema: Arc<str>,
     pub existing_objects: Arc<str>,
 }
@@ -290,7 +292,7 @@ impl Statements {
                    ORDER BY execute_at LIMIT GREATEST($3 - (SELECT count(*) FROM ready), 0) FOR UPDATE SKIP LOCKED) \
                  UPDATE {inc} SET owner_id = $1, status = '{STATUS_INCOMING}' \
                  WHERE id IN (SELECT id FROM ready UNION ALL SELECT id FROM due) \
-                 RETURNING id::text, attempts, received_at, body"
+                 RETURNING id, attempts, received_at, body"
             )),
             next_scheduled: s(format!(
                 "SELECT MIN(execute_at) FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0"
@@ -302,36 +304,36 @@ impl Statements {
             // is skipped like any existing id: RETURNING names what went in.
             insert_incoming: s(format!(
                 "INSERT INTO {inc} (id, status, owner_id, execute_at, attempts, message_type, received_at, body) \
-                 SELECT r.id::uuid, CASE WHEN r.execute_at IS NULL THEN '{STATUS_INCOMING}' ELSE '{STATUS_SCHEDULED}' END, \
+                 SELECT r.id, CASE WHEN r.execute_at IS NULL THEN '{STATUS_INCOMING}' ELSE '{STATUS_SCHEDULED}' END, \
                         r.owner_id, r.execute_at, r.attempts, r.message_type, r.received_at, r.body \
-                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bytea[]) \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bytea[]) \
                       AS r(id, owner_id, execute_at, attempts, message_type, received_at, body) \
-                 ON CONFLICT (id) DO NOTHING RETURNING id::text"
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
             )),
             mark_handled: s(format!(
                 "UPDATE {inc} SET status = '{STATUS_HANDLED}', keep_until = $1, owner_id = 0 \
-                 WHERE id = ANY($2::text[]::uuid[])"
+                 WHERE id = ANY($2::uuid[])"
             )),
             insert_outgoing: s(format!(
                 "INSERT INTO {out} (id, owner_id, destination, deliver_by, attempts, message_type, body) \
-                 SELECT r.id::uuid, r.owner_id, r.destination, r.deliver_by, r.attempts, r.message_type, r.body \
-                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[]) \
+                 SELECT r.id, r.owner_id, r.destination, r.deliver_by, r.attempts, r.message_type, r.body \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[]) \
                       AS r(id, owner_id, destination, deliver_by, attempts, message_type, body) \
                  ON CONFLICT (id) DO NOTHING"
             )),
             retry: s(format!(
                 "UPDATE {inc} AS i SET owner_id = 0, attempts = r.attempts, execute_at = r.execute_at, \
                  status = CASE WHEN r.execute_at IS NULL THEN '{STATUS_INCOMING}' ELSE '{STATUS_SCHEDULED}' END \
-                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(id, attempts, execute_at) \
-                 WHERE i.id = r.id::uuid"
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(id, attempts, execute_at) \
+                 WHERE i.id = r.id"
             )),
             delete_incoming: s(format!(
-                "DELETE FROM {inc} WHERE id = ANY($1::text[]::uuid[])"
+                "DELETE FROM {inc} WHERE id = ANY($1::uuid[])"
             )),
             insert_dead: s(format!(
                 "INSERT INTO {dl} (id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body) \
-                 SELECT r.id::uuid, r.message_type, r.received_at, r.source, r.error_kind, r.error_message, r.failed_at, r.attempts, r.replayable, r.body \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::boolean[], $10::bytea[]) \
+                 SELECT r.id, r.message_type, r.received_at, r.source, r.error_kind, r.error_message, r.failed_at, r.attempts, r.replayable, r.body \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::boolean[], $10::bytea[]) \
                       AS r(id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body) \
                  ON CONFLICT (id) DO UPDATE SET error_kind = EXCLUDED.error_kind, error_message = EXCLUDED.error_message, \
                  failed_at = EXCLUDED.failed_at, attempts = EXCLUDED.attempts, body = EXCLUDED.body"
@@ -373,10 +375,10 @@ impl Statements {
                 "WITH free AS ( \
                    SELECT id FROM {out} WHERE owner_id = 0 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE {out} SET owner_id = $1 WHERE id IN (SELECT id FROM free) \
-                 RETURNING id::text, destination, deliver_by, attempts, body"
+                 RETURNING id, destination, deliver_by, attempts, body"
             )),
             delete_outgoing: s(format!(
-                "DELETE FROM {out} WHERE id = ANY($1::text[]::uuid[])"
+                "DELETE FROM {out} WHERE id = ANY($1::uuid[])"
             )),
             delete_expired_handled: s(format!(
                 "WITH expired AS ( \
@@ -391,19 +393,14 @@ impl Statements {
                 "UPDATE {nodes} SET heartbeat_at = $2 WHERE node_id = $1"
             )),
             remove_node: s(format!("DELETE FROM {nodes} WHERE node_id = $1")),
-            dead_nodes: s(format!(
-                "SELECT node_id FROM {nodes} WHERE node_id <> $1 AND (heartbeat_at < $3 OR ($2::text IS NOT NULL AND name = $2::text))"
-            )),
             release_orphans: [inc, out].map(|table| {
                 s(format!(
                     "UPDATE {table} SET owner_id = 0 WHERE owner_id <> 0 AND owner_id NOT IN ({live})"
                 ))
             }),
-            forget_nodes: s(format!(
-                "DELETE FROM {nodes} WHERE node_id = ANY($1::bigint[])"
+            forget_dead_nodes: s(format!(
+                "DELETE FROM {nodes} WHERE node_id <> $1 AND (heartbeat_at < $3 OR ($2::text IS NOT NULL AND name = $2::text))"
             )),
-            release_all: [inc, out]
-                .map(|table| s(format!("UPDATE {table} SET owner_id = 0 WHERE owner_id <> 0"))),
             counts: s(format!(
                 "SELECT \
                    (SELECT count(*) FROM {inc} WHERE status = '{STATUS_INCOMING}'), \
@@ -413,16 +410,15 @@ impl Statements {
                    (SELECT count(*) FROM {dl})"
             )),
             dead_letters: s(format!(
-                "SELECT id::text, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
+                "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
                  FROM {dl} ORDER BY failed_at, id LIMIT $1"
             )),
             replay_all: replay("replayable"),
-            replay_ids: replay("replayable AND id = ANY($1::text[]::uuid[])"),
+            replay_ids: replay("replayable AND id = ANY($1::uuid[])"),
             purge_all: s(format!("DELETE FROM {dl}")),
             purge_ids: s(format!(
-                "DELETE FROM {dl} WHERE id = ANY($1::text[]::uuid[])"
+                "DELETE FROM {dl} WHERE id = ANY($1::uuid[])"
             )),
-            clear: [inc, out, dl].map(|table| s(format!("DELETE FROM {table}"))),
             check_schema: s(
                 "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = ANY($2::text[])"
                     .to_owned(),

@@ -1,0 +1,193 @@
+//! The rows the message store takes and gives back, the batch a group commit
+//! makes durable, and the selection of dead letters an operator acts on. Plain
+//! data: no SQL, no backend.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Status of a row in the incoming table.
+pub const STATUS_INCOMING: &str = "incoming";
+pub const STATUS_SCHEDULED: &str = "scheduled";
+pub const STATUS_HANDLED: &str = "handled";
+
+/// A new row for the incoming table.
+#[derive(Debug, Clone)]
+pub struct NewIncoming {
+    pub id: Uuid,
+    pub message_type: String,
+    /// Where it is to be handled, e.g. `local://audit`.
+    pub destination: String,
+    /// Owner node; 0 lets any node claim it.
+    pub owner_id: i64,
+    /// `Some(t)`: scheduled, to run at `t` (ms).
+    pub execute_at: Option<i64>,
+    pub attempts: u32,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+}
+
+impl NewIncoming {
+    /// The status the row starts in: scheduled when it has a time to run at.
+    pub fn status(&self) -> &'static str {
+        if self.execute_at.is_some() {
+            STATUS_SCHEDULED
+        } else {
+            STATUS_INCOMING
+        }
+    }
+}
+
+/// A new row for the outgoing table: a message for a remote destination,
+/// written in the handler's transaction and deleted once the peer confirms.
+#[derive(Debug, Clone)]
+pub struct NewOutgoing {
+    pub id: Uuid,
+    pub destination: String,
+    pub deliver_by: Option<i64>,
+    pub attempts: u32,
+    pub message_type: String,
+    /// The node that will send it; 0 lets any node take it.
+    pub owner_id: i64,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+}
+
+/// An outgoing row taken for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRow {
+    pub id: Uuid,
+    pub destination: String,
+    pub deliver_by: Option<i64>,
+    pub attempts: u32,
+    pub body: Vec<u8>,
+}
+
+/// What `insert_incoming` did.
+#[derive(Debug, Default, Clone)]
+pub struct InsertReport {
+    pub inserted: usize,
+    /// Ids already present (the inbox dedupes by id).
+    pub duplicates: Vec<Uuid>,
+}
+
+/// A row claimed by this node for handling.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: Uuid,
+    pub attempts: u32,
+    pub destination: String,
+    pub body: Vec<u8>,
+}
+
+/// A committed state value and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateValue {
+    pub value: Vec<u8>,
+    pub version: i64,
+}
+
+/// A state change in a group commit.
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    pub plugin: String,
+    pub key: String,
+    /// `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+    /// The version the batch read (0: absent); `None`: a blind write.
+    pub expected_version: Option<i64>,
+}
+
+/// A state key read but not written by a batch: its version is checked at commit.
+#[derive(Debug, Clone)]
+pub struct StateCheck {
+    pub plugin: String,
+    pub key: String,
+    pub expected_version: i64,
+}
+
+/// A failed attempt that will be tried again.
+#[derive(Debug, Clone)]
+pub struct RetryMark {
+    pub id: Uuid,
+    pub attempts: u32,
+    /// `None`: right away; `Some(t)`: scheduled for `t`.
+    pub execute_at: Option<i64>,
+}
+
+/// A message moved to dead letters.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub message_type: String,
+    pub received_at: String,
+    pub source: Option<String>,
+    pub error_kind: String,
+    pub error_message: String,
+    pub failed_at: i64,
+    pub attempts: u32,
+    pub replayable: bool,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// Everything one batch of handled messages makes durable, in one transaction.
+#[derive(Debug, Default, Clone)]
+pub struct CommitBatch {
+    /// Incoming ids to mark handled, kept until the given time (ms).
+    pub handled: Vec<(Uuid, i64)>,
+    pub new_incoming: Vec<NewIncoming>,
+    /// Messages for remote destinations (inserted; an existing id is kept).
+    pub outgoing: Vec<NewOutgoing>,
+    pub state_writes: Vec<StateWrite>,
+    pub state_checks: Vec<StateCheck>,
+    pub retries: Vec<RetryMark>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl CommitBatch {
+    /// Nothing to make durable and nothing to check: a commit of it is a no-op.
+    /// A batch with only state checks is not empty (its reads must still be current).
+    pub fn is_empty(&self) -> bool {
+        self.handled.is_empty()
+            && self.new_incoming.is_empty()
+            && self.outgoing.is_empty()
+            && self.state_writes.is_empty()
+            && self.state_checks.is_empty()
+            && self.retries.is_empty()
+            && self.dead_letters.is_empty()
+    }
+}
+
+/// Row counts per kind, for `storage counts`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub incoming: i64,
+    pub scheduled: i64,
+    pub handled: i64,
+    pub outgoing: i64,
+    pub dead_letters: i64,
+}
+
+/// Which dead letters `replay`/`purge` act on: all of them, or the ones named.
+/// `Ids` with no ids selects none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Ids(Vec<Uuid>),
+}
+
+impl Selection {
+    /// `All` when no id is given (the CLI without `--id`), else those ids.
+    pub fn all_or(ids: Vec<Uuid>) -> Self {
+        if ids.is_empty() {
+            Selection::All
+        } else {
+            Selection::Ids(ids)
+        }
+    }
+
+    /// True when nothing can match (an empty id list).
+    pub fn is_none(&self) -> bool {
+        matches!(self, Selection::Ids(ids) if ids.is_empty())
+    }
+}

@@ -240,15 +240,23 @@ impl Config {
     }
 
     fn parse(text: &str, base_dir: &Path, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
             message,
         };
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            match e
+                .span()
+                .and_then(|span| transport::uri_error_at(text, span))
+            {
+                Some((key, message)) => invalid(&key, message),
+                None => ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string().trim_end().to_owned(),
+                },
+            }
+        })?;
         config.storage.backend = parse_storage_url(&config.storage.url, base_dir)
             .map_err(|m| invalid("storage.url", m))?;
         config.plugins.dir = resolve(base_dir, &config.plugins.dir);
@@ -534,11 +542,11 @@ max_connections = 8
                 cleanup_interval_ms: 30_000,
             },
             listen: vec![ListenConfig {
-                uri: "durable://0.0.0.0:2222".into(),
+                uri: "durable://0.0.0.0:2222".parse().unwrap(),
             }],
             route: vec![RouteConfig {
                 message_type: "billing.*".into(),
-                to: "durable://10.0.0.2:2222/billing".into(),
+                to: "durable://10.0.0.2:2222/billing".parse().unwrap(),
             }],
             sending: SendingConfig {
                 batch_size: 50,

@@ -2,7 +2,9 @@
 //!
 //! This module owns [`Envelope`] (the record every message travels in) and the
 //! single binary layout used both on the TCP wire and as the stored `body`
-//! column. Nothing else in the host encodes or decodes envelopes.
+//! column. Nothing else in the host encodes or decodes envelopes. It also
+//! turns an envelope into its inbox row ([`local_row`]), which the receiving
+//! transports, the worker and the `send` command all write.
 //!
 //! # Layout (version 1)
 //!
@@ -57,6 +59,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+use crate::address::Destination;
+use crate::store::NewIncoming;
+
 /// The codec version this module writes and the only one it reads.
 pub const VERSION: u8 = 1;
 
@@ -76,8 +81,8 @@ pub struct Envelope {
     /// MIME type of `body`, default `application/json`.
     pub content_type: String,
     pub body: Vec<u8>,
-    /// Destination URI, e.g. `local://audit`.
-    pub destination: Option<String>,
+    /// Destination, e.g. `local://audit`.
+    pub destination: Option<Destination>,
     pub source: Option<String>,
     pub reply_uri: Option<String>,
     pub correlation_id: Option<String>,
@@ -215,7 +220,7 @@ impl Envelope {
         put_bytes(out, self.content_type.as_bytes());
         put_bytes(out, &self.body);
         for field in self.optional_strings() {
-            put_opt_str(out, field.as_deref());
+            put_opt_str(out, field);
         }
         put_u32(out, len_u32(self.headers.len()));
         for (key, value) in &self.headers {
@@ -242,20 +247,22 @@ impl Envelope {
         Ok(envelope)
     }
 
-    fn optional_strings(&self) -> [&Option<String>; 6] {
+    /// The optional string fields in their encoded order (the destination
+    /// as written, whether or not it parses).
+    fn optional_strings(&self) -> [Option<&str>; 6] {
         [
-            &self.destination,
-            &self.source,
-            &self.reply_uri,
-            &self.correlation_id,
-            &self.conversation_id,
-            &self.causation_id,
+            self.destination.as_ref().map(Destination::uri),
+            self.source.as_deref(),
+            self.reply_uri.as_deref(),
+            self.correlation_id.as_deref(),
+            self.conversation_id.as_deref(),
+            self.causation_id.as_deref(),
         ]
     }
 
     /// Exact length of the encoding.
     fn encoded_len(&self) -> usize {
-        let opt = |s: &Option<String>| 1 + s.as_ref().map_or(0, |s| 4 + s.len());
+        let opt = |s: Option<&str>| 1 + s.map_or(0, |s| 4 + s.len());
         let headers: usize = self
             .headers
             .iter()
@@ -274,6 +281,23 @@ impl Envelope {
             + time(self.scheduled_at)
             + time(self.deliver_by)
             + 8
+    }
+}
+
+/// The inbox row of an envelope for a local queue (or of a scheduled one).
+pub fn local_row(env: &Envelope) -> NewIncoming {
+    NewIncoming {
+        id: env.id,
+        message_type: env.message_type.clone(),
+        destination: env
+            .destination
+            .as_ref()
+            .map(|d| d.uri().to_string())
+            .unwrap_or_default(),
+        owner_id: 0,
+        execute_at: env.scheduled_at,
+        attempts: 0,
+        body: env.encode(),
     }
 }
 
@@ -496,7 +520,11 @@ impl<'a> Reader<'a> {
         let body = self
             .bytes("body length", "body", self.limits.max_body)?
             .to_vec();
-        let destination = self.opt_string("destination length", "destination")?;
+        // Kept as written even when it does not parse: the reader decides
+        // (a receiver routes by type, a sender dead-letters).
+        let destination = self
+            .opt_string("destination length", "destination")?
+            .map(Destination::parse);
         let source = self.opt_string("source length", "source")?;
         let reply_uri = self.opt_string("reply_uri length", "reply_uri")?;
         let correlation_id = self.opt_string("correlation_id length", "correlation_id")?;
@@ -611,6 +639,19 @@ mod tests {
             assert_eq!(Envelope::decode(&bytes).unwrap(), e);
         }
         assert_eq!(minimal().encode().len(), MIN_ENCODED_LEN);
+    }
+
+    #[test]
+    fn a_destination_that_does_not_parse_decodes_as_written() {
+        for uri in ["local://a b", "nowhere", "DURABLE://h:1/audit/"] {
+            let mut e = minimal();
+            e.destination = Some(crate::address::Destination::parse(uri));
+            let bytes = e.encode();
+            let back = Envelope::decode(&bytes).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(back.destination.as_ref().unwrap().uri(), uri);
+            assert_eq!(back.encode(), bytes);
+        }
     }
 
     #[test]

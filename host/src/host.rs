@@ -10,12 +10,13 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::address::{Destination, Endpoint, RabbitEndpoint};
 use crate::config::Config;
 use crate::durability;
-use crate::handling::{BatchEvent, Worker, local_row};
+use crate::envelope::local_row;
+use crate::handling::{BatchEvent, Worker};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
-use crate::transport::endpoint::{Endpoint, RabbitEndpoint};
 use crate::transport::rabbitmq::{self, RabbitSettings};
 use crate::transport::receive::{Inbox, MEMORY_QUEUE_BATCHES};
 use crate::transport::tcp::{TcpSettings, listener};
@@ -92,21 +93,25 @@ impl Host {
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for l in &config.listen {
-            match Endpoint::parse(&l.uri) {
-                Ok(Endpoint::Tcp(t)) => {
-                    let bound = listener::start(&t, tcp.clone(), inbox.clone(), rx.clone()).await?;
+            match &l.uri {
+                Endpoint::Tcp(t) => {
+                    let bound = listener::start(t, tcp.clone(), inbox.clone(), rx.clone()).await?;
                     listeners.push(bound.uri);
                     tasks.push(bound.task);
                 }
-                Ok(Endpoint::Rabbit(RabbitEndpoint::Queue(q))) => {
-                    let (uri, task) =
-                        rabbitmq::listener::start(q, rabbit.clone(), inbox.clone(), rx.clone());
+                Endpoint::Rabbit(RabbitEndpoint::Queue(q)) => {
+                    let (uri, task) = rabbitmq::listener::start(
+                        q.clone(),
+                        rabbit.clone(),
+                        inbox.clone(),
+                        rx.clone(),
+                    );
                     listeners.push(uri);
                     tasks.push(task);
                 }
-                _ => anyhow::bail!(
+                other => anyhow::bail!(
                     "listen uri {:?} is not a listener this host can start",
-                    l.uri
+                    other.to_string()
                 ),
             }
         }
@@ -179,11 +184,9 @@ impl Host {
             None,
             "host",
         )?;
-        let (remote, local): (Vec<_>, Vec<_>) = envelopes.into_iter().partition(|e| {
-            e.destination
-                .as_deref()
-                .is_some_and(|d| Endpoint::parse(d).is_ok_and(|e| e.is_remote()))
-        });
+        let (remote, local): (Vec<_>, Vec<_>) = envelopes
+            .into_iter()
+            .partition(|e| e.destination.as_ref().is_some_and(Destination::is_remote));
         let rows: Vec<_> = local.iter().map(local_row).collect();
         let report = self.store.insert_incoming(&rows).await?;
         self.wake.notify_one();
@@ -195,10 +198,7 @@ impl Host {
             let outgoing: Vec<Outgoing> = remote
                 .iter()
                 .map(|e| {
-                    let durable = e
-                        .destination
-                        .as_deref()
-                        .is_some_and(|d| Endpoint::parse(d).is_ok_and(|e| e.is_durable()));
+                    let durable = e.destination.as_ref().is_some_and(Destination::is_durable);
                     Outgoing::from_envelope(e, durable)
                 })
                 .collect();

@@ -2,6 +2,7 @@
 //! handlers are WebAssembly components.
 //!
 //! A tour, in the order a message meets them:
+//! - [`address`]: what a destination or listener URI means, parsed once.
 //! - [`config`]: the TOML file, parsed once into typed structs.
 //! - [`envelope`]: the message record and its one binary codec.
 //! - [`store`]: the message store (inbox, scheduled, dead letters, state, nodes).
@@ -15,6 +16,7 @@
 //! - [`testing`]: tracked sessions for tests of a host in-process.
 //! - [`cli`]: the `jasper-host` command line.
 
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod durability;

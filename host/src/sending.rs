@@ -5,6 +5,7 @@
 
 use uuid::Uuid;
 
+use crate::address::Destination;
 use crate::envelope::Envelope;
 use crate::runtime::routing::Router;
 
@@ -39,16 +40,17 @@ pub fn envelopes_for(
     }
     let base = id.unwrap_or_else(Uuid::now_v7);
     Ok(destinations
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(k, dest)| {
+            let dest = Destination::from(dest);
             let mut env = Envelope::new(message_type, body.clone());
             env.id = if k == 0 {
                 base
             } else {
-                Uuid::new_v5(&base, dest.as_bytes())
+                Uuid::new_v5(&base, dest.uri().as_bytes())
             };
-            env.destination = Some(dest.clone());
+            env.destination = Some(dest);
             env.source = Some(source.to_string());
             env.correlation_id = Some(
                 correlation_id

@@ -129,7 +129,7 @@ async fn a_plain_client_message_is_handled_once() {
     client.queue(&queue);
     let mut c = config(dir.path(), &["audit"]);
     c.listen.push(ListenConfig {
-        uri: format!("rabbitmq://queue/{queue}"),
+        uri: format!("rabbitmq://queue/{queue}").parse().unwrap(),
     });
     let host = Host::start(c).await.unwrap();
     assert_eq!(host.listeners, vec![format!("rabbitmq://queue/{queue}")]);
@@ -187,7 +187,7 @@ async fn published_messages_arrive_in_a_bound_queue_for_a_plain_client() {
     let mut c = config(dir.path(), &["orders"]);
     c.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: format!("rabbitmq://exchange/{exchange}"),
+        to: format!("rabbitmq://exchange/{exchange}").parse().unwrap(),
     });
     c.rabbitmq.binding.push(BindingConfig {
         exchange: exchange.clone(),
@@ -257,7 +257,7 @@ async fn untyped_and_unknown_messages_are_dead_lettered_with_the_reason() {
     client.queue(&queue);
     let mut c = config(dir.path(), &["audit"]);
     c.listen.push(ListenConfig {
-        uri: format!("rabbitmq://queue/{queue}"),
+        uri: format!("rabbitmq://queue/{queue}").parse().unwrap(),
     });
     let host = Host::start(c).await.unwrap();
     wait_for("the listener's queue", Duration::from_secs(20), || async {

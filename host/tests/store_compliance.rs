@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use jasper_host::config::{Backend, StorageConfig};
 use jasper_host::envelope::Envelope;
-use jasper_host::handling::local_row;
+use jasper_host::envelope::local_row;
 use jasper_host::store::{
     self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, StateCheck,
     Selection, StateWrite, StoreError,

@@ -125,7 +125,7 @@ async fn start_b(dir: &Path, tcp: TcpConfig) -> Host {
     capture_logs();
     let mut c = config(dir, &["audit"], tcp);
     c.listen.push(ListenConfig {
-        uri: "durable://127.0.0.1:0".into(),
+        uri: "durable://127.0.0.1:0".parse().unwrap(),
     });
     Host::start(c).await.unwrap()
 }
@@ -135,7 +135,7 @@ async fn start_a(dir: &Path, tcp: TcpConfig, to: &str) -> Host {
     let mut c = config(dir, &["orders"], tcp);
     c.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: to.into(),
+        to: to.parse().unwrap(),
     });
     Host::start(c).await.unwrap()
 }

@@ -19,13 +19,13 @@ use serde_json::json;
 async fn pair(scheme: &str, a_dir: &std::path::Path, b_dir: &std::path::Path) -> (Host, Host) {
     let mut b = config(b_dir, &["audit"]);
     b.listen.push(ListenConfig {
-        uri: format!("{scheme}://127.0.0.1:0"),
+        uri: format!("{scheme}://127.0.0.1:0").parse().unwrap(),
     });
     let b = Host::start(b).await.unwrap();
     let mut a = config(a_dir, &["orders"]);
     a.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: b.listeners[0].clone(),
+        to: b.listeners[0].parse().unwrap(),
     });
     let a = Host::start(a).await.unwrap();
     (a, b)
@@ -95,14 +95,14 @@ async fn with_a_shared_secret_on_both_sides_orders_cross() {
     let mut b = config(db.path(), &["audit"]);
     b.tcp.secret = Some(secret.into());
     b.listen.push(ListenConfig {
-        uri: "durable://127.0.0.1:0".into(),
+        uri: "durable://127.0.0.1:0".parse().unwrap(),
     });
     let b = Host::start(b).await.unwrap();
     let mut a = config(da.path(), &["orders"]);
     a.tcp.secret = Some(secret.into());
     a.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: b.listeners[0].clone(),
+        to: b.listeners[0].parse().unwrap(),
     });
     let a = Host::start(a).await.unwrap();
     let body = json!({"order_id": "s-1", "amount_cents": 5, "remind_after_ms": 3_600_000});
@@ -126,7 +126,7 @@ async fn refused_messages_are_dead_lettered_on_the_sender_with_the_reason() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut b = config(db.path(), &["audit"]);
     b.listen.push(ListenConfig {
-        uri: "durable://127.0.0.1:0".into(),
+        uri: "durable://127.0.0.1:0".parse().unwrap(),
     });
     let b = Host::start(b).await.unwrap();
     let peer = b.listeners[0].clone();
@@ -135,11 +135,11 @@ async fn refused_messages_are_dead_lettered_on_the_sender_with_the_reason() {
     // does not handle) by type.
     a.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: format!("{peer}/billing"),
+        to: format!("{peer}/billing").parse().unwrap(),
     });
     a.route.push(RouteConfig {
         message_type: "Refund".into(),
-        to: peer.clone(),
+        to: peer.parse().unwrap(),
     });
     let a = Host::start(a).await.unwrap();
     let body = json!({"order_id": "r-1", "amount_cents": 5, "remind_after_ms": 3_600_000});
@@ -188,7 +188,7 @@ async fn messages_wait_for_a_peer_that_comes_later() {
     let mut a = config(da.path(), &["orders"]);
     a.route.push(RouteConfig {
         message_type: "OrderPlaced".into(),
-        to: peer.clone(),
+        to: peer.parse().unwrap(),
     });
     let a = Host::start(a).await.unwrap();
     for i in 0..20 {
@@ -203,7 +203,9 @@ async fn messages_wait_for_a_peer_that_comes_later() {
     })
     .await;
     let mut b = config(db.path(), &["audit"]);
-    b.listen.push(ListenConfig { uri: peer });
+    b.listen.push(ListenConfig {
+        uri: peer.parse().unwrap(),
+    });
     let b = Host::start(b).await.unwrap();
     wait_for("all 20 handled on B", Duration::from_secs(30), || async {
         (state_u64(&b, "audit", "count").await == 20).then_some(())
@@ -225,7 +227,7 @@ async fn explicit_sends(scheme: &str) {
     let mut b = config(db.path(), &["misbehave"]);
     b.handling.retry_delay_ms = 10;
     b.listen.push(ListenConfig {
-        uri: format!("{scheme}://127.0.0.1:0"),
+        uri: format!("{scheme}://127.0.0.1:0").parse().unwrap(),
     });
     let b = Host::start(b).await.unwrap();
     let to = format!("{}/misbehave", b.listeners[0]);

@@ -10,7 +10,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::ConfigArg;
-use crate::handling::local_row;
+use crate::envelope::local_row;
 use crate::runtime::Runtime;
 use crate::sending::envelopes_for;
 use crate::store;

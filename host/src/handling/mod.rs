@@ -20,15 +20,14 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use crate::address::{Destination, Endpoint};
 use crate::config::HandlingConfig;
-use crate::envelope::{Envelope, now_ms};
-use crate::runtime::routing::local_plugin;
+use crate::envelope::{Envelope, local_row, now_ms};
 use crate::runtime::state_view::{BatchState, StateView};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{
     ClaimedRow, CommitBatch, DeadLetter, MessageStore, NewIncoming, RetryMark, StoreError,
 };
-use crate::transport::endpoint::Endpoint;
 use crate::transport::{Outgoing, Senders};
 use policy::{Disposition, Failure, decide};
 
@@ -85,7 +84,7 @@ fn route_of(env: &Envelope) -> Route {
     if env.scheduled_at.is_some() {
         return Route::Inbox;
     }
-    match env.destination.as_deref().map(Endpoint::parse) {
+    match env.destination.as_ref().map(Destination::endpoint) {
         Some(Ok(e)) if e.is_remote() => Route::Remote {
             durable: e.is_durable(),
         },
@@ -100,23 +99,14 @@ fn memory_rows(batch: Vec<Envelope>) -> Vec<ClaimedRow> {
         .map(|env| ClaimedRow {
             id: env.id,
             attempts: env.attempts,
-            destination: env.destination.clone().unwrap_or_default(),
+            destination: env
+                .destination
+                .as_ref()
+                .map(|d| d.uri().to_string())
+                .unwrap_or_default(),
             body: env.encode(),
         })
         .collect()
-}
-
-/// Turn a handler's sent envelope into an inbox row (local queues).
-pub fn local_row(env: &Envelope) -> NewIncoming {
-    NewIncoming {
-        id: env.id,
-        message_type: env.message_type.clone(),
-        destination: env.destination.clone().unwrap_or_default(),
-        owner_id: 0,
-        execute_at: env.scheduled_at,
-        attempts: 0,
-        body: env.encode(),
-    }
 }
 
 impl Worker {
@@ -388,16 +378,21 @@ impl Worker {
             info!("expired before it was handled (deliver_by passed); discarded");
             return (Ok(Vec::new()), state);
         }
-        if Endpoint::parse(&row.destination).is_ok_and(|e| e.is_remote()) {
-            // A scheduled (or replayed) message for a peer or broker: forward it now.
-            let mut forward = env.clone();
-            forward.scheduled_at = None;
-            forward.attempts = 0;
-            return (Ok(vec![forward]), state);
-        }
-        let Some(name) = local_plugin(&row.destination) else {
-            let msg = format!("destination {} is not a local queue", row.destination);
-            return (Err(Failure::NoHandler(msg)), state);
+        // The envelope's destination is the row's (both written from the
+        // envelope), parsed when the body was decoded.
+        let name = match env.destination.as_ref().map(Destination::endpoint) {
+            Some(Ok(Endpoint::Local { plugin })) => plugin,
+            Some(Ok(_)) => {
+                // A scheduled (or replayed) message for a peer or broker: forward it now.
+                let mut forward = env.clone();
+                forward.scheduled_at = None;
+                forward.attempts = 0;
+                return (Ok(vec![forward]), state);
+            }
+            Some(Err(_)) | None => {
+                let msg = format!("destination {} is not a local queue", row.destination);
+                return (Err(Failure::NoHandler(msg)), state);
+            }
         };
         let Some(plugin) = self.plugins.get(name) else {
             let msg = format!("no plugin named '{name}' is loaded");

@@ -13,8 +13,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::jasper::messaging::{log, outbox, state, types};
 use super::bindings::{ScheduleTime, SendError, SendOptions};
 use super::limits::Limiter;
-use super::routing::{Router, local_uri};
+use super::routing::Router;
 use super::state_view::StateView;
+use crate::address::{Destination, Endpoint};
 use crate::envelope::{Envelope, now_ms};
 
 /// Most messages one handler call may send.
@@ -89,7 +90,7 @@ impl HostState {
 
     fn new_envelope(
         &self,
-        destination: String,
+        destination: Destination,
         message_type: &str,
         body: Vec<u8>,
         options: &SendOptions,
@@ -100,7 +101,7 @@ impl HostState {
             env.content_type = ct.clone();
         }
         env.destination = Some(destination);
-        env.source = Some(local_uri(&self.plugin));
+        env.source = Some(Endpoint::local(&*self.plugin).to_string());
         env.causation_id = self.origin.id.clone();
         env.correlation_id = options
             .correlation_id
@@ -149,7 +150,13 @@ impl HostState {
         self.check_send(&message_type, &body, destinations.len())?;
         let mut ids = Vec::with_capacity(destinations.len());
         for dest in destinations {
-            let env = self.new_envelope(dest, &message_type, body.clone(), &options, scheduled_at);
+            let env = self.new_envelope(
+                dest.into(),
+                &message_type,
+                body.clone(),
+                &options,
+                scheduled_at,
+            );
             ids.push(env.id.to_string());
             self.sent.push(env);
         }
@@ -179,6 +186,7 @@ impl outbox::Host for HostState {
         if let Err(e) = self.check_send(&message_type, &body, 1) {
             return Ok(Err(e));
         }
+        let destination = Destination::parse(destination);
         if let Err(e) = self.router.check_send(&destination, &message_type) {
             return Ok(Err(SendError::UnknownDestination(e.to_string())));
         }

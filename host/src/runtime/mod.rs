@@ -250,7 +250,7 @@ fn to_wit(e: &Envelope) -> WitEnvelope {
         message_type: e.message_type.clone(),
         content_type: e.content_type.clone(),
         body: e.body.clone(),
-        destination: e.destination.clone(),
+        destination: e.destination.as_ref().map(|d| d.uri().to_string()),
         source: e.source.clone(),
         reply_uri: e.reply_uri.clone(),
         correlation_id: e.correlation_id.clone(),

@@ -1,26 +1,12 @@
 //! Where messages go: `publish` fans a message type out to every loaded plugin
-//! that subscribes to it (one copy each, addressed `local://PLUGIN`) and to
-//! every `[[route]]` whose pattern matches it (remote peers), and `send`
-//! checks that an explicit destination is one the host can reach.
+//! that subscribes to it (one copy each, addressed to the plugin's local
+//! queue) and to every `[[route]]` whose pattern matches it (remote peers),
+//! and `send` checks that an explicit destination is one the host can reach.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::address::{AddressError, Destination, Endpoint};
 use crate::config::RouteConfig;
-use crate::config::transport::type_matches;
-use crate::transport::endpoint::Endpoint;
-
-/// The URI scheme of the host's local queues: one queue per plugin.
-pub const LOCAL_SCHEME: &str = "local://";
-
-/// The queue of one plugin.
-pub fn local_uri(plugin: &str) -> String {
-    format!("{LOCAL_SCHEME}{plugin}")
-}
-
-/// The plugin a `local://` URI names, if it is one.
-pub fn local_plugin(uri: &str) -> Option<&str> {
-    uri.strip_prefix(LOCAL_SCHEME)
-}
 
 /// Message type -> subscribing plugins, built from the loaded plugins.
 #[derive(Debug, Default, Clone)]
@@ -33,7 +19,7 @@ pub struct Router {
 /// Why a destination cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("no plugin named '{0}' is loaded (destination local://{0})")]
+    #[error("no plugin named '{0}' is loaded (destination {local})", local = Endpoint::local(.0.as_str()))]
     UnknownPlugin(String),
     #[error("plugin '{plugin}' does not handle message type '{message_type}'")]
     NotSubscribed {
@@ -41,7 +27,7 @@ pub enum RouteError {
         message_type: String,
     },
     #[error("unsupported destination: {0}")]
-    UnknownScheme(String),
+    UnknownScheme(AddressError),
 }
 
 impl Router {
@@ -61,16 +47,16 @@ impl Router {
     }
 
     /// The local queues subscribing to a message type.
-    pub fn local_destinations(&self, message_type: &str) -> Vec<String> {
+    pub fn local_destinations(&self, message_type: &str) -> Vec<Endpoint> {
         self.subscribers
             .get(message_type)
-            .map(|subs| subs.iter().map(|p| local_uri(p)).collect())
+            .map(|subs| subs.iter().map(|p| Endpoint::local(p.as_str())).collect())
             .unwrap_or_default()
     }
 
     /// The destinations of a published message type: local subscribers,
     /// then matching routes (empty: nobody takes it).
-    pub fn publish_destinations(&self, message_type: &str) -> Vec<String> {
+    pub fn publish_destinations(&self, message_type: &str) -> Vec<Endpoint> {
         let mut out = self.local_destinations(message_type);
         for r in &self.routes {
             if type_matches(&r.message_type, message_type) && !out.contains(&r.to) {
@@ -82,14 +68,15 @@ impl Router {
 
     /// Check an explicit destination for a message type. A remote
     /// destination only needs to be well formed: the peer judges the rest.
-    pub fn check_send(&self, destination: &str, message_type: &str) -> Result<(), RouteError> {
-        match Endpoint::parse(destination) {
-            Ok(e) if e.is_remote() => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(RouteError::UnknownScheme(e)),
-        }
-        let Some(plugin) = local_plugin(destination) else {
-            return Err(RouteError::UnknownScheme(destination.to_string()));
+    pub fn check_send(
+        &self,
+        destination: &Destination,
+        message_type: &str,
+    ) -> Result<(), RouteError> {
+        let plugin = match destination.endpoint() {
+            Ok(Endpoint::Local { plugin }) => plugin,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(RouteError::UnknownScheme(e.clone())),
         };
         if !self.plugins.contains(plugin) {
             return Err(RouteError::UnknownPlugin(plugin.to_string()));
@@ -116,9 +103,54 @@ impl Router {
     }
 }
 
+/// Whether `message_type` matches a route pattern (`*`: any characters).
+pub fn type_matches(pattern: &str, message_type: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = message_type.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn endpoints(uris: &[&str]) -> Vec<Endpoint> {
+        uris.iter().map(|u| u.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn route_patterns() {
+        for (p, t, want) in [
+            ("billing.*", "billing.Invoice", true),
+            ("billing.*", "billing.", true),
+            ("billing.*", "shipping.Label", false),
+            ("OrderPlaced", "OrderPlaced", true),
+            ("OrderPlaced", "OrderPlacedLater", false),
+            ("*", "anything", true),
+            ("*.Created", "user.Created", true),
+            ("a*b*c", "a-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(type_matches(p, t), want, "{p} ~ {t}");
+        }
+    }
 
     #[test]
     fn publish_fans_out_to_every_subscriber_and_send_checks_the_queue() {
@@ -127,24 +159,24 @@ mod tests {
         r.add("mail", &["OrderPlaced".into(), "Welcome".into()]);
         assert_eq!(
             r.publish_destinations("OrderPlaced"),
-            vec!["local://audit", "local://mail"]
+            endpoints(&["local://audit", "local://mail"])
         );
         assert!(r.publish_destinations("Nobody").is_empty());
-        assert_eq!(r.check_send("local://mail", "Welcome"), Ok(()));
+        assert_eq!(r.check_send(&"local://mail".into(), "Welcome"), Ok(()));
         assert_eq!(
-            r.check_send("local://audit", "Welcome"),
+            r.check_send(&"local://audit".into(), "Welcome"),
             Err(RouteError::NotSubscribed {
                 plugin: "audit".into(),
                 message_type: "Welcome".into()
             })
         );
         assert_eq!(
-            r.check_send("local://nope", "Welcome"),
+            r.check_send(&"local://nope".into(), "Welcome"),
             Err(RouteError::UnknownPlugin("nope".into()))
         );
-        assert_eq!(r.check_send("durable://h:1", "Welcome"), Ok(()));
+        assert_eq!(r.check_send(&"durable://h:1".into(), "Welcome"), Ok(()));
         assert!(matches!(
-            r.check_send("ftp://h:1", "Welcome"),
+            r.check_send(&"ftp://h:1".into(), "Welcome"),
             Err(RouteError::UnknownScheme(_))
         ));
     }
@@ -156,19 +188,22 @@ mod tests {
         r.add_routes(&[
             RouteConfig {
                 message_type: "billing.*".into(),
-                to: "durable://h:1".into(),
+                to: "durable://h:1".parse().unwrap(),
             },
             RouteConfig {
                 message_type: "other".into(),
-                to: "tcp://h:2".into(),
+                to: "tcp://h:2".parse().unwrap(),
             },
         ]);
         assert_eq!(
             r.publish_destinations("billing.Paid"),
-            vec!["local://audit", "durable://h:1"]
+            endpoints(&["local://audit", "durable://h:1"])
         );
-        assert_eq!(r.publish_destinations("billing.Due"), vec!["durable://h:1"]);
-        assert_eq!(r.local_destinations("billing.Due"), Vec::<String>::new());
+        assert_eq!(
+            r.publish_destinations("billing.Due"),
+            endpoints(&["durable://h:1"])
+        );
+        assert_eq!(r.local_destinations("billing.Due"), Vec::<Endpoint>::new());
         assert!(r.publish_destinations("shipping").is_empty());
     }
 }

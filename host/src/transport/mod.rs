@@ -12,11 +12,10 @@
 //!   it in memory (`tcp://`), and returns a verdict per envelope for the
 //!   acknowledgement.
 //!
-//! `endpoint` parses URIs; `wire` is the TCP protocol; `tcp` the TCP
-//! transport; `rabbitmq` the RabbitMQ transport.
+//! `wire` is the TCP protocol; `tcp` the TCP transport; `rabbitmq` the
+//! RabbitMQ transport. What URIs mean is [`crate::address`]'s.
 
 pub mod agent;
-pub mod endpoint;
 pub mod rabbitmq;
 pub mod receive;
 pub mod tcp;
@@ -31,10 +30,10 @@ use tokio::task::JoinHandle;
 use tracing::error;
 use uuid::Uuid;
 
+use crate::address::{Destination, Endpoint};
 use crate::config::SendingConfig;
 use crate::envelope::{Envelope, now_ms};
 use crate::store::{CommitBatch, DeadLetter, MessageStore, NewOutgoing, OutgoingRow};
-use endpoint::Endpoint;
 pub use wire::Verdict;
 
 /// An envelope on its way to a remote destination.
@@ -42,8 +41,9 @@ pub use wire::Verdict;
 pub struct Outgoing {
     pub id: Uuid,
     pub message_type: String,
-    /// The full destination URI (peer and optional queue).
-    pub destination: String,
+    /// The full destination (peer and optional queue); one that does not
+    /// parse (an old row) is dead-lettered by [`Senders::dispatch`].
+    pub destination: Destination,
     pub deliver_by: Option<i64>,
     /// The encoded envelope.
     pub body: Vec<u8>,
@@ -56,7 +56,10 @@ impl Outgoing {
         Outgoing {
             id: env.id,
             message_type: env.message_type.clone(),
-            destination: env.destination.clone().unwrap_or_default(),
+            destination: env
+                .destination
+                .clone()
+                .unwrap_or_else(|| Destination::parse("")),
             deliver_by: env.deliver_by,
             body: env.encode(),
             durable,
@@ -67,7 +70,7 @@ impl Outgoing {
     pub fn row(&self, node_id: i64) -> NewOutgoing {
         NewOutgoing {
             id: self.id,
-            destination: self.destination.clone(),
+            destination: self.destination.uri().to_string(),
             deliver_by: self.deliver_by,
             attempts: 0,
             message_type: self.message_type.clone(),
@@ -81,7 +84,7 @@ impl Outgoing {
         Outgoing {
             id: row.id,
             message_type,
-            destination: row.destination,
+            destination: Destination::parse(row.destination),
             deliver_by: row.deliver_by,
             body: row.body,
             durable: true,
@@ -134,7 +137,7 @@ pub async fn dead_letter_outgoing(
         commit.dead_letters.push(DeadLetter {
             id: o.id,
             message_type: o.message_type.clone(),
-            received_at: o.destination.clone(),
+            received_at: o.destination.uri().to_string(),
             source,
             error_kind: (*kind).to_string(),
             error_message: message.clone(),
@@ -193,16 +196,18 @@ impl Senders {
         let mut by_peer: HashMap<String, (Endpoint, Vec<Outgoing>)> = HashMap::new();
         let mut unroutable = Vec::new();
         for o in items {
-            let (key, endpoint) = match Endpoint::parse(&o.destination) {
+            let (key, endpoint) = match o.destination.endpoint() {
                 // One agent per TCP peer, whatever queue on it.
-                Ok(Endpoint::Tcp(t)) => (t.peer_uri(), Endpoint::Tcp(t)),
-                Ok(e @ Endpoint::Rabbit(_)) => (e.to_string(), e),
+                Ok(Endpoint::Tcp(t)) => (t.peer_uri(), Endpoint::Tcp(t.clone())),
+                Ok(e @ Endpoint::Rabbit(_)) => (e.to_string(), e.clone()),
                 Ok(other) => {
-                    unroutable.push((o, format!("{other} is not a remote destination")));
+                    let why = format!("{other} is not a remote destination");
+                    unroutable.push((o, why));
                     continue;
                 }
                 Err(e) => {
-                    unroutable.push((o, e));
+                    let why = e.to_string();
+                    unroutable.push((o, why));
                     continue;
                 }
             };

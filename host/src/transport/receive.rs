@@ -11,12 +11,10 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 use uuid::Uuid;
 
-use super::endpoint::Endpoint;
 use super::wire::Verdict;
-use crate::envelope::{CodecError, Envelope, now_ms};
-use crate::handling::local_row;
+use crate::address::{Destination, Endpoint};
+use crate::envelope::{CodecError, Envelope, local_row, now_ms};
 use crate::runtime::Plugins;
-use crate::runtime::routing::local_uri;
 use crate::store::{MessageStore, StoreError};
 
 /// Capacity of the in-memory queue of `tcp://` messages (batches).
@@ -97,8 +95,10 @@ impl Inbox {
 
     /// The local copies of one envelope, or the verdict refusing it.
     fn route(&self, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
-        let queue = match env.destination.as_deref().map(Endpoint::parse) {
-            Some(Ok(Endpoint::Tcp(t))) => t.queue,
+        // Only a TCP URI names a queue on this host; anything else (none, a
+        // RabbitMQ listener, a URI that does not parse) is routed by type.
+        let queue = match env.destination.as_ref().map(Destination::endpoint) {
+            Some(Ok(Endpoint::Tcp(t))) => t.queue.clone(),
             _ => None,
         };
         let destinations = match queue {
@@ -114,7 +114,7 @@ impl Inbox {
                         env.message_type
                     )));
                 }
-                vec![local_uri(&plugin)]
+                vec![Endpoint::local(plugin)]
             }
             None => {
                 let subs = self.plugins.router().local_destinations(&env.message_type);
@@ -132,9 +132,10 @@ impl Inbox {
             .enumerate()
             .map(|(k, dest)| {
                 let mut copy = env.clone();
+                let dest = Destination::from(dest);
                 if k > 0 {
                     // Derived, so a resent envelope dedupes in every copy.
-                    copy.id = Uuid::new_v5(&env.id, dest.as_bytes());
+                    copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
                 }
                 copy.attempts = 0;
                 copy.destination = Some(dest);

@@ -187,11 +187,11 @@ async fn main() -> anyhow::Result<()> {
     config.handling.poll_interval_ms = 10;
     config.rabbitmq.url = a.url.clone();
     config.listen.push(ListenConfig {
-        uri: format!("rabbitmq://queue/{in_q}"),
+        uri: format!("rabbitmq://queue/{in_q}").parse()?,
     });
     config.route.push(RouteConfig {
         message_type: "bench.Relayed".into(),
-        to: format!("rabbitmq://queue/{out_q}"),
+        to: format!("rabbitmq://queue/{out_q}").parse()?,
     });
     // Timed from a started host (plugins compiled), as the raw consumer is
     // timed from a declared queue.

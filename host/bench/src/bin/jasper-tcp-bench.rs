@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use jasper_host::Host;
+use jasper_host::address::Destination;
 use jasper_host::config::{Config, ListenConfig, RouteConfig};
-use jasper_host::envelope::Envelope;
-use jasper_host::handling::local_row;
+use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::store::CommitBatch;
 use jasper_host::transport::Outgoing;
 use uuid::Uuid;
@@ -138,13 +138,13 @@ async fn pair(
     let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let mut cb = host_config(db.path(), Some(&a.noop))?;
     cb.listen.push(ListenConfig {
-        uri: format!("{scheme}://127.0.0.1:0"),
+        uri: format!("{scheme}://127.0.0.1:0").parse()?,
     });
     let b = Host::start(cb).await?;
     let mut ca = host_config(da.path(), None)?;
     ca.route.push(RouteConfig {
         message_type: "bench.Noop".into(),
-        to: b.listeners[0].clone(),
+        to: b.listeners[0].parse()?,
     });
     let a = Host::start(ca).await?;
     Ok((a, b, da, db))
@@ -155,7 +155,7 @@ async fn throughput(args: &Args, scheme: &str) -> anyhow::Result<f64> {
     let (a, b, _da, _db) = pair(args, scheme).await?;
     let w = watch(&b);
     let durable = scheme == "durable";
-    let dest = b.listeners[0].clone();
+    let dest = Destination::parse(b.listeners[0].clone());
     let items: Vec<Outgoing> = (0..args.messages)
         .map(|_| {
             let mut env = Envelope::new("bench.Noop", body());

@@ -205,7 +205,7 @@ async fn take_batch(
             Err(reason) => {
                 // Kept as an envelope of no type, so it can be looked at.
                 let mut env = Envelope::new("", d.data.clone());
-                env.destination = Some(uri.to_string());
+                env.destination = Some(uri.into());
                 refused.push((env, "bad-message", reason));
             }
         }

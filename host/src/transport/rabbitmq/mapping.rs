@@ -180,7 +180,7 @@ pub fn from_amqp(
         })
         .unwrap_or_else(now_ms);
     env.headers = headers;
-    env.destination = Some(listener.to_string());
+    env.destination = Some(listener.into());
     Ok(env)
 }
 

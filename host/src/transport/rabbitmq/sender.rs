@@ -14,8 +14,8 @@ use lapin::{Channel, Confirmation, Connection};
 
 use super::RabbitSettings;
 use super::mapping::to_amqp;
+use crate::address::RabbitEndpoint;
 use crate::envelope::Envelope;
-use crate::transport::endpoint::RabbitEndpoint;
 use crate::transport::{Connector, Link, LinkError, Outgoing, Verdict};
 
 /// Opens confirm-mode channels to one destination.

@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use super::TcpSettings;
 use super::conn::{Conn, ConnError};
-use crate::transport::endpoint::TcpEndpoint;
+use crate::address::TcpEndpoint;
 use crate::transport::receive::Inbox;
 use crate::transport::wire::{self, Frame, Verdict};
 

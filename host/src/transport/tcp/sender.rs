@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::TcpSettings;
 use super::conn::{Conn, ConnError};
-use crate::transport::endpoint::TcpEndpoint;
+use crate::address::TcpEndpoint;
 use crate::transport::wire::{self, Frame, Verdict};
 use crate::transport::{Connector, Link, LinkError, Outgoing};
 

@@ -38,9 +38,9 @@
 //! other rules this makes the encoding canonical: bytes that decode
 //! re-encode to exactly the same bytes.
 //!
-//! A *batch* is a version byte ([`VERSION`]), a `u32` count, then `count`
-//! frames, each a `u32` length followed by one encoded envelope of exactly
-//! that length.
+//! Batches of envelopes are framed by the wire protocol
+//! (`transport::wire`), not here: one bad envelope in a batch is refused
+//! alone there, so this module decodes one envelope at a time.
 //!
 //! # Bounds
 //!
@@ -67,10 +67,6 @@ pub const VERSION: u8 = 1;
 
 /// The default `content_type` of a new envelope.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
-
-/// Size of the smallest possible encoded envelope (all strings empty, all
-/// options absent, no headers).
-const MIN_ENCODED_LEN: usize = 1 + 16 + 4 + 4 + 4 + 6 + 4 + 4 + 1 + 1 + 8;
 
 /// One message: routing metadata, headers and an opaque body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,13 +153,6 @@ pub enum CodecError {
     /// Bytes remain after the last field.
     #[error("trailing bytes: {count} byte(s) after the {what}")]
     TrailingBytes { what: &'static str, count: usize },
-    /// An envelope inside a batch failed to decode.
-    #[error("batch entry {index}")]
-    BatchEntry {
-        index: usize,
-        #[source]
-        source: Box<CodecError>,
-    },
 }
 
 /// Milliseconds since the Unix epoch, from the system clock (negative if
@@ -299,55 +288,6 @@ pub fn local_row(env: &Envelope) -> NewIncoming {
         attempts: 0,
         body: env.encode(),
     }
-}
-
-/// Encodes envelopes as one batch (see the module docs for the layout).
-pub fn encode_batch(envelopes: &[Envelope]) -> Vec<u8> {
-    let total: usize = envelopes.iter().map(|e| 4 + e.encoded_len()).sum();
-    let mut out = Vec::with_capacity(5 + total);
-    out.push(VERSION);
-    put_u32(&mut out, len_u32(envelopes.len()));
-    for envelope in envelopes {
-        let len_at = out.len();
-        put_u32(&mut out, 0);
-        envelope.encode_into(&mut out);
-        let len = len_u32(out.len() - len_at - 4);
-        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-    }
-    out
-}
-
-/// Decodes a batch written by [`encode_batch`].
-pub fn decode_batch(bytes: &[u8], limits: &Limits) -> Result<Vec<Envelope>, CodecError> {
-    let mut r = Reader { buf: bytes, limits };
-    r.version()?;
-    let count = r.u32("batch count")? as usize;
-    if count > limits.max_batch {
-        return Err(CodecError::LimitExceeded {
-            what: "batch count",
-            actual: count,
-            limit: limits.max_batch,
-        });
-    }
-    // Every frame needs at least its length prefix plus a minimal envelope.
-    if count.saturating_mul(4 + MIN_ENCODED_LEN) > r.buf.len() {
-        return Err(CodecError::Truncated {
-            field: "batch entries",
-        });
-    }
-    let mut envelopes = Vec::with_capacity(count);
-    for index in 0..count {
-        let entry = r
-            .bytes("batch entry length", "batch entry", usize::MAX)
-            .and_then(|frame| Envelope::decode_with(frame, limits))
-            .map_err(|e| CodecError::BatchEntry {
-                index,
-                source: Box::new(e),
-            })?;
-        envelopes.push(entry);
-    }
-    r.finish("batch")?;
-    Ok(envelopes)
 }
 
 fn len_u32(len: usize) -> u32 {
@@ -566,6 +506,10 @@ impl<'a> Reader<'a> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// Size of the smallest possible encoded envelope (all strings empty,
+    /// all options absent, no headers).
+    const MIN_ENCODED_LEN: usize = 1 + 16 + 4 + 4 + 4 + 6 + 4 + 4 + 1 + 1 + 8;
 
     fn minimal() -> Envelope {
         Envelope {
@@ -810,16 +754,6 @@ mod tests {
             Envelope::decode_with(&bytes, &unlimited),
             Err(CodecError::Truncated { field: "headers" })
         );
-
-        // A batch count of u32::MAX.
-        let mut batch = vec![VERSION];
-        batch.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(
-            decode_batch(&batch, &unlimited),
-            Err(CodecError::Truncated {
-                field: "batch entries"
-            })
-        );
     }
 
     #[test]
@@ -863,53 +797,6 @@ mod tests {
     }
 
     #[test]
-    fn batch_round_trip_and_errors() {
-        let limits = Limits::default();
-        let items = vec![full(), minimal(), Envelope::new("b", vec![1, 2, 3])];
-        let bytes = encode_batch(&items);
-        assert_eq!(decode_batch(&bytes, &limits).unwrap(), items);
-        assert_eq!(decode_batch(&encode_batch(&[]), &limits).unwrap(), vec![]);
-
-        for cut in 0..bytes.len() {
-            assert!(decode_batch(&bytes[..cut], &limits).is_err(), "cut {cut}");
-        }
-
-        let mut long = bytes.clone();
-        long.push(0);
-        assert_eq!(
-            decode_batch(&long, &limits),
-            Err(CodecError::TrailingBytes {
-                what: "batch",
-                count: 1
-            })
-        );
-
-        let small = Limits {
-            max_batch: 2,
-            ..Limits::default()
-        };
-        let err = decode_batch(&bytes, &small).unwrap_err();
-        assert_eq!(err.to_string(), "batch count 3 exceeds limit 2");
-
-        let mut bad = bytes.clone();
-        bad[0] = 2;
-        assert_eq!(
-            decode_batch(&bad, &limits),
-            Err(CodecError::UnsupportedVersion(2))
-        );
-
-        // Corrupt the version byte of the second entry.
-        let first_len = u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
-        let mut bad = bytes.clone();
-        bad[5 + 4 + first_len + 4] = 9;
-        let err = decode_batch(&bad, &limits).unwrap_err();
-        assert_eq!(
-            crate::error_chain(&err),
-            "batch entry 1: unsupported envelope version 9"
-        );
-    }
-
-    #[test]
     fn fuzz_random_and_mutated_inputs_never_panic() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let limits = Limits {
@@ -918,11 +805,7 @@ mod tests {
             max_string: 32,
             max_batch: 8,
         };
-        let seeds = [
-            minimal().encode(),
-            full().encode(),
-            encode_batch(&[minimal(), full()]),
-        ];
+        let seeds = [minimal().encode(), full().encode()];
         let mut ok = 0;
         for i in 0..6000 {
             let input: Vec<u8> = if i % 2 == 0 {
@@ -955,10 +838,6 @@ mod tests {
                 if let Ok(e) = Envelope::decode_with(&input, l) {
                     // Whatever decodes re-encodes to the same bytes.
                     assert_eq!(e.encode(), input);
-                    ok += 1;
-                }
-                if let Ok(batch) = decode_batch(&input, l) {
-                    assert_eq!(encode_batch(&batch), input);
                     ok += 1;
                 }
             }

@@ -1269,4 +1269,63 @@ mod tests {
         let s = unique_schema();
         assert!(s.len() == 13 && s.starts_with('t'), "{s}");
     }
+
+    #[tokio::test]
+    async fn db_reads_a_wal_database_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jasper.db");
+        let db = Db::sqlite(path.clone(), "jasper");
+        let err = db.progress().await.unwrap_err();
+        assert!(format!("{err:#}").contains("no database file"), "{err:#}");
+
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut w = SqliteConnection::connect_with(&opts).await.unwrap();
+        for sql in [
+            "CREATE TABLE jasper_incoming (id TEXT PRIMARY KEY, status TEXT, owner_id INTEGER, execute_at INTEGER, attempts INTEGER, message_type TEXT, destination TEXT, received_at TEXT, keep_until INTEGER, body BLOB)",
+            "CREATE TABLE jasper_outgoing (id TEXT PRIMARY KEY, owner_id INTEGER, destination TEXT, deliver_by INTEGER, attempts INTEGER, message_type TEXT, body BLOB)",
+            "CREATE TABLE jasper_dead_letters (id TEXT PRIMARY KEY, message_type TEXT, received_at TEXT, source TEXT, error_kind TEXT, error_message TEXT, failed_at INTEGER, attempts INTEGER, replayable INTEGER, body BLOB)",
+            "CREATE TABLE jasper_state (plugin TEXT, key TEXT, value BLOB, version INTEGER, PRIMARY KEY (plugin, key))",
+            "INSERT INTO jasper_incoming (id, status, owner_id, attempts, message_type) VALUES ('1', 'handled', 0, 0, 'A'), ('2', 'incoming', 7, 0, 'A'), ('3', 'scheduled', 0, 0, 'B')",
+            "INSERT INTO jasper_dead_letters (id, message_type, error_kind, error_message, failed_at, attempts) VALUES ('9', 'C', 'panic', 'boom', 1, 2)",
+            "INSERT INTO jasper_state VALUES ('audit', 'count', CAST('12' AS BLOB), 3), ('audit', 'seen/x', CAST('1' AS BLOB), 1)",
+        ] {
+            sqlx::query(sql).execute(&mut w).await.unwrap();
+        }
+        // Read while the writer's connection is open (WAL + shm exist) ...
+        let p = db.progress().await.unwrap();
+        assert_eq!(p.get("A", "handled"), 1);
+        assert_eq!(p.of_type("A"), 2);
+        assert_eq!(p.with_status("scheduled"), 1);
+        assert_eq!((p.outgoing, p.dead_letters), (0, 1));
+        assert_eq!(
+            db.incoming_count(Some("incoming"), Some("A"))
+                .await
+                .unwrap(),
+            1
+        );
+        let st = db.state("audit").await.unwrap();
+        assert_eq!(st["count"].as_i64().unwrap(), 12);
+        assert_eq!(st["count"].version, 3);
+        assert_eq!(
+            db.state_get("audit", "seen/x")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_i64()
+                .unwrap(),
+            1
+        );
+        assert_eq!(db.state_get("audit", "nope").await.unwrap(), None);
+        let dl = db.dead_letter_rows().await.unwrap();
+        assert_eq!(dl[0].error_kind, "panic");
+        assert_eq!(dl[0].attempts, 2);
+        // ... and after it closed (the WAL checkpointed and removed).
+        w.close().await.unwrap();
+        assert_eq!(db.incoming_rows("A").await.unwrap().len(), 2);
+        assert_eq!(db.owned_rows().await.unwrap(), (1, 0));
+        assert_eq!(db.row_count("state").await.unwrap(), 2);
+    }
 }

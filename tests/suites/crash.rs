@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use jasper_e2e::kill::kill9_when;
 use jasper_e2e::{Backend, HostConfig, Progress, REMIND_LATER_MS, TestHost, place_order};
 
 const N: usize = 10_000;
@@ -61,22 +62,19 @@ async fn crash(backend: Backend) {
     let started = Instant::now();
     for (k, pct) in KILL_AT_PERCENT.iter().enumerate() {
         let threshold = TOTAL_HANDLED * pct / 100;
-        let handled = host
-            .wait_for_every(
-                &format!(
-                    "handled rows >= {threshold} ({pct}%) before kill #{}",
-                    k + 1
-                ),
-                PHASE_TIMEOUT,
-                Duration::from_millis(5),
-                || db.incoming_count(Some("handled"), None),
-                |h| *h >= threshold,
-            )
-            .await;
-        if KILL_OFFSET_MS[k] > 0 {
-            tokio::time::sleep(Duration::from_millis(KILL_OFFSET_MS[k])).await;
-        }
-        host.kill9();
+        let handled = kill9_when(
+            &host,
+            &format!(
+                "handled rows >= {threshold} ({pct}%) before kill #{}",
+                k + 1
+            ),
+            PHASE_TIMEOUT,
+            Duration::from_millis(5),
+            || db.incoming_count(Some("handled"), None),
+            threshold,
+            Duration::from_millis(KILL_OFFSET_MS[k]),
+        )
+        .await;
         // Mid-stream means work was left when the host died.
         let p = db.progress().await.unwrap();
         let left = p.with_status("incoming");

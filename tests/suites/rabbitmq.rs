@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use jasper_e2e::amqp::{Amqp, Proxy, exchange_uri, queue_uri, typed_message, unique_name};
-use jasper_e2e::{Col, Db, TestHost, json, wait_until};
+use jasper_e2e::kill::{Catch, SenderKill, kill_sender_at, kill9_when};
+use jasper_e2e::{TestHost, json, wait_until};
 use rabbit_common::*;
 
 // ---------------------------------------------------------------------------
@@ -307,22 +308,19 @@ async fn sigkill_while_consuming_loses_and_duplicates_nothing() {
             Phase::Received => None,
             Phase::Handled => Some("handled"),
         };
-        let seen = host
-            .wait_for_every(
-                &format!(
-                    "{phase:?} OrderPlaced >= {threshold} ({pct}%) before kill #{}",
-                    k + 1
-                ),
-                PHASE_TIMEOUT,
-                Duration::from_millis(2),
-                || db.incoming_count(status, Some("OrderPlaced")),
-                |h| *h >= threshold,
-            )
-            .await;
-        if offset_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(offset_ms)).await;
-        }
-        host.kill9();
+        let seen = kill9_when(
+            &host,
+            &format!(
+                "{phase:?} OrderPlaced >= {threshold} ({pct}%) before kill #{}",
+                k + 1
+            ),
+            PHASE_TIMEOUT,
+            Duration::from_millis(2),
+            || db.incoming_count(status, Some("OrderPlaced")),
+            threshold,
+            Duration::from_millis(offset_ms),
+        )
+        .await;
         let p = db.progress().await.unwrap();
         let received = p.of_type("OrderPlaced");
         // The broker takes back what the dead connection had unacknowledged
@@ -431,147 +429,6 @@ async fn sigkill_while_consuming_loses_and_duplicates_nothing() {
 // 3. The publisher SIGKILLed with unconfirmed rows
 // ---------------------------------------------------------------------------
 
-/// What a kill of A is to catch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Catch {
-    /// Rows in A's outgoing table (published or not, never confirmed and
-    /// deleted).
-    Unconfirmed,
-    /// Rows in A's outgoing table that B already committed: the broker took
-    /// them, A did not settle them, so A's next run publishes them again and
-    /// B's inbox must drop the copies.
-    CommittedByB,
-}
-
-/// A kill of A that caught what it was after.
-#[derive(Debug)]
-struct Caught {
-    /// A's outgoing rows after the kill.
-    rows: BTreeSet<String>,
-    /// Those of them that B had committed.
-    in_b: BTreeSet<String>,
-    tries: u32,
-    kills: u32,
-}
-
-/// A's (handled rows, outgoing rows), by one light query.
-async fn a_counts(da: &Db) -> anyhow::Result<(i64, i64)> {
-    let rows = da
-        .query(
-            &format!(
-                "SELECT (SELECT count(*) FROM {} WHERE status = 'handled'), (SELECT count(*) FROM {})",
-                da.table("incoming"),
-                da.table("outgoing")
-            ),
-            &[],
-            &[Col::Int, Col::Int],
-        )
-        .await?;
-    Ok((rows[0][0].int()?, rows[0][1].int()?))
-}
-
-/// The ids of `rows` that are in B's inbox.
-async fn in_b(db: &Db, rows: &BTreeSet<String>) -> BTreeSet<String> {
-    if rows.is_empty() {
-        return BTreeSet::new();
-    }
-    db.incoming_snapshot()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .filter(|id| rows.contains(id))
-        .collect()
-}
-
-/// SIGKILLs A once it handled at least `min_handled` PlaceOrder, at a moment
-/// `catch` describes, and leaves it dead. A is frozen (SIGSTOP, every thread
-/// stopped) as soon as it has rows in outgoing, so it cannot settle them
-/// while the test looks (B and the broker go on); for `CommittedByB` the
-/// test waits up to `CATCH` for B to commit some of them. If the frozen A
-/// does not show the catch it is resumed and tried again; if it does, it is
-/// SIGKILLed, and what counts is the store after the kill (a commit A had
-/// not yet published to readers when it froze shows then), so a kill whose
-/// result shows no catch after all is followed by a restart and a new try.
-async fn kill_a_at(pair: &Pair, min_handled: i64, catch: Catch) -> Caught {
-    const TRIES: u32 = 200;
-    const CATCH: Duration = Duration::from_millis(500);
-    let (da, db) = (pair.a.db(), pair.b.db());
-    let outgoing_ids = || async {
-        da.outgoing_snapshot()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect::<BTreeSet<String>>()
-    };
-    let shows = |rows: &BTreeSet<String>, in_b: &BTreeSet<String>| match catch {
-        Catch::Unconfirmed => !rows.is_empty(),
-        Catch::CommittedByB => !in_b.is_empty(),
-    };
-    let mut at_least = min_handled;
-    let mut kills = 0;
-    for attempt in 1..=TRIES {
-        let (handled, outgoing) = pair
-            .a
-            .wait_for_every(
-                &format!(
-                    "A to handle {at_least} PlaceOrder or more with rows in outgoing (or to finish)"
-                ),
-                PHASE_TIMEOUT,
-                Duration::from_millis(2),
-                || a_counts(&da),
-                |&(h, o)| (h >= at_least && o > 0) || (h >= N as i64 && o == 0),
-            )
-            .await;
-        assert!(
-            outgoing > 0,
-            "A finished streaming after {attempt} tries, none of which caught {catch:?} rows (handled {handled})"
-        );
-        pair.a.sigstop();
-        let rows = outgoing_ids().await;
-        let deadline = Instant::now() + CATCH;
-        let mut seen = false;
-        while !rows.is_empty() {
-            if shows(&rows, &in_b(&db, &rows).await) {
-                seen = true;
-                break;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !seen {
-            pair.a.sigcont();
-            if catch == Catch::CommittedByB && !rows.is_empty() {
-                at_least = handled + 1;
-            }
-            continue;
-        }
-        pair.a.kill9();
-        kills += 1;
-        let rows = outgoing_ids().await;
-        let got = in_b(&db, &rows).await;
-        if shows(&rows, &got) {
-            return Caught {
-                rows,
-                in_b: got,
-                tries: attempt,
-                kills,
-            };
-        }
-        println!(
-            "[publisher kill] a frozen A showed {catch:?} rows, the store after its SIGKILL does not \
-             ({} outgoing, {} of them in B): restarting A and trying again",
-            rows.len(),
-            got.len()
-        );
-        pair.a.spawn();
-    }
-    panic!("{TRIES} tries, none caught {catch:?} rows");
-}
-
 /// A (orders) routes OrderPlaced to `rabbitmq://queue/Q`, B (audit) consumes
 /// Q. A is SIGKILLed twice mid-stream while rows in its outgoing table are
 /// unconfirmed (the first time: rows B already committed, so they are
@@ -590,12 +447,24 @@ async fn sigkill_with_unconfirmed_outgoing_every_message_arrives() {
     let mut restarts = Vec::new();
     let mut b_had = 0;
     let mut left_by_kills = 0;
-    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unconfirmed)]
+    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unsettled)]
         .into_iter()
         .enumerate()
     {
         let min_handled = N as i64 * pct / 100;
-        let caught = kill_a_at(&pair, min_handled, catch).await;
+        let caught = kill_sender_at(
+            &pair.a,
+            &pair.b.db(),
+            SenderKill {
+                label: "[publisher kill]",
+                min_handled,
+                catch,
+                earlier: &BTreeSet::new(),
+                window: Duration::from_millis(500),
+                move_on_after_miss: true,
+            },
+        )
+        .await;
         let pa = da.progress().await.unwrap();
         println!(
             "[publisher kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {} PlaceOrder (>= {min_handled}); \

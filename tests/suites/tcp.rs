@@ -15,7 +15,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use jasper_e2e::orders::*;
-use jasper_e2e::{Col, Db, HostConfig, TestHost, free_port};
+use jasper_e2e::kill::{Catch, SenderKill, in_inbox, kill_sender_at, kill9_when, sender_counts};
+use jasper_e2e::{HostConfig, TestHost, free_port};
 
 /// Both hosts prove they know it before any frame is read.
 const SECRET: &str = "e2e-shared-secret-for-the-tcp-suite";
@@ -136,23 +137,19 @@ async fn receiver_sigkilled_mid_stream_loses_and_duplicates_nothing() {
     let da = pair.a.db();
     for (k, pct) in KILL_AT_PERCENT.iter().enumerate() {
         let threshold = N as i64 * pct / 100;
-        let seen = pair
-            .b
-            .wait_for_every(
-                &format!(
-                    "OrderPlaced rows in B's inbox >= {threshold} before kill #{}",
-                    k + 1
-                ),
-                PHASE_TIMEOUT,
-                Duration::from_millis(5),
-                || db.incoming_count(None, Some("OrderPlaced")),
-                |n| *n >= threshold,
-            )
-            .await;
-        if KILL_OFFSET_MS[k] > 0 {
-            tokio::time::sleep(Duration::from_millis(KILL_OFFSET_MS[k])).await;
-        }
-        pair.b.kill9();
+        let seen = kill9_when(
+            &pair.b,
+            &format!(
+                "OrderPlaced rows in B's inbox >= {threshold} before kill #{}",
+                k + 1
+            ),
+            PHASE_TIMEOUT,
+            Duration::from_millis(5),
+            || db.incoming_count(None, Some("OrderPlaced")),
+            threshold,
+            Duration::from_millis(KILL_OFFSET_MS[k]),
+        )
+        .await;
         // B is dead: its store is as the kill left it.
         let pb = db.progress().await.unwrap();
         let pa = da.progress().await.unwrap();
@@ -305,157 +302,7 @@ async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
     );
 }
 
-/// Ids of A's outgoing rows that are in B's inbox too: batches B committed
-/// (and acknowledged, or was about to) that A has not deleted.
-async fn in_both(pair: &Pair, a_rows: &BTreeSet<String>) -> BTreeSet<String> {
-    let b_ids: BTreeSet<String> = pair
-        .b
-        .db()
-        .incoming_snapshot()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    a_rows.intersection(&b_ids).cloned().collect()
-}
-
-/// What a freeze of A must catch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Catch {
-    /// Rows A committed and has not deleted (not acknowledged yet).
-    Unacknowledged,
-    /// Such rows that B already committed: the moment between B's inbox
-    /// commit and A's deleting the rows on the ack.
-    CommittedByB,
-}
-
-/// A kill of A that caught what it was after.
-#[derive(Debug)]
-struct Caught {
-    /// A's outgoing rows after the kill: committed, never acknowledged.
-    rows: BTreeSet<String>,
-    /// Those of them that B had committed.
-    in_b: BTreeSet<String>,
-    /// Freezes it took.
-    tries: u32,
-    /// SIGKILLs it took (a kill whose result did not show the catch is
-    /// followed by a restart and another try).
-    kills: u32,
-}
-
-/// A's (handled rows, outgoing rows), by one light query (A handles only
-/// PlaceOrder; its reminders stay scheduled).
-async fn a_counts(da: &Db) -> anyhow::Result<(i64, i64)> {
-    let rows = da
-        .query(
-            &format!(
-                "SELECT (SELECT count(*) FROM {} WHERE status = 'handled'), (SELECT count(*) FROM {})",
-                da.table("incoming"),
-                da.table("outgoing")
-            ),
-            &[],
-            &[Col::Int, Col::Int],
-        )
-        .await?;
-    Ok((rows[0][0].int()?, rows[0][1].int()?))
-}
-
-/// SIGKILLs A once it handled at least `min_handled` PlaceOrder, at a moment
-/// that `catch` describes, and leaves it dead; only rows not in `earlier`
-/// (left by earlier kills) count. To find the moment, A is frozen (SIGSTOP,
-/// every thread stopped) as soon as it has rows in outgoing, so it cannot
-/// delete them while the test looks; for `CommittedByB` the test then waits
-/// up to `CATCH` for B to commit what A sent before the freeze. If the
-/// frozen A does not show the catch, it is resumed and tried again (the
-/// rows it held were not sent yet, say). If it does, it is SIGKILLed, and what
-/// counts is the store after the kill: a commit A had written but not yet
-/// published to readers when it froze becomes visible then (SQLite's WAL),
-/// so a kill whose result shows no catch after all is followed by a restart
-/// and another try.
-async fn kill_a_at(
-    pair: &Pair,
-    min_handled: i64,
-    catch: Catch,
-    earlier: &BTreeSet<String>,
-) -> Caught {
-    const TRIES: u32 = 200;
-    const CATCH: Duration = Duration::from_millis(300);
-    let da = pair.a.db();
-    // Only rows this run committed count: not those an earlier kill left.
-    let outgoing_ids = || async {
-        da.outgoing_snapshot()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .filter(|id| !earlier.contains(id))
-            .collect::<BTreeSet<String>>()
-    };
-    let shows = |rows: &BTreeSet<String>, in_b: &BTreeSet<String>| match catch {
-        Catch::Unacknowledged => !rows.is_empty(),
-        Catch::CommittedByB => !in_b.is_empty(),
-    };
-    let mut kills = 0;
-    for attempt in 1..=TRIES {
-        let (handled, outgoing) = pair
-            .a
-            .wait_for_every(
-                &format!(
-                    "A to handle {min_handled} PlaceOrder or more with rows in outgoing (or to finish)"
-                ),
-                PHASE_TIMEOUT,
-                Duration::from_millis(2),
-                || a_counts(&da),
-                |&(h, o)| (h >= min_handled && o > 0) || (h == N as i64 && o == 0),
-            )
-            .await;
-        assert!(
-            outgoing > 0,
-            "A finished streaming after {attempt} tries, none of which caught {catch:?} rows (handled {handled})"
-        );
-        pair.a.sigstop();
-        let rows = outgoing_ids().await;
-        let deadline = Instant::now() + CATCH;
-        let mut seen = false;
-        while !rows.is_empty() {
-            if shows(&rows, &in_both(pair, &rows).await) {
-                seen = true;
-                break;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !seen {
-            pair.a.sigcont();
-            continue;
-        }
-        pair.a.kill9();
-        kills += 1;
-        let rows = outgoing_ids().await;
-        let in_b = in_both(pair, &rows).await;
-        if shows(&rows, &in_b) {
-            return Caught {
-                rows,
-                in_b,
-                tries: attempt,
-                kills,
-            };
-        }
-        println!(
-            "[sender kill] a frozen A showed {catch:?} rows, the store after its SIGKILL does not \
-             ({} outgoing, {} of them in B): a commit in flight; restarting A and trying again",
-            rows.len(),
-            in_b.len()
-        );
-        pair.a.spawn();
-    }
-    panic!("{TRIES} tries, none caught {catch:?} rows");
-}
-
-/// Both up, A SIGKILLed mid-stream twice (or more, see `kill_a_at`) while
+/// Both up, A SIGKILLed mid-stream twice (or more, see `kill_sender_at`) while
 /// it has committed rows in outgoing that were not acknowledged; restarted
 /// each time. The first kill is the worst moment for duplicates: B has
 /// committed rows that A has not deleted, so A's next run sends them again
@@ -477,12 +324,24 @@ async fn sender_sigkilled_mid_stream_twice_resends_once() {
     // must catch rows its own run committed, further on.
     let mut earlier = BTreeSet::new();
     let mut handled_before = 0;
-    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unacknowledged)]
+    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unsettled)]
         .into_iter()
         .enumerate()
     {
         let min_handled = (N as i64 * pct / 100).max(handled_before + 1);
-        let caught = kill_a_at(&pair, min_handled, catch, &earlier).await;
+        let caught = kill_sender_at(
+            &pair.a,
+            &pair.b.db(),
+            SenderKill {
+                label: "[sender kill]",
+                min_handled,
+                catch,
+                earlier: &earlier,
+                window: Duration::from_millis(300),
+                move_on_after_miss: false,
+            },
+        )
+        .await;
         // A is dead, and B cannot touch A's store.
         let pa = da.progress().await.unwrap();
         handled_before = pa.get("PlaceOrder", "handled");
@@ -571,7 +430,7 @@ async fn sender_stopped_while_receiver_hangs_exits_and_resends_once() {
         .wait_for(
             "A to have rows in outgoing while B hangs",
             PHASE_TIMEOUT,
-            || a_counts(&da),
+            || sender_counts(&da),
             |&(_, o)| o > 0,
         )
         .await;
@@ -603,7 +462,7 @@ async fn sender_stopped_while_receiver_hangs_exits_and_resends_once() {
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let in_b = in_both(&pair, &rows).await;
+    let in_b = in_inbox(&db, &rows).await;
     let mark = pair.a.log_mark();
     pair.a.spawn();
     settle_and_check(&pair, "sender stopped while the receiver hangs", started).await;

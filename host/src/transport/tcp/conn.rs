@@ -25,7 +25,7 @@ pub enum ConnError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("timed out {0}")]
-    Timeout(&'static str),
+    Timeout(Stage),
     #[error("protocol violation: {0}")]
     Wire(#[from] WireError),
     #[error("handshake refused: {0}")]
@@ -38,6 +38,60 @@ pub enum ConnError {
     Peer(String),
     #[error("unexpected {0} frame")]
     Unexpected(&'static str),
+}
+
+impl ConnError {
+    /// A stable name of what went wrong: the `cause` field of the log lines
+    /// about a refused or dropped connection (the wording may change, this
+    /// does not).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ConnError::Io(_) => "io",
+            ConnError::Timeout(stage) => stage.cause(),
+            ConnError::Wire(e) => e.cause(),
+            ConnError::Handshake(r) => r.cause(),
+            ConnError::Tls(_) => "tls",
+            ConnError::Closed => "closed",
+            ConnError::Peer(_) => "peer-error",
+            ConnError::Unexpected(_) => "unexpected-frame",
+        }
+    }
+}
+
+/// What a connection was doing when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The listener's side of the handshake (TLS included).
+    Handshake,
+    /// The sender's connect, TLS and handshake.
+    Connecting,
+    /// Between a frame's first byte and its last.
+    Frame,
+    /// Between frames, past the idle timeout.
+    Idle,
+}
+
+impl Stage {
+    fn cause(self) -> &'static str {
+        match self {
+            Stage::Handshake => "handshake-timeout",
+            Stage::Connecting => "connect-timeout",
+            Stage::Frame => "frame-timeout",
+            Stage::Idle => "idle-timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Handshake => "during the handshake",
+            Stage::Connecting => "connecting",
+            Stage::Frame => "reading a frame",
+            Stage::Idle => "waiting for a frame",
+        })
+    }
 }
 
 /// A connection past its handshake.
@@ -54,7 +108,7 @@ impl std::fmt::Debug for Conn {
 
 async fn within<T>(
     d: Duration,
-    what: &'static str,
+    what: Stage,
     f: impl Future<Output = Result<T, ConnError>>,
 ) -> Result<T, ConnError> {
     tokio::time::timeout(d, f)
@@ -76,7 +130,7 @@ impl Conn {
         settings: std::sync::Arc<TcpSettings>,
     ) -> Result<Conn, ConnError> {
         let limit = settings.handshake_timeout;
-        within(limit, "during the handshake", async {
+        within(limit, Stage::Handshake, async {
             let mut io: Box<dyn Io> = match &settings.tls_acceptor {
                 Some(acceptor) => Box::new(
                     acceptor
@@ -129,7 +183,7 @@ impl Conn {
         settings: std::sync::Arc<TcpSettings>,
         connect_timeout: Duration,
     ) -> Result<Conn, ConnError> {
-        within(connect_timeout, "connecting", async {
+        within(connect_timeout, Stage::Connecting, async {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let mut io: Box<dyn Io> = match &settings.tls_connector {
@@ -176,13 +230,13 @@ impl Conn {
         let mut prefix = [0u8; FRAME_HEADER_LEN];
         let first = tokio::time::timeout(idle, self.io.read(&mut prefix[..1]))
             .await
-            .map_err(|_| ConnError::Timeout("waiting for a frame"))??;
+            .map_err(|_| ConnError::Timeout(Stage::Idle))??;
         if first == 0 {
             return Ok(None);
         }
         let settings = self.settings.clone();
         let io = &mut self.io;
-        within(settings.frame_timeout, "reading a frame", async move {
+        within(settings.frame_timeout, Stage::Frame, async move {
             let mid_frame = |e| match e {
                 ConnError::Closed => ConnError::Wire(WireError::Truncated(
                     "a frame (the peer closed the connection in the middle of it)",

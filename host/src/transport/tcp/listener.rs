@@ -83,7 +83,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            warn!(listener = %uri, %peer, limit = settings.max_connections, "connection refused: the listener's connection limit is reached");
+            warn!(listener = %uri, %peer, event = %"connection-limit", limit = settings.max_connections, "connection refused: the listener's connection limit is reached");
             drop(stream);
             continue;
         };
@@ -116,7 +116,7 @@ async fn serve(
     let mut conn = match Conn::accept(stream, settings.clone()).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %crate::error_chain(&e), "connection refused: the peer failed the handshake");
+            warn!(event = %"handshake-refused", cause = %e.cause(), error = %crate::error_chain(&e), "connection refused: the peer failed the handshake");
             return;
         }
     };
@@ -180,7 +180,8 @@ async fn serve(
                     _ => "pong",
                 };
                 warn!(
-                    frame = what,
+                    event = %"protocol-violation",
+                    frame = %what,
                     "protocol violation: a listener receives batches and pings only; disconnecting"
                 );
                 conn.fail(&format!("unexpected {what} frame")).await;
@@ -193,7 +194,7 @@ async fn serve(
                         info!(error = %reason, "connection lost");
                     }
                     _ => {
-                        warn!(error = %reason, "disconnecting the peer");
+                        warn!(event = %"peer-disconnected", cause = %e.cause(), error = %reason, "disconnecting the peer");
                         conn.fail(&reason).await;
                     }
                 }

@@ -12,6 +12,8 @@
 //! the same way, and only a failure makes them durable (as a retry row).
 
 pub mod policy;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::config::HandlingConfig;
-use crate::envelope::{Envelope, now_ms};
+use crate::envelope::Envelope;
+#[cfg(not(test))]
+use crate::envelope::now_ms;
+#[cfg(test)]
+use crate::paused::now_ms;
 use crate::runtime::routing::local_plugin;
 use crate::runtime::state_view::{BatchState, StateView};
 use crate::runtime::{Plugins, Runtime};

@@ -4,6 +4,8 @@
 //! and created again. Store calls take no paused time (see
 //! `crate::paused`), so every time asserted is exact.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

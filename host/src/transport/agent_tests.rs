@@ -3,6 +3,8 @@
 //! exact: store calls take no paused time (see `crate::paused`), so the
 //! only things that move the clock are the agent's own timers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -23,6 +23,8 @@ pub mod durability;
 pub mod envelope;
 pub mod handling;
 pub mod host;
+#[cfg(test)]
+mod paused;
 pub mod runtime;
 pub mod sending;
 pub mod store;

@@ -12,6 +12,8 @@
 //! the same way, and only a failure makes them durable (as a retry row).
 
 pub mod policy;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,11 @@ use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
 use crate::config::HandlingConfig;
-use crate::envelope::{Envelope, local_row, now_ms};
+use crate::envelope::{Envelope, local_row};
+#[cfg(not(test))]
+use crate::envelope::now_ms;
+#[cfg(test)]
+use crate::paused::now_ms;
 use crate::runtime::state_view::{BatchState, StateView};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{

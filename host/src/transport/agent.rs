@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 use super::{Connector, Link, LinkError, Outgoing, Verdict, dead_letter_outgoing};
 use crate::config::SendingConfig;
+#[cfg(not(test))]
 use crate::envelope::now_ms;
+#[cfg(test)]
+use crate::paused::now_ms;
 use crate::store::MessageStore;
 
 /// Longest wait between retries of a failing peer.
@@ -303,3 +306,7 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> Wake {
         _ = shutdown.changed() => Wake::Shutdown,
     }
 }
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

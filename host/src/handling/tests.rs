@@ -1,0 +1,220 @@
+//! The worker's loop under paused time, with the real runtime (the `noop`
+//! test plugin, built by `make plugins`) and the real SQLite store. The
+//! database fails for real: its tables are dropped under the running worker
+//! and created again. Store calls take no paused time (see
+//! `crate::paused`), so every time asserted is exact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{BatchEvent, Worker, local_row};
+use crate::config::{HandlingConfig, PluginsConfig, RabbitConfig, SendingConfig, TcpConfig};
+use crate::envelope::Envelope;
+use crate::paused::{self, Claim, Frozen};
+use crate::runtime::Runtime;
+use crate::store::MessageStore;
+use crate::transport::Senders;
+use crate::transport::rabbitmq::RabbitSettings;
+use crate::transport::tcp::TcpSettings;
+
+/// A test plugin built by `make plugins`; fails loudly (with the command) if missing.
+fn wasm(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/plugin")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make plugins` first",
+        p.display()
+    );
+    p
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One worker with the `noop` plugin over a real store.
+struct Rig {
+    store: Arc<Frozen>,
+    wake: Arc<Notify>,
+    events: broadcast::Receiver<Arc<BatchEvent>>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    worker: Worker,
+    /// Kept open: the worker's in-memory queue (`tcp://`), unused here.
+    _memory: mpsc::Sender<Vec<Envelope>>,
+    memory_rx: Option<mpsc::Receiver<Vec<Envelope>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new(poll_interval_ms: u64) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = paused::sqlite(dir.path()).await;
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugin_dir).unwrap();
+        std::fs::copy(wasm("noop"), plugin_dir.join("noop.wasm")).unwrap();
+        let runtime = Arc::new(Runtime::new(&PluginsConfig::default()).unwrap());
+        let (plugins, errors) = runtime.load_dir(&plugin_dir).await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let senders = Arc::new(Senders::new(
+            store.clone(),
+            SendingConfig::default(),
+            Arc::new(TcpSettings::from_config(&TcpConfig::default()).unwrap()),
+            Arc::new(RabbitSettings {
+                config: RabbitConfig::default(),
+                connect_timeout: ms(1000),
+                confirm_timeout: ms(1000),
+            }),
+            shutdown_rx,
+        ));
+        let (events_tx, events) = broadcast::channel(64);
+        let wake = Arc::new(Notify::new());
+        let worker = Worker {
+            store: store.clone(),
+            runtime,
+            plugins: Arc::new(plugins),
+            config: HandlingConfig {
+                poll_interval_ms,
+                ..HandlingConfig::default()
+            },
+            node_id: 7,
+            wake: wake.clone(),
+            events: events_tx,
+            senders,
+        };
+        let (memory, memory_rx) = mpsc::channel(1);
+        Rig {
+            store,
+            wake,
+            events,
+            shutdown,
+            task: None,
+            worker,
+            _memory: memory,
+            memory_rx: Some(memory_rx),
+            _dir: dir,
+        }
+    }
+
+    /// Start the worker; returns when (paused time) it started.
+    fn start(&mut self) -> Instant {
+        let memory = self.memory_rx.take().unwrap();
+        let run = self.worker.clone().run(self.shutdown.subscribe(), memory);
+        self.task = Some(tokio::spawn(run));
+        Instant::now()
+    }
+
+    /// A `bench.Noop` for the `noop` plugin in the inbox, due at `at` (ms)
+    /// or at once.
+    async fn insert(&self, at: Option<i64>) -> Uuid {
+        let mut env = Envelope::new("bench.Noop", b"{}".to_vec());
+        env.destination = Some(crate::runtime::routing::local_uri("noop"));
+        env.scheduled_at = at;
+        let report = self
+            .store
+            .insert_incoming(&[local_row(&env)])
+            .await
+            .unwrap();
+        assert_eq!(report.inserted, 1);
+        env.id
+    }
+
+    /// The next committed batch and when it came.
+    async fn next_event(&mut self) -> (Instant, Arc<BatchEvent>) {
+        let got = tokio::time::timeout(Duration::from_secs(600), self.events.recv()).await;
+        let event = got.expect("no batch committed").expect("events channel");
+        (Instant::now(), event)
+    }
+
+    /// Claims from `since` on, as (offset from `since` in ms, rows or None
+    /// for a failure).
+    fn claims_since(&self, since: Instant) -> Vec<(u64, Option<usize>)> {
+        self.store
+            .claims()
+            .into_iter()
+            .filter(|c: &Claim| c.at >= since)
+            .map(|c| ((c.at - since).as_millis() as u64, c.rows))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.send(true).unwrap();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(ms(10_000), task)
+                .await
+                .expect("the worker stopped")
+                .unwrap();
+        }
+    }
+}
+
+fn handled_ids(event: &BatchEvent) -> Vec<Uuid> {
+    event.handled.iter().map(|e| e.id).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn database_backoff_doubles_caps_at_five_seconds_and_resets_once_the_database_is_back() {
+    let mut rig = Rig::new(100).await;
+    // The database fails for real: no tables.
+    rig.store.drop_all().await.unwrap();
+    let t0 = rig.start();
+    tokio::time::sleep_until(t0 + ms(16_400)).await;
+    // Waits of 50, 100, 200, ... ms between failed claims, capped at 5 s.
+    let failures = [0, 50, 150, 350, 750, 1550, 3150, 6350, 11_350, 16_350];
+    assert_eq!(rig.claims_since(t0), failures.map(|at| (at, None)).to_vec());
+
+    // The database is back (and holds a message) while the worker waits
+    // out its 5 s; a wake does not cut that wait short. Its next claim, on
+    // time, takes the message.
+    rig.store.migrate().await.unwrap();
+    let id = rig.insert(None).await;
+    rig.wake.notify_one();
+    let (at, event) = rig.next_event().await;
+    let t1 = t0 + ms(21_350);
+    assert_eq!(at, t1);
+    assert_eq!(handled_ids(&event), [id]);
+    assert_eq!(rig.claims_since(t0 + ms(16_400))[0], (4950, Some(1)));
+
+    // Healthy again: it claims on (once more at once for the wake it was
+    // given), then polls every 100 ms.
+    tokio::time::sleep_until(t1 + ms(150)).await;
+    assert_eq!(
+        rig.claims_since(t1),
+        [(0, Some(1)), (0, Some(0)), (0, Some(0)), (100, Some(0))]
+    );
+
+    // Failing again starts from 50 ms: the success reset the backoff.
+    rig.store.drop_all().await.unwrap();
+    tokio::time::sleep_until(t1 + ms(560)).await;
+    assert_eq!(
+        rig.claims_since(t1 + ms(150)),
+        [(50, None), (100, None), (200, None), (400, None)]
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_message_wakes_the_worker_at_its_time_and_not_before() {
+    // Polling far apart: only the scheduled time can wake the worker sooner.
+    let mut rig = Rig::new(60_000).await;
+    let due = paused::now_ms() + 5000;
+    let id = rig.insert(Some(due)).await;
+    let t0 = rig.start();
+    let (at, event) = rig.next_event().await;
+    assert_eq!(at - t0, ms(5000), "handled at its time");
+    assert_eq!(handled_ids(&event), [id]);
+    // One claim at start (nothing due), the next at the scheduled time.
+    assert_eq!(rig.claims_since(t0)[..2], [(0, Some(0)), (5000, Some(1))]);
+    rig.stop().await;
+}

@@ -27,8 +27,9 @@ use uuid::Uuid;
 
 use crate::config::{Backend, StorageConfig};
 use crate::store::{
-    ClaimedRow, CommitBatch, Counts, DeadLetter, InsertReport, MessageStore, NewIncoming,
-    OutgoingRow, StateValue, StoreResult,
+    Admin, ClaimedRow, CommitBatch, Counts, DeadLetter, DeadLetters, GroupCommit, Inbox,
+    InsertReport, MessageStore, NewIncoming, Nodes, Outbox, OutgoingRow, Selection, StateReader,
+    StateValue, StoreResult,
 };
 
 thread_local! {
@@ -109,26 +110,7 @@ impl Frozen {
 }
 
 #[async_trait]
-impl MessageStore for Frozen {
-    async fn migrate(&self) -> StoreResult<()> {
-        let _hold = hold();
-        self.inner.migrate().await
-    }
-    async fn rebuild(&self) -> StoreResult<()> {
-        let _hold = hold();
-        self.inner.rebuild().await
-    }
-    async fn drop_all(&self) -> StoreResult<()> {
-        let _hold = hold();
-        self.inner.drop_all().await
-    }
-    async fn check_schema(&self) -> StoreResult<()> {
-        let _hold = hold();
-        self.inner.check_schema().await
-    }
-    fn schema_script(&self) -> String {
-        self.inner.schema_script()
-    }
+impl Inbox for Frozen {
     async fn insert_incoming(&self, rows: &[NewIncoming]) -> StoreResult<InsertReport> {
         let _hold = hold();
         self.inner.insert_incoming(rows).await
@@ -152,14 +134,30 @@ impl MessageStore for Frozen {
         let _hold = hold();
         self.inner.next_scheduled().await
     }
-    async fn read_state(&self, plugin: &str, key: &str) -> StoreResult<Option<StateValue>> {
+    async fn delete_expired_handled(&self, now: i64, limit: usize) -> StoreResult<u64> {
         let _hold = hold();
-        self.inner.read_state(plugin, key).await
+        self.inner.delete_expired_handled(now, limit).await
     }
+}
+
+#[async_trait]
+impl GroupCommit for Frozen {
     async fn commit(&self, batch: &CommitBatch) -> StoreResult<()> {
         let _hold = hold();
         self.inner.commit(batch).await
     }
+}
+
+#[async_trait]
+impl StateReader for Frozen {
+    async fn read_state(&self, plugin: &str, key: &str) -> StoreResult<Option<StateValue>> {
+        let _hold = hold();
+        self.inner.read_state(plugin, key).await
+    }
+}
+
+#[async_trait]
+impl Outbox for Frozen {
     async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>> {
         let _hold = hold();
         self.inner.claim_outgoing(node_id, limit).await
@@ -168,10 +166,26 @@ impl MessageStore for Frozen {
         let _hold = hold();
         self.inner.delete_outgoing(ids).await
     }
-    async fn delete_expired_handled(&self, now: i64, limit: usize) -> StoreResult<u64> {
+}
+
+#[async_trait]
+impl DeadLetters for Frozen {
+    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         let _hold = hold();
-        self.inner.delete_expired_handled(now, limit).await
+        self.inner.dead_letters(limit).await
     }
+    async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {
+        let _hold = hold();
+        self.inner.replay_dead_letters(which).await
+    }
+    async fn purge_dead_letters(&self, which: &Selection) -> StoreResult<u64> {
+        let _hold = hold();
+        self.inner.purge_dead_letters(which).await
+    }
+}
+
+#[async_trait]
+impl Nodes for Frozen {
     async fn register_node(&self, node_id: i64, name: &str, now: i64) -> StoreResult<()> {
         let _hold = hold();
         self.inner.register_node(node_id, name, now).await
@@ -199,21 +213,32 @@ impl MessageStore for Frozen {
         let _hold = hold();
         self.inner.release_all().await
     }
+}
+
+#[async_trait]
+impl Admin for Frozen {
+    async fn migrate(&self) -> StoreResult<()> {
+        let _hold = hold();
+        self.inner.migrate().await
+    }
+    async fn rebuild(&self) -> StoreResult<()> {
+        let _hold = hold();
+        self.inner.rebuild().await
+    }
+    async fn drop_all(&self) -> StoreResult<()> {
+        let _hold = hold();
+        self.inner.drop_all().await
+    }
+    async fn check_schema(&self) -> StoreResult<()> {
+        let _hold = hold();
+        self.inner.check_schema().await
+    }
+    fn schema_script(&self) -> String {
+        self.inner.schema_script()
+    }
     async fn counts(&self) -> StoreResult<Counts> {
         let _hold = hold();
         self.inner.counts().await
-    }
-    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        let _hold = hold();
-        self.inner.dead_letters(limit).await
-    }
-    async fn replay_dead_letters(&self, ids: &[Uuid]) -> StoreResult<u64> {
-        let _hold = hold();
-        self.inner.replay_dead_letters(ids).await
-    }
-    async fn purge_dead_letters(&self, ids: &[Uuid]) -> StoreResult<u64> {
-        let _hold = hold();
-        self.inner.purge_dead_letters(ids).await
     }
     async fn clear(&self) -> StoreResult<()> {
         let _hold = hold();

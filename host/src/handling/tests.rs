@@ -119,7 +119,7 @@ impl Rig {
     /// or at once.
     async fn insert(&self, at: Option<i64>) -> Uuid {
         let mut env = Envelope::new("bench.Noop", b"{}".to_vec());
-        env.destination = Some(crate::runtime::routing::local_uri("noop"));
+        env.destination = Some(crate::address::Endpoint::local("noop").into());
         env.scheduled_at = at;
         let report = self
             .store

@@ -15,8 +15,8 @@ use jasper_host::config::{Backend, StorageConfig};
 use jasper_host::envelope::Envelope;
 use jasper_host::envelope::local_row;
 use jasper_host::store::{
-    self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, StateCheck,
-    Selection, StateWrite, StoreError,
+    self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, Selection,
+    StateCheck, StateWrite, StoreError,
 };
 use uuid::Uuid;
 

@@ -806,7 +806,10 @@ async fn clients_sending_a_byte_a_second_are_disconnected_at_the_timeouts() {
         "idle connection closed after {idle_after:?} (timeout 3.5 s): {idle_closed:?}"
     );
     let told = idle_closed.error_frame();
-    assert!(told.contains("timed out waiting for a frame"), "{idle_closed:?}");
+    assert!(
+        told.contains("timed out waiting for a frame"),
+        "{idle_closed:?}"
+    );
     let line = expect_log(
         &listener,
         idle_peer,

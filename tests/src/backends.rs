@@ -1,7 +1,5 @@
 //! [`per_backend!`](crate::per_backend): one test per store backend.
 
-
-
 /// `per_backend!(name => func, ...)`: a module `name` with three tests,
 /// `name::sqlite`, `name::postgres`, `name::mysql`, each running
 /// `func(Backend::X).await` on a 2-thread tokio runtime. Filter with the

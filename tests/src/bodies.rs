@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{json};
+use crate::json;
 
 /// A `PlaceOrder` body.
 pub fn place_order(order_id: &str, amount_cents: u64, remind_after_ms: u64) -> Value {

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Debug;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
 

@@ -21,7 +21,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::{json, Counts, DeadLetter, HostConfig, CmdOut, tail, threads_not_stopped, wait_child, host_bin, plugin_wasm, rust_log, Backend, Db, Store, block_on_own_runtime, check_server, drop_store, leftovers, poll_until, CLI_TIMEOUT, STOP_TIMEOUT, POLL};
+use crate::{
+    Backend, CLI_TIMEOUT, CmdOut, Counts, Db, DeadLetter, HostConfig, POLL, STOP_TIMEOUT, Store,
+    Val, block_on_own_runtime, check_server, drop_store, host_bin, leftovers, plugin_wasm,
+    poll_until, rust_log, tail, threads_not_stopped, wait_child,
+};
 
 /// One isolated host: temp dir, config, plugins, db, and maybe a running child.
 pub struct TestHost {

@@ -31,6 +31,8 @@
 // A test harness fails by panicking; these lints guard library code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::time::Duration;
+
 pub use serde_json::json;
 
 pub mod amqp;
@@ -53,8 +55,8 @@ pub use config::{HostConfig, Val};
 pub use host::{TestHost, strip_ansi};
 pub use output::{CmdOut, tail};
 pub(crate) use output::{threads_not_stopped, wait_child};
-pub use paths::{host_bin, plugin_wasm, target_dir, workspace_root};
 pub(crate) use paths::rust_log;
+pub use paths::{host_bin, plugin_wasm, target_dir, workspace_root};
 pub use ports::free_port;
 pub use store::{
     Backend, Bind, Cell, Col, Db, DeadLetterRow, FreshDatabase, IncomingRow, OutgoingRow, Progress,

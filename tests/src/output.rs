@@ -2,8 +2,8 @@
 //! threads (to tell a stopped host from a running one).
 
 use std::fmt::Debug;
+use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::process::Child;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -143,7 +143,4 @@ mod tests {
         assert_eq!(tail("a\nb\nc", 2), "[... 1 earlier lines ...]\nb\nc");
         assert_eq!(tail("a", 5), "a");
     }
-
-    /// The read-only helpers work on a WAL-mode file another connection writes,
-    /// and report a missing file as an error (not as zero rows).
 }

@@ -1270,6 +1270,8 @@ mod tests {
         assert!(s.len() == 13 && s.starts_with('t'), "{s}");
     }
 
+    /// The read-only helpers work on a WAL-mode file another connection writes,
+    /// and report a missing file as an error (not as zero rows).
     #[tokio::test]
     async fn db_reads_a_wal_database_read_only() {
         let dir = tempfile::tempdir().unwrap();

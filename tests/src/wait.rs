@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::{TestHost, POLL};
+use crate::{POLL, TestHost};
 
 /// Polls `probe` every [`POLL`] until `done(&value)` holds and returns that
 /// value. Panics after `timeout` with `what` and the last observed value (or

@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use jasper_e2e::orders::*;
 use jasper_e2e::kill::{Catch, SenderKill, in_inbox, kill_sender_at, kill9_when, sender_counts};
+use jasper_e2e::orders::*;
 use jasper_e2e::{HostConfig, TestHost, free_port};
 
 /// Both hosts prove they know it before any frame is read.

@@ -11,11 +11,10 @@
 //! cargo feature for it would leave the replay out of a plain `cargo test`.
 
 use super::{
-    AcceptStatus, CLIENT_HELLO_LEN, ClientHello, FLAG_SECRET, FRAME_HEADER_LEN, Frame,
-    FrameLimits, HandshakeRefusal, PROTOCOL_VERSION, SERVER_ACCEPT_LEN, SERVER_HELLO_LEN, Secret,
-    ServerAccept, ServerHello, answer_server_hello, check_server_accept, decode_frame,
-    encode_ack, encode_batch, encode_error, encode_ping, encode_pong, frame_len,
-    judge_client_hello,
+    AcceptStatus, CLIENT_HELLO_LEN, ClientHello, FLAG_SECRET, FRAME_HEADER_LEN, Frame, FrameLimits,
+    HandshakeRefusal, PROTOCOL_VERSION, SERVER_ACCEPT_LEN, SERVER_HELLO_LEN, Secret, ServerAccept,
+    ServerHello, answer_server_hello, check_server_accept, decode_frame, encode_ack, encode_batch,
+    encode_error, encode_ping, encode_pong, frame_len, judge_client_hello,
 };
 use crate::envelope::{Envelope, Limits};
 
@@ -456,10 +455,7 @@ mod tests {
         vec![
             ("batch-1", encode_batch(1, &refs[..1])),
             ("batch-3", encode_batch(2, &refs)),
-            (
-                "batch-bad-entry",
-                encode_batch(3, &[refs[0], b"garbage"]),
-            ),
+            ("batch-bad-entry", encode_batch(3, &[refs[0], b"garbage"])),
             ("batch-empty", encode_batch(4, &[])),
             ("ack", ack.clone()),
             ("ping", encode_ping(5)),

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
 use crate::config::HandlingConfig;
-use crate::envelope::{Envelope, local_row};
 #[cfg(not(test))]
 use crate::envelope::now_ms;
+use crate::envelope::{Envelope, local_row};
 #[cfg(test)]
 use crate::paused::now_ms;
 use crate::runtime::state_view::{BatchState, StateView};

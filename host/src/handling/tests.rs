@@ -20,7 +20,7 @@ use crate::config::{HandlingConfig, PluginsConfig, RabbitConfig, SendingConfig, 
 use crate::envelope::Envelope;
 use crate::paused::{self, Claim, Frozen};
 use crate::runtime::Runtime;
-use crate::store::MessageStore;
+use crate::store::{Admin, Inbox};
 use crate::transport::Senders;
 use crate::transport::rabbitmq::RabbitSettings;
 use crate::transport::tcp::TcpSettings;

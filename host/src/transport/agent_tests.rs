@@ -19,7 +19,7 @@ use super::Agent;
 use crate::config::SendingConfig;
 use crate::envelope::Envelope;
 use crate::paused::{self, Frozen};
-use crate::store::{CommitBatch, MessageStore};
+use crate::store::{Admin, CommitBatch, DeadLetters, GroupCommit, Nodes, Outbox};
 use crate::transport::{Connector, Link, LinkError, Outgoing, Verdict};
 
 /// What the fake peer was asked to do.

@@ -17,6 +17,7 @@
 //! - [`cli`]: the `jasper-host` command line.
 
 pub mod address;
+mod backoff;
 pub mod cli;
 pub mod config;
 pub mod durability;

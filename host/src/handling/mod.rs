@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
+use crate::backoff::{Backoff, pause};
 use crate::config::HandlingConfig;
 #[cfg(not(test))]
 use crate::envelope::now_ms;
@@ -36,6 +37,10 @@ use crate::store::{
 };
 use crate::transport::{Outgoing, Senders};
 use policy::{Disposition, Failure, decide};
+
+/// The worker's wait after a failed claim or commit: doubling from 50 ms to 5 s.
+const DB_BACKOFF_BASE: Duration = Duration::from_millis(50);
+const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What one batch came to (for logs, tests and benchmarks).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +128,7 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
         mut memory: mpsc::Receiver<Vec<Envelope>>,
     ) {
-        let mut db_backoff = Duration::from_millis(50);
+        let mut db_backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
         loop {
             if *shutdown.borrow() {
                 return;
@@ -139,13 +144,12 @@ impl Worker {
                 .await
             {
                 Ok(rows) => {
-                    db_backoff = Duration::from_millis(50);
+                    db_backoff.reset();
                     rows
                 }
                 Err(e) => {
                     error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
-                    self.pause(&mut shutdown, db_backoff).await;
-                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    pause(&mut shutdown, db_backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -169,13 +173,6 @@ impl Worker {
         let rows = memory_rows(batch);
         let report = self.handle_batch(&rows, false, shutdown).await;
         debug!(received = rows.len(), ?report, "in-memory batch committed");
-    }
-
-    async fn pause(&self, shutdown: &mut watch::Receiver<bool>, d: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = shutdown.changed() => {}
-        }
     }
 
     /// How long to sleep with nothing to do: the poll interval, or less when
@@ -203,7 +200,7 @@ impl Worker {
         loop {
             let (commit, mut report, event, outgoing) = self.run_rows(rows, persisted).await;
             report.reruns = reruns;
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
             loop {
                 match self.store.commit(&commit).await {
                     Ok(()) => {
@@ -232,8 +229,7 @@ impl Worker {
                             );
                             return report;
                         }
-                        self.pause(shutdown, backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        pause(shutdown, backoff.next_delay()).await;
                     }
                 }
             }

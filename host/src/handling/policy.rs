@@ -4,6 +4,9 @@
 //! with the kind of their last failure. A host fault does not count as an
 //! attempt.
 
+use std::time::Duration;
+
+use crate::backoff::Backoff;
 use crate::config::HandlingConfig;
 use crate::runtime::{CallError, HandleError};
 
@@ -78,14 +81,15 @@ pub fn decide(
     }
 }
 
-/// Delay before attempt `attempts + 1`: base * 2^(attempts-1), at most one hour.
+/// Delay in ms before attempt `attempts + 1`: base * 2^(attempts-1), at
+/// most one hour; `None` (at once) when the base is 0.
 fn backoff(base_ms: u64, attempts: u32) -> Option<i64> {
+    const MAX: Duration = Duration::from_secs(3600);
     if base_ms == 0 {
         return None;
     }
-    let factor = 1u64 << attempts.saturating_sub(1).min(20);
-    let delay = base_ms.saturating_mul(factor).min(3_600_000);
-    Some(i64::try_from(delay).unwrap_or(3_600_000))
+    let delay = Backoff::nth(Duration::from_millis(base_ms), MAX, attempts);
+    Some(i64::try_from(delay.as_millis()).unwrap_or(3_600_000))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{Connector, Link, LinkError, Outgoing, Verdict, dead_letter_outgoing};
+use crate::backoff::{Backoff, Wake, pause};
 use crate::config::SendingConfig;
 #[cfg(not(test))]
 use crate::envelope::now_ms;
@@ -42,12 +43,6 @@ impl std::fmt::Debug for Agent {
             .field("failures", &self.failures)
             .finish_non_exhaustive()
     }
-}
-
-/// What stopped the agent's wait.
-enum Wake {
-    Shutdown,
-    Go,
 }
 
 impl Agent {
@@ -170,10 +165,14 @@ impl Agent {
         });
     }
 
+    /// The wait after the current run of failures: `retry_delay_ms` doubled
+    /// per failure in a row, at most [`MAX_BACKOFF`].
     fn backoff(&self) -> Duration {
-        let base = Duration::from_millis(self.cfg.retry_delay_ms);
-        base.saturating_mul(1 << self.failures.saturating_sub(1).min(16))
-            .min(MAX_BACKOFF)
+        Backoff::nth(
+            Duration::from_millis(self.cfg.retry_delay_ms),
+            MAX_BACKOFF,
+            self.failures,
+        )
     }
 
     /// Envelopes past their `deliver_by` are not sent; durable ones lose their row.
@@ -248,7 +247,7 @@ impl Agent {
         if ids.is_empty() {
             return;
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), MAX_BACKOFF);
         for attempt in 1..=5 {
             match self.store.delete_outgoing(ids).await {
                 Ok(_) => return,
@@ -257,8 +256,7 @@ impl Agent {
                 }
                 Err(e) => {
                     debug!(error = %crate::error_chain(&e), "deleting confirmed outgoing rows failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -297,13 +295,6 @@ impl Agent {
                 Err(e) => debug!(peer = %peer, error = %e, "ping failed; circuit stays open"),
             }
         }
-    }
-}
-
-async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> Wake {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => Wake::Go,
-        _ = shutdown.changed() => Wake::Shutdown,
     }
 }
 

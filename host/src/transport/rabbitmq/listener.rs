@@ -20,6 +20,7 @@ use tracing::{Instrument, error, field, info, info_span, warn};
 
 use super::RabbitSettings;
 use super::mapping::from_amqp;
+use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::{Envelope, Limits, now_ms};
 use crate::store::{CommitBatch, DeadLetter, GroupCommit};
 use crate::transport::receive::Inbox;
@@ -47,7 +48,7 @@ async fn run(
     inbox: Inbox,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut consumed = false;
         let result = consume(
@@ -59,20 +60,17 @@ async fn run(
             &mut consumed,
         )
         .await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                if consumed {
-                    backoff = Duration::from_millis(100);
-                }
-                warn!(listener = %uri, error = %e, retry_in = ?backoff, "RabbitMQ listener lost its connection; reconnecting");
-            }
+        let Err(e) = result else {
+            return; // shutdown
+        };
+        if consumed {
+            backoff.reset();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return,
+        let delay = backoff.next_delay();
+        warn!(listener = %uri, error = %e, retry_in = ?delay, "RabbitMQ listener lost its connection; reconnecting");
+        if let Wake::Shutdown = pause(&mut shutdown, delay).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::{PostgresStore, q};
-use crate::store::error::{StoreError, StoreResult};
+use crate::store::error::StoreResult;
 use crate::store::faces::DeadLetters;
 use crate::store::rows::{DeadLetter, Selection};
 use crate::store::shared::{self, db_count, run};

@@ -5,7 +5,7 @@ use sqlx::AssertSqlSafe;
 
 use super::SqliteStore;
 use crate::store::commit::CommitSteps;
-use crate::store::error::{StoreError, StoreResult};
+use crate::store::error::StoreResult;
 use crate::store::faces::DeadLetters;
 use crate::store::rows::{DeadLetter, STATUS_INCOMING, Selection};
 use crate::store::shared::{self, db_count, inline_ids, run};

@@ -304,7 +304,7 @@ impl Worker {
                         execute_at,
                     } => {
                         let (kind, message) = failure.describe();
-                        warn!(message_id = %row.id, kind, %message, attempts, "handling failed; will retry");
+                        warn!(message_id = %row.id, kind = %kind, %message, attempts, "handling failed; will retry");
                         report.retried += 1;
                         if persisted {
                             commit.retries.push(RetryMark {
@@ -331,29 +331,21 @@ impl Worker {
                             ev.retried.push(row.id);
                         }
                     }
-                    Disposition::DeadLetter {
-                        attempts,
-                        kind,
-                        message,
-                        replayable,
-                    } => {
-                        warn!(message_id = %row.id, kind, %message, attempts, "moved to dead letters");
+                    Disposition::DeadLetter(cause) => {
+                        warn!(message_id = %row.id, kind = %cause.kind, message = %cause.message, attempts = cause.attempts, "moved to dead letters");
                         report.dead_lettered += 1;
-                        let dead = DeadLetter {
-                            id: row.id,
-                            message_type: envelope
+                        let dead = DeadLetter::new(
+                            row.id,
+                            envelope
                                 .as_ref()
                                 .map(|e| e.message_type.clone())
                                 .unwrap_or_default(),
-                            received_at: row.destination.clone(),
-                            source: envelope.as_ref().and_then(|e| e.source.clone()),
-                            error_kind: kind.to_string(),
-                            error_message: message,
-                            failed_at: now,
-                            attempts,
-                            replayable,
-                            body: row.body.clone(),
-                        };
+                            row.destination.clone(),
+                            envelope.as_ref().and_then(|e| e.source.clone()),
+                            row.body.clone(),
+                            cause,
+                            now,
+                        );
                         if let Some(ev) = event.as_mut() {
                             ev.dead_lettered.push(dead.clone());
                         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::config::HandlingConfig;
-use crate::runtime::{CallError, HandleError};
+use crate::runtime::{CallError, HandleError, TrapKind};
+use crate::store::{DeadLetterCause, DeadLetterKind};
 
 /// Why a message could not be handled.
 #[derive(Debug, Clone)]
@@ -22,16 +23,32 @@ pub enum Failure {
 
 impl Failure {
     /// `(error_kind, message)` as recorded in dead letters.
-    pub fn describe(&self) -> (&'static str, String) {
+    pub fn describe(&self) -> (DeadLetterKind, String) {
         match self {
-            Failure::Call(CallError::Handler(HandleError::Reject(m))) => ("rejected", m.clone()),
-            Failure::Call(CallError::Handler(HandleError::Retry(m))) => ("retry", m.clone()),
-            Failure::Call(CallError::Handler(HandleError::Failed(m))) => ("failed", m.clone()),
-            Failure::Call(CallError::Trap { kind, message }) => (kind.as_str(), message.clone()),
-            Failure::Call(CallError::HostFault(m)) => ("host", m.clone()),
-            Failure::NoHandler(m) => ("no-handler", m.clone()),
-            Failure::BadMessage(m) => ("bad-message", m.clone()),
+            Failure::Call(CallError::Handler(HandleError::Reject(m))) => {
+                (DeadLetterKind::Rejected, m.clone())
+            }
+            Failure::Call(CallError::Handler(HandleError::Retry(m))) => {
+                (DeadLetterKind::Retry, m.clone())
+            }
+            Failure::Call(CallError::Handler(HandleError::Failed(m))) => {
+                (DeadLetterKind::Failed, m.clone())
+            }
+            Failure::Call(CallError::Trap { kind, message }) => (trap_kind(*kind), message.clone()),
+            Failure::Call(CallError::HostFault(m)) => (DeadLetterKind::Host, m.clone()),
+            Failure::NoHandler(m) => (DeadLetterKind::NoHandler, m.clone()),
+            Failure::BadMessage(m) => (DeadLetterKind::BadMessage, m.clone()),
         }
+    }
+}
+
+fn trap_kind(kind: TrapKind) -> DeadLetterKind {
+    match kind {
+        TrapKind::Panic => DeadLetterKind::Panic,
+        TrapKind::Deadline => DeadLetterKind::Deadline,
+        TrapKind::Memory => DeadLetterKind::Memory,
+        TrapKind::Fuel => DeadLetterKind::Fuel,
+        TrapKind::Other => DeadLetterKind::Trap,
     }
 }
 
@@ -43,12 +60,7 @@ pub enum Disposition {
         attempts: u32,
         execute_at: Option<i64>,
     },
-    DeadLetter {
-        attempts: u32,
-        kind: &'static str,
-        message: String,
-        replayable: bool,
-    },
+    DeadLetter(DeadLetterCause),
 }
 
 /// Decide after a failure; `attempts_before` is the count of earlier failed attempts.
@@ -60,11 +72,13 @@ pub fn decide(
 ) -> Disposition {
     let attempts = attempts_before.saturating_add(1);
     let (kind, message) = failure.describe();
-    let dead = |replayable| Disposition::DeadLetter {
-        attempts,
-        kind,
-        message: message.clone(),
-        replayable,
+    let dead = |replayable| {
+        Disposition::DeadLetter(DeadLetterCause {
+            kind: kind.clone(),
+            message: message.clone(),
+            attempts,
+            replayable,
+        })
     };
     match failure {
         Failure::Call(CallError::HostFault(_)) => Disposition::Retry {
@@ -95,7 +109,6 @@ fn backoff(base_ms: u64, attempts: u32) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::TrapKind;
 
     fn cfg(max_attempts: u32) -> HandlingConfig {
         HandlingConfig {
@@ -127,12 +140,12 @@ mod tests {
         );
         assert_eq!(
             decide(&f, 2, &cfg(3), 1000),
-            Disposition::DeadLetter {
+            Disposition::DeadLetter(DeadLetterCause {
                 attempts: 3,
-                kind: "panic",
+                kind: DeadLetterKind::Panic,
                 message: "boom".into(),
                 replayable: true
-            }
+            })
         );
     }
 
@@ -141,20 +154,20 @@ mod tests {
         let reject = Failure::Call(CallError::Handler(HandleError::Reject("no".into())));
         assert!(matches!(
             decide(&reject, 0, &cfg(5), 0),
-            Disposition::DeadLetter {
+            Disposition::DeadLetter(DeadLetterCause {
                 attempts: 1,
-                kind: "rejected",
+                kind: DeadLetterKind::Rejected,
                 ..
-            }
+            })
         ));
         let bad = Failure::BadMessage("truncated".into());
         assert!(matches!(
             decide(&bad, 0, &cfg(5), 0),
-            Disposition::DeadLetter {
-                kind: "bad-message",
+            Disposition::DeadLetter(DeadLetterCause {
+                kind: DeadLetterKind::BadMessage,
                 replayable: false,
                 ..
-            }
+            })
         ));
         let host = Failure::Call(CallError::HostFault("db".into()));
         assert_eq!(

@@ -8,6 +8,7 @@
 //! `handling`; the store only makes it durable.
 
 mod commit;
+mod dead_letter;
 mod error;
 mod faces;
 mod maintenance;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use crate::config::{Backend, StorageConfig};
 
+pub use dead_letter::{DeadLetterCause, DeadLetterKind};
 pub use error::{StoreError, StoreResult};
 pub use faces::{Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader};
 pub use rows::{

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::dead_letter::{DeadLetterCause, DeadLetterKind};
+
 /// Status of a row in the incoming table.
 pub const STATUS_INCOMING: &str = "incoming";
 pub const STATUS_SCHEDULED: &str = "scheduled";
@@ -121,13 +123,41 @@ pub struct DeadLetter {
     pub message_type: String,
     pub received_at: String,
     pub source: Option<String>,
-    pub error_kind: String,
+    pub error_kind: DeadLetterKind,
     pub error_message: String,
     pub failed_at: i64,
     pub attempts: u32,
     pub replayable: bool,
     #[serde(skip)]
     pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The one way the host makes a dead letter: the message (`id`, its type,
+    /// where it was received or was going, its source, the encoded envelope)
+    /// and why it failed, at `failed_at` (ms).
+    pub fn new(
+        id: Uuid,
+        message_type: String,
+        received_at: String,
+        source: Option<String>,
+        body: Vec<u8>,
+        cause: DeadLetterCause,
+        failed_at: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            id,
+            message_type,
+            received_at,
+            source,
+            error_kind: cause.kind,
+            error_message: cause.message,
+            failed_at,
+            attempts: cause.attempts,
+            replayable: cause.replayable,
+            body,
+        }
+    }
 }
 
 /// Everything one batch of handled messages makes durable, in one transaction.

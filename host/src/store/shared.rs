@@ -11,6 +11,7 @@ use sqlx::{
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::dead_letter::DeadLetterKind;
 use super::error::{StoreError, StoreResult};
 use super::rows::{
     ClaimedRow, Counts, DeadLetter, NewIncoming, NewOutgoing, OutgoingRow, StateValue,
@@ -308,7 +309,7 @@ fn dead_letter(row: &impl Columns) -> StoreResult<DeadLetter> {
         message_type: row.text(1, op)?,
         received_at: row.text(2, op)?,
         source: row.opt_text(3, op)?,
-        error_kind: row.text(4, op)?,
+        error_kind: DeadLetterKind::from_stored(&row.text(4, op)?),
         error_message: row.text(5, op)?,
         failed_at: row.int(6, op)?,
         attempts: attempts_of(row.int(7, op)?),

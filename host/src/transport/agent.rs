@@ -20,7 +20,7 @@ use crate::config::SendingConfig;
 use crate::envelope::now_ms;
 #[cfg(test)]
 use crate::paused::now_ms;
-use crate::store::MessageStore;
+use crate::store::{DeadLetterKind, MessageStore};
 
 /// Longest wait between retries of a failing peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -219,8 +219,10 @@ impl Agent {
                         accepted.push(o.id);
                     }
                 }
-                Verdict::Rejected(why) => refused.push((o, "rejected", why)),
-                Verdict::UnknownDestination(why) => refused.push((o, "unknown-destination", why)),
+                Verdict::Rejected(why) => refused.push((o, DeadLetterKind::Rejected, why)),
+                Verdict::UnknownDestination(why) => {
+                    refused.push((o, DeadLetterKind::UnknownDestination, why))
+                }
             }
         }
         let span = tracing::Span::current();
@@ -233,7 +235,7 @@ impl Agent {
             },
         );
         for (o, kind, why) in &refused {
-            warn!(message_id = %o.id, message_type = %o.message_type, destination = %o.destination, kind, reason = %why, "the peer refused a message; moved to dead letters");
+            warn!(message_id = %o.id, message_type = %o.message_type, destination = %o.destination, kind = %kind, reason = %why, "the peer refused a message; moved to dead letters");
         }
         self.delete_rows(&accepted).await;
         if let Err(e) = dead_letter_outgoing(&*self.store, &refused).await {

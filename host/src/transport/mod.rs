@@ -33,7 +33,10 @@ use uuid::Uuid;
 use crate::address::{Destination, Endpoint};
 use crate::config::SendingConfig;
 use crate::envelope::{Envelope, now_ms};
-use crate::store::{CommitBatch, DeadLetter, MessageStore, NewOutgoing, OutgoingRow};
+use crate::store::{
+    CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, MessageStore, NewOutgoing,
+    OutgoingRow,
+};
 pub use wire::Verdict;
 
 /// An envelope on its way to a remote destination.
@@ -121,11 +124,13 @@ pub trait Link: Send + Sync {
     async fn ping(&mut self) -> Result<(), LinkError>;
 }
 
-/// Move outgoing envelopes that can never be delivered to dead letters and
-/// delete their rows, in one commit.
+/// Move outgoing envelopes that can never be delivered to dead letters, then
+/// delete their rows: two commits, dead letters first. A crash between them
+/// leaves the row to be sent again; the peer refuses it again and the dead
+/// letter is written over with the same id (nothing is lost or doubled).
 pub async fn dead_letter_outgoing(
     store: &dyn MessageStore,
-    items: &[(&Outgoing, &str, String)],
+    items: &[(&Outgoing, DeadLetterKind, String)],
 ) -> crate::store::StoreResult<()> {
     if items.is_empty() {
         return Ok(());
@@ -134,18 +139,15 @@ pub async fn dead_letter_outgoing(
     let mut commit = CommitBatch::default();
     for (o, kind, message) in items {
         let source = Envelope::decode(&o.body).ok().and_then(|e| e.source);
-        commit.dead_letters.push(DeadLetter {
-            id: o.id,
-            message_type: o.message_type.clone(),
-            received_at: o.destination.uri().to_string(),
+        commit.dead_letters.push(DeadLetter::new(
+            o.id,
+            o.message_type.clone(),
+            o.destination.uri().to_string(),
             source,
-            error_kind: (*kind).to_string(),
-            error_message: message.clone(),
-            failed_at: now,
-            attempts: 1,
-            replayable: true,
-            body: o.body.clone(),
-        });
+            o.body.clone(),
+            DeadLetterCause::unhandled(kind.clone(), message.clone()),
+            now,
+        ));
     }
     store.commit(&commit).await?;
     let durable: Vec<Uuid> = items
@@ -220,7 +222,7 @@ impl Senders {
         if !unroutable.is_empty() {
             let items: Vec<_> = unroutable
                 .iter()
-                .map(|(o, why)| (o, "no-route", why.clone()))
+                .map(|(o, why)| (o, DeadLetterKind::NoRoute, why.clone()))
                 .collect();
             if let Err(e) = dead_letter_outgoing(&*self.store, &items).await {
                 error!(error = %crate::error_chain(&e), "dead-lettering unroutable outgoing messages failed; they stay in outgoing");

@@ -287,7 +287,7 @@ impl CommitSteps for MysqlTx {
                 + d.first.message_type.len()
                 + d.first.received_at.len()
                 + d.first.source.as_ref().map_or(0, String::len)
-                + d.last.error_kind.len()
+                + d.last.error_kind.as_str().len()
                 + d.last.error_message.len()
                 + ROW_OVERHEAD
         };

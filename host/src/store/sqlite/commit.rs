@@ -180,7 +180,7 @@ impl CommitSteps for SqliteTx {
                 .bind(&first.message_type)
                 .bind(&first.received_at)
                 .bind(&first.source)
-                .bind(&last.error_kind)
+                .bind(last.error_kind.as_str())
                 .bind(&last.error_message)
                 .bind(last.failed_at)
                 .bind(i64::from(last.attempts))

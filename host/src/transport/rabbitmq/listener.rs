@@ -22,7 +22,7 @@ use super::RabbitSettings;
 use super::mapping::from_amqp;
 use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::{Envelope, Limits, now_ms};
-use crate::store::{CommitBatch, DeadLetter, GroupCommit};
+use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
 use crate::transport::receive::Inbox;
 use crate::transport::{LinkError, Verdict};
 
@@ -195,7 +195,7 @@ async fn take_batch(
     inbox: &Inbox,
     limits: &Limits,
 ) -> Result<usize, String> {
-    let mut refused: Vec<(Envelope, &'static str, String)> = Vec::new();
+    let mut refused: Vec<(Envelope, DeadLetterKind, String)> = Vec::new();
     let mut typed = Vec::with_capacity(batch.len());
     for d in batch {
         match from_amqp(&d.properties, &d.data, uri, limits) {
@@ -204,7 +204,7 @@ async fn take_batch(
                 // Kept as an envelope of no type, so it can be looked at.
                 let mut env = Envelope::new("", d.data.clone());
                 env.destination = Some(uri.into());
-                refused.push((env, "bad-message", reason));
+                refused.push((env, DeadLetterKind::BadMessage, reason));
             }
         }
     }
@@ -217,7 +217,7 @@ async fn take_batch(
         match v {
             Verdict::Accepted => {}
             Verdict::Rejected(why) | Verdict::UnknownDestination(why) => {
-                refused.push((env, "no-handler", why));
+                refused.push((env, DeadLetterKind::NoHandler, why));
             }
         }
     }
@@ -231,24 +231,21 @@ async fn take_batch(
 async fn dead_letter(
     store: &dyn GroupCommit,
     uri: &str,
-    refused: Vec<(Envelope, &'static str, String)>,
+    refused: Vec<(Envelope, DeadLetterKind, String)>,
 ) -> Result<(), String> {
     let now = now_ms();
     let mut commit = CommitBatch::default();
     for (env, kind, why) in refused {
-        warn!(listener = %uri, message_id = %env.id, message_type = %env.message_type, kind, reason = %why, "received message moved to dead letters");
-        commit.dead_letters.push(DeadLetter {
-            id: env.id,
-            message_type: env.message_type.clone(),
-            received_at: uri.to_string(),
-            source: env.source.clone(),
-            error_kind: kind.to_string(),
-            error_message: why,
-            failed_at: now,
-            attempts: 0,
-            replayable: true,
-            body: env.encode(),
-        });
+        warn!(listener = %uri, message_id = %env.id, message_type = %env.message_type, kind = %kind, reason = %why, "received message moved to dead letters");
+        commit.dead_letters.push(DeadLetter::new(
+            env.id,
+            env.message_type.clone(),
+            uri.to_string(),
+            env.source.clone(),
+            env.encode(),
+            DeadLetterCause::unhandled(kind, why),
+            now,
+        ));
     }
     store
         .commit(&commit)

@@ -1,0 +1,172 @@
+//! Why a message ended in dead letters: one kind per cause, stored as its
+//! kebab-case name in `dead_letters.error_kind` (the names are the stored
+//! format: never rename one), and the cause a dead letter is made with.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// The `error_kind` of a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadLetterKind {
+    /// The handler rejected the message, or a peer refused it.
+    Rejected,
+    /// The handler asked for a retry on its last allowed attempt.
+    Retry,
+    /// The handler failed on its last allowed attempt.
+    Failed,
+    /// The guest panicked (or aborted).
+    Panic,
+    /// The wall-clock deadline passed.
+    Deadline,
+    /// The guest asked for more memory than its cap.
+    Memory,
+    /// The fuel budget ran out.
+    Fuel,
+    /// Any other trap.
+    Trap,
+    /// The host could not run the handler.
+    Host,
+    /// No loaded plugin handles the message (or the named queue).
+    NoHandler,
+    /// The message cannot be read: undecodable envelope, or no type.
+    BadMessage,
+    /// The peer has no such destination.
+    UnknownDestination,
+    /// No transport of this host serves the destination.
+    NoRoute,
+    /// A kind this version does not know (a row written by another version).
+    Other(String),
+}
+
+impl DeadLetterKind {
+    /// The stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::Retry => "retry",
+            DeadLetterKind::Failed => "failed",
+            DeadLetterKind::Panic => "panic",
+            DeadLetterKind::Deadline => "deadline",
+            DeadLetterKind::Memory => "memory",
+            DeadLetterKind::Fuel => "fuel",
+            DeadLetterKind::Trap => "trap",
+            DeadLetterKind::Host => "host",
+            DeadLetterKind::NoHandler => "no-handler",
+            DeadLetterKind::BadMessage => "bad-message",
+            DeadLetterKind::UnknownDestination => "unknown-destination",
+            DeadLetterKind::NoRoute => "no-route",
+            DeadLetterKind::Other(s) => s,
+        }
+    }
+
+    /// The kind a stored name stands for.
+    pub fn from_stored(name: &str) -> DeadLetterKind {
+        const KNOWN: [DeadLetterKind; 13] = [
+            DeadLetterKind::Rejected,
+            DeadLetterKind::Retry,
+            DeadLetterKind::Failed,
+            DeadLetterKind::Panic,
+            DeadLetterKind::Deadline,
+            DeadLetterKind::Memory,
+            DeadLetterKind::Fuel,
+            DeadLetterKind::Trap,
+            DeadLetterKind::Host,
+            DeadLetterKind::NoHandler,
+            DeadLetterKind::BadMessage,
+            DeadLetterKind::UnknownDestination,
+            DeadLetterKind::NoRoute,
+        ];
+        KNOWN
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or_else(|| DeadLetterKind::Other(name.to_string()))
+    }
+}
+
+/// Why a message is dead-lettered, and after how many attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterCause {
+    pub kind: DeadLetterKind,
+    pub message: String,
+    /// Handler attempts made, this one included; 0 for a message no handler
+    /// ran (refused on receipt, or refused or unroutable on the way out).
+    pub attempts: u32,
+    /// Whether `dead-letters replay` may put it back in the inbox.
+    pub replayable: bool,
+}
+
+impl DeadLetterCause {
+    /// A message no handler ran: refused on receipt, or on its way out.
+    pub fn unhandled(kind: DeadLetterKind, message: String) -> DeadLetterCause {
+        DeadLetterCause {
+            kind,
+            message,
+            attempts: 0,
+            replayable: true,
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for DeadLetterKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<&str> for DeadLetterKind {
+    fn from(name: &str) -> DeadLetterKind {
+        DeadLetterKind::from_stored(name)
+    }
+}
+
+impl PartialEq<str> for DeadLetterKind {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for DeadLetterKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadLetterKind;
+
+    #[test]
+    fn every_kind_reads_back_from_its_stored_name() {
+        for name in [
+            "rejected",
+            "retry",
+            "failed",
+            "panic",
+            "deadline",
+            "memory",
+            "fuel",
+            "trap",
+            "host",
+            "no-handler",
+            "bad-message",
+            "unknown-destination",
+            "no-route",
+        ] {
+            let kind = DeadLetterKind::from_stored(name);
+            assert!(!matches!(kind, DeadLetterKind::Other(_)), "{name}");
+            assert_eq!(kind.as_str(), name);
+        }
+        assert_eq!(
+            DeadLetterKind::from_stored("crashed-twice"),
+            DeadLetterKind::Other("crashed-twice".into())
+        );
+    }
+}

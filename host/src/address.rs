@@ -60,7 +60,7 @@ pub struct TcpEndpoint {
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
-pub const SCHEMES: &str = "local://PLUGIN, tcp://HOST:PORT[/PLUGIN], durable://HOST:PORT[/PLUGIN], \
+pub(crate) const SCHEMES: &str = "local://PLUGIN, tcp://HOST:PORT[/PLUGIN], durable://HOST:PORT[/PLUGIN], \
      rabbitmq://queue/NAME, rabbitmq://exchange/NAME[/ROUTING_KEY]";
 
 /// Why a URI is not an endpoint. Every variant names the URI and what is
@@ -96,7 +96,8 @@ pub enum AddressError {
 
 impl AddressError {
     /// The URI at fault.
-    pub fn uri(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn uri(&self) -> &str {
         match self {
             AddressError::NotAUri { uri }
             | AddressError::UnsupportedScheme { uri }
@@ -111,12 +112,12 @@ impl AddressError {
 }
 
 impl TcpEndpoint {
-    pub fn scheme(&self) -> &'static str {
+    pub(crate) fn scheme(&self) -> &'static str {
         if self.durable { "durable" } else { "tcp" }
     }
 
     /// The peer without the queue: one sending agent serves each.
-    pub fn peer_uri(&self) -> String {
+    pub(crate) fn peer_uri(&self) -> String {
         format!("{}://{}", self.scheme(), self.addr)
     }
 }
@@ -143,14 +144,14 @@ impl fmt::Display for Endpoint {
 
 impl Endpoint {
     /// The queue of one plugin on this host (`local://PLUGIN`).
-    pub fn local(plugin: impl Into<String>) -> Endpoint {
+    pub(crate) fn local(plugin: impl Into<String>) -> Endpoint {
         Endpoint::Local {
             plugin: plugin.into(),
         }
     }
 
     /// Parse a URI; the error says what is wrong with it.
-    pub fn parse(uri: &str) -> Result<Endpoint, AddressError> {
+    pub(crate) fn parse(uri: &str) -> Result<Endpoint, AddressError> {
         let Some((scheme, rest)) = uri.split_once("://") else {
             return Err(AddressError::NotAUri { uri: uri.into() });
         };
@@ -229,7 +230,7 @@ impl Endpoint {
 
     /// Whether a message for this endpoint is stored until the receiver
     /// confirms it (`durable://`, RabbitMQ) rather than sent and forgotten.
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         match self {
             Endpoint::Tcp(t) => t.durable,
             Endpoint::Local { .. } | Endpoint::Rabbit(_) => true,
@@ -237,12 +238,13 @@ impl Endpoint {
     }
 
     /// Whether a message for this endpoint leaves the host.
-    pub fn is_remote(&self) -> bool {
+    pub(crate) fn is_remote(&self) -> bool {
         !matches!(self, Endpoint::Local { .. })
     }
 
     /// The plugin whose local queue this is, if it is one.
-    pub fn local_plugin(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn local_plugin(&self) -> Option<&str> {
         match self {
             Endpoint::Local { plugin } => Some(plugin),
             _ => None,
@@ -297,28 +299,29 @@ impl Destination {
     }
 
     /// The URI as written.
-    pub fn uri(&self) -> &str {
+    pub(crate) fn uri(&self) -> &str {
         &self.uri
     }
 
     /// What the URI means, or why it means nothing.
-    pub fn endpoint(&self) -> Result<&Endpoint, &AddressError> {
+    pub(crate) fn endpoint(&self) -> Result<&Endpoint, &AddressError> {
         self.endpoint.as_ref()
     }
 
     /// Whether it names a valid endpoint that leaves the host.
-    pub fn is_remote(&self) -> bool {
+    pub(crate) fn is_remote(&self) -> bool {
         self.endpoint.as_ref().is_ok_and(Endpoint::is_remote)
     }
 
     /// Whether it names a valid endpoint whose messages are kept until the
     /// receiver confirms them.
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         self.endpoint.as_ref().is_ok_and(Endpoint::is_durable)
     }
 
     /// The plugin whose local queue it names, if it is one.
-    pub fn local_plugin(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn local_plugin(&self) -> Option<&str> {
         self.endpoint.as_ref().ok().and_then(Endpoint::local_plugin)
     }
 }

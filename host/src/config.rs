@@ -10,7 +10,7 @@
 //! every path in the config is resolved (absolute when the base dir is), and
 //! `storage.backend` matches `storage.url`.
 
-pub mod transport;
+pub(crate) mod transport;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -209,7 +209,7 @@ impl Default for DurabilityConfig {
 impl Config {
     /// Reads and validates the file at `path`; relative paths in it are
     /// resolved against the file's folder (made absolute).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,

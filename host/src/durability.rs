@@ -18,7 +18,7 @@ const CLEANUP_BATCH: usize = 1000;
 
 /// Register the node and take back what earlier runs of it (same name) or
 /// dead nodes left owned. Returns the rows released.
-pub async fn recover_on_start(
+pub(crate) async fn recover_on_start(
     store: &dyn Nodes,
     node_id: i64,
     name: &str,
@@ -40,7 +40,7 @@ pub async fn recover_on_start(
 }
 
 /// Run heartbeat, dead-node release and cleanup until `shutdown`.
-pub async fn run_agent(
+pub(crate) async fn run_agent(
     store: Arc<dyn MessageStore>,
     node_id: i64,
     cfg: DurabilityConfig,

@@ -66,7 +66,7 @@ use crate::store::NewIncoming;
 pub const VERSION: u8 = 1;
 
 /// The default `content_type` of a new envelope.
-pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 /// One message: routing metadata, headers and an opaque body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub enum CodecError {
 
 /// Milliseconds since the Unix epoch, from the system clock (negative if
 /// the clock is set before 1970).
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
@@ -189,7 +189,7 @@ impl Envelope {
 
     /// True when `deliver_by` is set and `now_ms` is past it (the deadline
     /// itself is still in time).
-    pub fn is_expired(&self, now_ms: i64) -> bool {
+    pub(crate) fn is_expired(&self, now_ms: i64) -> bool {
         self.deliver_by.is_some_and(|deadline| now_ms > deadline)
     }
 
@@ -201,7 +201,7 @@ impl Envelope {
     }
 
     /// Appends the encoded form to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
         out.push(VERSION);
         out.extend_from_slice(self.id.as_bytes());
@@ -223,12 +223,12 @@ impl Envelope {
     }
 
     /// Decodes one envelope with the default [`Limits`].
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope, CodecError> {
         Self::decode_with(bytes, &Limits::default())
     }
 
     /// Decodes one envelope; `bytes` must hold exactly one encoding.
-    pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Envelope, CodecError> {
+    pub(crate) fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Envelope, CodecError> {
         let mut r = Reader { buf: bytes, limits };
         r.version()?;
         let envelope = r.envelope()?;

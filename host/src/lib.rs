@@ -20,16 +20,16 @@ pub mod address;
 mod backoff;
 pub mod cli;
 pub mod config;
-pub mod durability;
+pub(crate) mod durability;
 pub mod envelope;
-pub mod handling;
-pub mod host;
+pub(crate) mod handling;
+pub(crate) mod host;
 #[cfg(test)]
 mod paused;
 pub mod runtime;
-pub mod sending;
+pub(crate) mod sending;
 pub mod store;
-pub mod testing;
+pub(crate) mod testing;
 pub mod transport;
 
 pub use config::Config;
@@ -37,7 +37,7 @@ pub use config::Config;
 /// An error and its causes on one line (`a: b: c`), for logs and the command
 /// line. A cause whose text the line already holds is left out: sqlx and io
 /// errors repeat their source in their own message.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -12,13 +12,13 @@ use crate::runtime::routing::Router;
 /// Why a message cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("no loaded plugin handles message type '{message_type}' (known types: {known})")]
     NoSubscriber { message_type: String, known: String },
 }
 
 /// The envelopes for one message body: a copy per subscriber of its type.
-pub fn envelopes_for(
+pub(crate) fn envelopes_for(
     router: &Router,
     message_type: &str,
     body: Vec<u8>,

@@ -85,7 +85,7 @@ impl TrackedSession<'_> {
     }
 
     /// Send raw bytes (optionally with a fixed id) and wait.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         message_type: &str,
         body: Vec<u8>,

@@ -560,7 +560,8 @@ async fn impossible_frames_are_refused_before_anything_is_stored() {
     // What is sent after the handshake, what the error frame says, the
     // warning line's event and its other field (`cause`, or for the
     // violation `frame`).
-    let cases: Vec<(&str, Vec<u8>, &str, &str, (&str, &str))> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, &'a str, (&'a str, &'a str));
+    let cases: Vec<Case> = vec![
         (
             "length 0",
             0u32.to_le_bytes().to_vec(),

@@ -33,7 +33,7 @@ pub enum DeadLettersCommand {
     },
 }
 
-pub async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
     match cmd {
         DeadLettersCommand::List {
             config,

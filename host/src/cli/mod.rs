@@ -33,7 +33,7 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
-    pub fn load(&self) -> anyhow::Result<Config> {
+    pub(crate) fn load(&self) -> anyhow::Result<Config> {
         load_config(&self.config)
     }
 }

@@ -16,7 +16,7 @@ pub enum PluginsCommand {
     Check { file: PathBuf },
 }
 
-pub async fn run(cmd: PluginsCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: PluginsCommand) -> anyhow::Result<()> {
     match cmd {
         PluginsCommand::List(config) => {
             let cfg = config.load()?;

@@ -78,7 +78,7 @@ fn read_bodies(args: &SendArgs) -> anyhow::Result<Vec<String>> {
     Ok(bodies)
 }
 
-pub async fn send(args: &SendArgs) -> anyhow::Result<()> {
+pub(crate) async fn send(args: &SendArgs) -> anyhow::Result<()> {
     let cfg = args.config.load()?;
     let bodies = read_bodies(args)?;
     if args.id.is_some() && bodies.len() != 1 {

@@ -33,7 +33,7 @@ pub enum StorageCommand {
     Release(ConfigArg),
 }
 
-pub async fn run(cmd: StorageCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: StorageCommand) -> anyhow::Result<()> {
     match cmd {
         StorageCommand::Counts { config, json } => {
             let cfg = config.load()?;

@@ -11,7 +11,7 @@
 //! in through an in-memory queue and have no inbox row: their effects commit
 //! the same way, and only a failure makes them durable (as a retry row).
 
-pub mod policy;
+pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +44,7 @@ const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What one batch came to (for logs, tests and benchmarks).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchReport {
+pub(crate) struct BatchReport {
     pub handled: usize,
     pub retried: usize,
     pub dead_lettered: usize,
@@ -68,7 +68,7 @@ pub struct BatchEvent {
 
 /// The message loop of one node.
 #[derive(Debug, Clone)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub store: Arc<dyn MessageStore>,
     pub runtime: Arc<Runtime>,
     pub plugins: Arc<Plugins>,
@@ -123,7 +123,7 @@ fn memory_rows(batch: Vec<Envelope>) -> Vec<ClaimedRow> {
 impl Worker {
     /// Claim, handle and commit until `shutdown` turns true. The batch in hand
     /// is finished first.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         mut shutdown: watch::Receiver<bool>,
         mut memory: mpsc::Receiver<Vec<Envelope>>,
@@ -190,7 +190,7 @@ impl Worker {
     /// messages from the in-memory queue. Commit failures other than stale
     /// state are retried with backoff until they succeed or shutdown; claimed
     /// rows stay owned by this node, so a crash leaves them to recovery.
-    pub async fn handle_batch(
+    pub(crate) async fn handle_batch(
         &self,
         rows: &[ClaimedRow],
         persisted: bool,

@@ -13,7 +13,7 @@ use crate::store::{DeadLetterCause, DeadLetterKind};
 
 /// Why a message could not be handled.
 #[derive(Debug, Clone)]
-pub enum Failure {
+pub(crate) enum Failure {
     Call(CallError),
     /// No loaded plugin takes this message.
     NoHandler(String),
@@ -23,7 +23,7 @@ pub enum Failure {
 
 impl Failure {
     /// `(error_kind, message)` as recorded in dead letters.
-    pub fn describe(&self) -> (DeadLetterKind, String) {
+    pub(crate) fn describe(&self) -> (DeadLetterKind, String) {
         match self {
             Failure::Call(CallError::Handler(HandleError::Reject(m))) => {
                 (DeadLetterKind::Rejected, m.clone())
@@ -54,7 +54,7 @@ fn trap_kind(kind: TrapKind) -> DeadLetterKind {
 
 /// What happens to the message after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// Try again; `execute_at: None` means as soon as possible.
     Retry {
         attempts: u32,
@@ -64,7 +64,7 @@ pub enum Disposition {
 }
 
 /// Decide after a failure; `attempts_before` is the count of earlier failed attempts.
-pub fn decide(
+pub(crate) fn decide(
     failure: &Failure,
     attempts_before: u32,
     cfg: &HandlingConfig,

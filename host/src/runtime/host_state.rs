@@ -19,26 +19,26 @@ use crate::address::{Destination, Endpoint};
 use crate::envelope::{Envelope, now_ms};
 
 /// Most messages one handler call may send.
-pub const MAX_SENDS_PER_CALL: usize = 10_000;
+pub(crate) const MAX_SENDS_PER_CALL: usize = 10_000;
 /// Largest body a handler may send.
-pub const MAX_SEND_BODY: usize = 16 << 20;
+pub(crate) const MAX_SEND_BODY: usize = 16 << 20;
 /// Longest state key.
-pub const MAX_STATE_KEY: usize = 1024;
+pub(crate) const MAX_STATE_KEY: usize = 1024;
 /// Largest state value.
-pub const MAX_STATE_VALUE: usize = 4 << 20;
+pub(crate) const MAX_STATE_VALUE: usize = 4 << 20;
 /// Guest stderr kept per call (panic messages).
-pub const STDERR_CAPACITY: usize = 16 << 10;
+pub(crate) const STDERR_CAPACITY: usize = 16 << 10;
 
 /// What the current message is, for the envelopes it causes.
 #[derive(Debug, Clone, Default)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub id: Option<String>,
     pub correlation_id: Option<String>,
     pub conversation_id: Option<String>,
 }
 
 /// Data of one wasmtime `Store`: one handler call.
-pub struct HostState {
+pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for HostState {
 }
 
 impl HostState {
-    pub fn new(
+    pub(crate) fn new(
         plugin: Arc<str>,
         origin: Origin,
         router: Arc<Router>,

@@ -10,11 +10,11 @@ use std::time::Duration;
 use wasmtime::{Engine, ResourceLimiter};
 
 /// How often the engine's epoch advances; deadlines are counted in these.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Per-instance resource limiter.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     max_memory: usize,
     max_table_elements: usize,
     /// Set when the guest asked for more memory than the cap.
@@ -22,7 +22,7 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(max_memory: usize) -> Self {
+    pub(crate) fn new(max_memory: usize) -> Self {
         Limiter {
             max_memory,
             max_table_elements: 100_000,
@@ -57,13 +57,13 @@ impl ResourceLimiter for Limiter {
 
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
 #[derive(Debug)]
-pub struct EpochTicker {
+pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine) -> std::io::Result<Self> {
+    pub(crate) fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()

@@ -10,7 +10,7 @@ mod bindings;
 mod host_state;
 mod limits;
 mod plugins;
-pub mod routing;
+pub(crate) mod routing;
 pub mod state_view;
 
 use std::sync::Arc;
@@ -51,19 +51,6 @@ pub enum TrapKind {
     Fuel,
     /// Any other trap (stack overflow, bad instantiation, ...).
     Other,
-}
-
-impl TrapKind {
-    /// The `error_kind` recorded in dead letters.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrapKind::Panic => "panic",
-            TrapKind::Deadline => "deadline",
-            TrapKind::Memory => "memory",
-            TrapKind::Fuel => "fuel",
-            TrapKind::Other => "trap",
-        }
-    }
 }
 
 /// Handler errors as the host sees them.

@@ -78,20 +78,20 @@ impl Plugins {
         self.by_name.values()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 
-    pub fn router(&self) -> &Arc<Router> {
+    pub(crate) fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
     /// Add the config's `[[route]]` rules to the router.
-    pub fn add_routes(&mut self, routes: &[crate::config::RouteConfig]) {
+    pub(crate) fn add_routes(&mut self, routes: &[crate::config::RouteConfig]) {
         Arc::make_mut(&mut self.router).add_routes(routes);
     }
 

@@ -18,7 +18,7 @@ pub struct Router {
 
 /// Why a destination cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("no plugin named '{0}' is loaded (destination {local})", local = Endpoint::local(.0.as_str()))]
     UnknownPlugin(String),
     #[error("plugin '{plugin}' does not handle message type '{message_type}'")]
@@ -31,7 +31,7 @@ pub enum RouteError {
 }
 
 impl Router {
-    pub fn add(&mut self, plugin: &str, subscriptions: &[String]) {
+    pub(crate) fn add(&mut self, plugin: &str, subscriptions: &[String]) {
         self.plugins.insert(plugin.to_string());
         for t in subscriptions {
             let subs = self.subscribers.entry(t.clone()).or_default();
@@ -42,12 +42,12 @@ impl Router {
     }
 
     /// Add `[[route]]` rules (validated by the config).
-    pub fn add_routes(&mut self, routes: &[RouteConfig]) {
+    pub(crate) fn add_routes(&mut self, routes: &[RouteConfig]) {
         self.routes.extend(routes.iter().cloned());
     }
 
     /// The local queues subscribing to a message type.
-    pub fn local_destinations(&self, message_type: &str) -> Vec<Endpoint> {
+    pub(crate) fn local_destinations(&self, message_type: &str) -> Vec<Endpoint> {
         self.subscribers
             .get(message_type)
             .map(|subs| subs.iter().map(|p| Endpoint::local(p.as_str())).collect())
@@ -56,7 +56,7 @@ impl Router {
 
     /// The destinations of a published message type: local subscribers,
     /// then matching routes (empty: nobody takes it).
-    pub fn publish_destinations(&self, message_type: &str) -> Vec<Endpoint> {
+    pub(crate) fn publish_destinations(&self, message_type: &str) -> Vec<Endpoint> {
         let mut out = self.local_destinations(message_type);
         for r in &self.routes {
             if type_matches(&r.message_type, message_type) && !out.contains(&r.to) {
@@ -68,7 +68,7 @@ impl Router {
 
     /// Check an explicit destination for a message type. A remote
     /// destination only needs to be well formed: the peer judges the rest.
-    pub fn check_send(
+    pub(crate) fn check_send(
         &self,
         destination: &Destination,
         message_type: &str,
@@ -95,7 +95,7 @@ impl Router {
     }
 
     /// Every message type some plugin handles, and every route pattern.
-    pub fn message_types(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn message_types(&self) -> impl Iterator<Item = &str> {
         self.subscribers
             .keys()
             .map(String::as_str)
@@ -104,7 +104,7 @@ impl Router {
 }
 
 /// Whether `message_type` matches a route pattern (`*`: any characters).
-pub fn type_matches(pattern: &str, message_type: &str) -> bool {
+pub(crate) fn type_matches(pattern: &str, message_type: &str) -> bool {
     let mut parts = pattern.split('*');
     let Some(first) = parts.next() else {
         return false;

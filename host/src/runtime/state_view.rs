@@ -51,10 +51,6 @@ impl BatchState {
         checks.sort_by(|a, b| (&a.plugin, &a.key).cmp(&(&b.plugin, &b.key)));
         (writes, checks)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.reads.is_empty() && self.writes.is_empty()
-    }
 }
 
 /// The state view of one handler call.
@@ -68,7 +64,7 @@ pub struct StateView {
 
 impl StateView {
     /// A view without a database: reads see nothing committed (plugin inspection).
-    pub fn detached(plugin: Arc<str>) -> Self {
+    pub(crate) fn detached(plugin: Arc<str>) -> Self {
         StateView {
             store: None,
             plugin,
@@ -86,7 +82,7 @@ impl StateView {
         }
     }
 
-    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.own.get(key) {
             return Ok(v.clone());
         }
@@ -106,17 +102,17 @@ impl StateView {
         Ok(value)
     }
 
-    pub fn put(&mut self, key: String, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: String, value: Vec<u8>) {
         self.own.insert(key, Some(value));
     }
 
-    pub fn delete(&mut self, key: String) {
+    pub(crate) fn delete(&mut self, key: String) {
         self.own.insert(key, None);
     }
 
     /// End of the call: keep the message's writes (on success) or drop them,
     /// and hand the batch back.
-    pub fn finish(self, keep_writes: bool) -> BatchState {
+    pub(crate) fn finish(self, keep_writes: bool) -> BatchState {
         let mut batch = self.batch;
         if keep_writes {
             for (key, v) in self.own {

@@ -62,7 +62,7 @@ impl DeadLetterKind {
     }
 
     /// The kind a stored name stands for.
-    pub fn from_stored(name: &str) -> DeadLetterKind {
+    pub(crate) fn from_stored(name: &str) -> DeadLetterKind {
         const KNOWN: [DeadLetterKind; 13] = [
             DeadLetterKind::Rejected,
             DeadLetterKind::Retry,
@@ -87,7 +87,7 @@ impl DeadLetterKind {
 
 /// Why a message is dead-lettered, and after how many attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterCause {
+pub(crate) struct DeadLetterCause {
     pub kind: DeadLetterKind,
     pub message: String,
     /// Handler attempts made, this one included; 0 for a message no handler
@@ -99,7 +99,7 @@ pub struct DeadLetterCause {
 
 impl DeadLetterCause {
     /// A message no handler ran: refused on receipt, or on its way out.
-    pub fn unhandled(kind: DeadLetterKind, message: String) -> DeadLetterCause {
+    pub(crate) fn unhandled(kind: DeadLetterKind, message: String) -> DeadLetterCause {
         DeadLetterCause {
             kind,
             message,

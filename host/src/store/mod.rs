@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::config::{Backend, StorageConfig};
 
-pub use dead_letter::{DeadLetterCause, DeadLetterKind};
+pub(crate) use dead_letter::{DeadLetterCause, DeadLetterKind};
 pub use error::{StoreError, StoreResult};
 pub use faces::{Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader};
 pub use rows::{
@@ -30,7 +30,7 @@ pub use rows::{
     OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, Selection,
     StateCheck, StateValue, StateWrite,
 };
-pub use sqlite::SqliteStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// Open the store the configuration names. Does not create tables.
 pub async fn open(config: &StorageConfig) -> StoreResult<Arc<dyn MessageStore>> {

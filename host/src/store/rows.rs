@@ -30,7 +30,7 @@ pub struct NewIncoming {
 
 impl NewIncoming {
     /// The status the row starts in: scheduled when it has a time to run at.
-    pub fn status(&self) -> &'static str {
+    pub(crate) fn status(&self) -> &'static str {
         if self.execute_at.is_some() {
             STATUS_SCHEDULED
         } else {
@@ -136,7 +136,7 @@ impl DeadLetter {
     /// The one way the host makes a dead letter: the message (`id`, its type,
     /// where it was received or was going, its source, the encoded envelope)
     /// and why it failed, at `failed_at` (ms).
-    pub fn new(
+    pub(crate) fn new(
         id: Uuid,
         message_type: String,
         received_at: String,
@@ -177,7 +177,7 @@ pub struct CommitBatch {
 impl CommitBatch {
     /// Nothing to make durable and nothing to check: a commit of it is a no-op.
     /// A batch with only state checks is not empty (its reads must still be current).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.handled.is_empty()
             && self.new_incoming.is_empty()
             && self.outgoing.is_empty()
@@ -208,7 +208,7 @@ pub enum Selection {
 
 impl Selection {
     /// `All` when no id is given (the CLI without `--id`), else those ids.
-    pub fn all_or(ids: Vec<Uuid>) -> Self {
+    pub(crate) fn all_or(ids: Vec<Uuid>) -> Self {
         if ids.is_empty() {
             Selection::All
         } else {
@@ -217,7 +217,7 @@ impl Selection {
     }
 
     /// True when nothing can match (an empty id list).
-    pub fn is_none(&self) -> bool {
+    pub(crate) fn is_none(&self) -> bool {
         matches!(self, Selection::Ids(ids) if ids.is_empty())
     }
 }

@@ -26,7 +26,7 @@ use crate::store::{DeadLetterKind, MessageStore};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One peer's agent; see the module docs.
-pub struct Agent {
+pub(crate) struct Agent {
     connector: Arc<dyn Connector>,
     store: Arc<dyn MessageStore>,
     cfg: SendingConfig,
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    pub fn new(
+    pub(crate) fn new(
         connector: Arc<dyn Connector>,
         store: Arc<dyn MessageStore>,
         cfg: SendingConfig,
@@ -63,7 +63,7 @@ impl Agent {
 
     /// Send what arrives on `rx` until shutdown. Durable envelopes not sent
     /// by then stay in the outgoing table for the next run.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
         mut shutdown: watch::Receiver<bool>,

@@ -15,9 +15,9 @@
 //! `wire` is the TCP protocol; `tcp` the TCP transport; `rabbitmq` the
 //! RabbitMQ transport. What URIs mean is [`crate::address`]'s.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod rabbitmq;
-pub mod receive;
+pub(crate) mod receive;
 pub mod tcp;
 pub mod wire;
 
@@ -83,7 +83,7 @@ impl Outgoing {
     }
 
     /// An outgoing row taken back from the store (recovery).
-    pub fn from_row(row: OutgoingRow, message_type: String) -> Outgoing {
+    pub(crate) fn from_row(row: OutgoingRow, message_type: String) -> Outgoing {
         Outgoing {
             id: row.id,
             message_type,
@@ -98,17 +98,17 @@ impl Outgoing {
 /// Why a link failed; the agent retries, so this is a report, not a verdict.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct LinkError(pub String);
+pub(crate) struct LinkError(pub String);
 
 impl LinkError {
-    pub fn from_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
+    pub(crate) fn from_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
         LinkError(crate::error_chain(e))
     }
 }
 
 /// Opens links to one peer.
 #[async_trait]
-pub trait Connector: Send + Sync + std::fmt::Debug {
+pub(crate) trait Connector: Send + Sync + std::fmt::Debug {
     /// The peer, for logs (`durable://10.0.0.2:2222`).
     fn peer(&self) -> &str;
     /// Connect and authenticate.
@@ -117,7 +117,7 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
 
 /// One open connection to a peer.
 #[async_trait]
-pub trait Link: Send + Sync {
+pub(crate) trait Link: Send + Sync {
     /// Send a batch; the peer's verdict per envelope, in order.
     async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError>;
     /// Check that the peer answers.
@@ -128,7 +128,7 @@ pub trait Link: Send + Sync {
 /// delete their rows: two commits, dead letters first. A crash between them
 /// leaves the row to be sent again; the peer refuses it again and the dead
 /// letter is written over with the same id (nothing is lost or doubled).
-pub async fn dead_letter_outgoing(
+pub(crate) async fn dead_letter_outgoing(
     store: &dyn MessageStore,
     items: &[(&Outgoing, DeadLetterKind, String)],
 ) -> crate::store::StoreResult<()> {
@@ -174,7 +174,7 @@ pub struct Senders {
 }
 
 impl Senders {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn MessageStore>,
         config: SendingConfig,
         tcp: Arc<tcp::TcpSettings>,
@@ -262,7 +262,7 @@ impl Senders {
     }
 
     /// Wait for every agent to stop (after shutdown was signalled).
-    pub async fn join(&self) {
+    pub(crate) async fn join(&self) {
         #[allow(clippy::unwrap_used)]
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap());
         for t in tasks {
@@ -277,7 +277,7 @@ const RELAY_PAGE: usize = 500;
 /// Pick up outgoing rows no sender holds (owner 0: left by a crashed or
 /// stopped node and released, or written by `jasper-host send`) and hand
 /// them to their agents, every `interval` until shutdown.
-pub async fn run_relay(
+pub(crate) async fn run_relay(
     store: Arc<dyn MessageStore>,
     senders: Arc<Senders>,
     node_id: i64,

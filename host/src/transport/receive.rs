@@ -18,13 +18,13 @@ use crate::runtime::Plugins;
 use crate::store::{MessageStore, StoreError};
 
 /// Capacity of the in-memory queue of `tcp://` messages (batches).
-pub const MEMORY_QUEUE_BATCHES: usize = 64;
+pub(crate) const MEMORY_QUEUE_BATCHES: usize = 64;
 
 /// Why a received batch could not be taken; the sender gets no ack and
 /// sends it again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ReceiveError {
+pub(crate) enum ReceiveError {
     #[error("the inbox could not store the batch")]
     Store(#[from] StoreError),
     #[error("the host is shutting down")]
@@ -33,7 +33,7 @@ pub enum ReceiveError {
 
 /// Where received messages go.
 #[derive(Debug, Clone)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     pub store: Arc<dyn MessageStore>,
     pub plugins: Arc<Plugins>,
     /// Wakes the worker after an inbox commit.
@@ -44,7 +44,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Route, store or queue one batch; a verdict per entry, in order.
-    pub async fn receive(
+    pub(crate) async fn receive(
         &self,
         entries: Vec<Result<Envelope, CodecError>>,
         durable: bool,

@@ -43,7 +43,7 @@ use super::shared::{begin, redact};
 
 /// Open the store at `url` (`mysql://` or `mariadb://`) with the table
 /// prefix `{schema}_`. Does not create tables.
-pub async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>> {
+pub(crate) async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>> {
     let target = redact(url);
     let connected = connect::connect(url, schema, &target).await?;
     Ok(Arc::new(MysqlStore {

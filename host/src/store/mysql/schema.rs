@@ -26,7 +26,7 @@ pub(super) struct Tables {
 impl Tables {
     /// `schema` is checked by the configuration to be `[A-Za-z_][A-Za-z0-9_]*`,
     /// so it needs no escaping inside backticks.
-    pub fn new(schema: &str) -> Self {
+    pub(crate) fn new(schema: &str) -> Self {
         let raw = ["incoming", "outgoing", "dead_letters", "nodes", "state"]
             .map(|suffix| format!("{schema}_{suffix}"));
         let q = |i: usize| format!("`{}`", raw[i]);
@@ -42,12 +42,12 @@ impl Tables {
     }
 
     /// The table a maintenance step names.
-    pub fn of(&self, table: Table) -> &str {
+    pub(crate) fn of(&self, table: Table) -> &str {
         table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
     /// `DROP TABLE IF EXISTS` of every table, as one statement.
-    pub fn drop_statement(&self) -> String {
+    pub(crate) fn drop_statement(&self) -> String {
         format!(
             "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
             self.incoming, self.outgoing, self.dead_letters, self.nodes, self.state
@@ -61,7 +61,7 @@ impl Tables {
     /// Ids are ASCII with a binary collation (the text order is the id order);
     /// state keys are `VARBINARY` so they compare byte for byte, as in SQLite
     /// (a `_ci` collation would merge `A` and `a`, a `PAD SPACE` one `k` and `k `).
-    pub fn ddl(&self) -> Vec<String> {
+    pub(crate) fn ddl(&self) -> Vec<String> {
         const ID: &str = "CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL";
         const TAIL: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
         vec![

@@ -46,13 +46,13 @@ use super::shared::{begin, redact};
 /// Open the store at `url` (a `postgres://` URL) in PostgreSQL schema `schema`.
 /// Connects once to report a bad URL, an unreachable server, wrong credentials
 /// or a missing database right away. Does not create tables.
-pub async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>> {
+pub(crate) async fn open(url: &str, schema: &str) -> StoreResult<Arc<dyn MessageStore>> {
     Ok(Arc::new(PostgresStore::open(url, schema).await?))
 }
 
 /// The PostgreSQL backend.
 #[derive(Debug)]
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     pool: PgPool,
     /// The URL without its password.
     target: String,
@@ -65,7 +65,7 @@ fn q(sql: &Arc<str>) -> sqlx::query::Query<'static, Postgres, PgArguments> {
 }
 
 impl PostgresStore {
-    pub async fn open(url: &str, schema: &str) -> StoreResult<Self> {
+    pub(crate) async fn open(url: &str, schema: &str) -> StoreResult<Self> {
         let target = redact(url);
         if !schema::valid_schema(schema) {
             return Err(StoreError::Open {

@@ -67,7 +67,7 @@ pub(super) struct Names {
 }
 
 impl Names {
-    pub fn new(schema: &str) -> Self {
+    pub(crate) fn new(schema: &str) -> Self {
         let schema_q = quote_ident(schema);
         let t = |name: &str| format!("{schema_q}.{}", quote_ident(name));
         Names {
@@ -82,11 +82,11 @@ impl Names {
     }
 
     /// The table a maintenance step names.
-    pub fn of(&self, table: Table) -> &str {
+    pub(crate) fn of(&self, table: Table) -> &str {
         table.pick(&self.incoming, &self.outgoing, &self.dead_letters)
     }
 
-    pub fn all(&self) -> [&str; 5] {
+    pub(crate) fn all(&self) -> [&str; 5] {
         [
             &self.incoming,
             &self.outgoing,
@@ -253,7 +253,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub fn new(n: &Names) -> Self {
+    pub(crate) fn new(n: &Names) -> Self {
         let (inc, out, dl, nodes, st) = (
             &n.incoming,
             &n.outgoing,

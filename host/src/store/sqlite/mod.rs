@@ -31,7 +31,7 @@ use super::error::StoreResult;
 
 /// The SQLite backend.
 #[derive(Debug)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     pool: SqlitePool,
     /// Held for the length of each write transaction (see `connect::begin`).
     writer: Arc<tokio::sync::Mutex<()>>,
@@ -42,7 +42,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Open (creating the file if missing) the database at `path`.
-    pub async fn open(path: &Path, schema: &str) -> StoreResult<Self> {
+    pub(crate) async fn open(path: &Path, schema: &str) -> StoreResult<Self> {
         let target = path.display().to_string();
         let pool = connect::pool(path, &target).await?;
         let tables = Tables::new(schema);

@@ -30,7 +30,7 @@ use crate::transport::{LinkError, Verdict};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Start consuming `queue` until shutdown.
-pub fn start(
+pub(crate) fn start(
     queue: String,
     settings: Arc<RabbitSettings>,
     inbox: Inbox,

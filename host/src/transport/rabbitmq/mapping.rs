@@ -12,18 +12,18 @@ use uuid::Uuid;
 use crate::envelope::{DEFAULT_CONTENT_TYPE, Envelope, Limits, now_ms};
 
 /// Header carrying the message type for clients that cannot set `type`.
-pub const H_MESSAGE_TYPE: &str = "message-type";
-pub const H_SOURCE: &str = "jasper-source";
-pub const H_CONVERSATION: &str = "jasper-conversation-id";
-pub const H_CAUSATION: &str = "jasper-causation-id";
-pub const H_DELIVER_BY: &str = "jasper-deliver-by";
-pub const H_SENT_AT: &str = "jasper-sent-at-ms";
+pub(crate) const H_MESSAGE_TYPE: &str = "message-type";
+pub(crate) const H_SOURCE: &str = "jasper-source";
+pub(crate) const H_CONVERSATION: &str = "jasper-conversation-id";
+pub(crate) const H_CAUSATION: &str = "jasper-causation-id";
+pub(crate) const H_DELIVER_BY: &str = "jasper-deliver-by";
+pub(crate) const H_SENT_AT: &str = "jasper-sent-at-ms";
 
 /// Namespace of ids derived from non-UUID AMQP message ids.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a61_7370_6572_2d61_6d71_702d_6964_7331);
 
 /// The AMQP properties and body of an envelope.
-pub fn to_amqp(env: &Envelope) -> (BasicProperties, Vec<u8>) {
+pub(crate) fn to_amqp(env: &Envelope) -> (BasicProperties, Vec<u8>) {
     let mut headers = FieldTable::default();
     let mut put = |k: &str, v: &str| {
         headers.insert(
@@ -105,7 +105,7 @@ pub fn id_of(message_id: &str) -> Uuid {
 
 /// The envelope of a received AMQP message, or why it cannot be one.
 /// `listener` becomes its destination (the inbox routes it by type).
-pub fn from_amqp(
+pub(crate) fn from_amqp(
     props: &BasicProperties,
     body: &[u8],
     listener: &str,

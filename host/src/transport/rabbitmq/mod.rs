@@ -7,9 +7,9 @@
 //! only after the inbox commit. This module owns the connection and the
 //! topology the host declares.
 
-pub mod listener;
+pub(crate) mod listener;
 pub mod mapping;
-pub mod sender;
+pub(crate) mod sender;
 
 use std::time::Duration;
 
@@ -22,14 +22,14 @@ use crate::transport::LinkError;
 
 /// `[rabbitmq]` resolved, with the shared timeouts.
 #[derive(Debug, Clone)]
-pub struct RabbitSettings {
+pub(crate) struct RabbitSettings {
     pub config: RabbitConfig,
     pub connect_timeout: Duration,
     pub confirm_timeout: Duration,
 }
 
 /// The URL without its password, for logs and errors.
-pub fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -42,7 +42,7 @@ pub fn redacted(url: &str) -> String {
 
 impl RabbitSettings {
     /// Open a connection and a channel.
-    pub async fn open(&self) -> Result<(Connection, Channel), LinkError> {
+    pub(crate) async fn open(&self) -> Result<(Connection, Channel), LinkError> {
         let url = &self.config.url;
         let connect = async {
             let conn = Connection::connect(url, ConnectionProperties::default()).await?;
@@ -82,7 +82,7 @@ impl RabbitSettings {
 
     /// Declare a queue (durable, with the configured type and dead-letter
     /// exchange), or check that it exists when the host declares nothing.
-    pub async fn queue(&self, ch: &Channel, name: &str) -> Result<(), LinkError> {
+    pub(crate) async fn queue(&self, ch: &Channel, name: &str) -> Result<(), LinkError> {
         let (options, args) = if self.config.declare {
             (QueueDeclareOptions::durable(), self.queue_args())
         } else {
@@ -101,7 +101,7 @@ impl RabbitSettings {
     }
 
     /// Declare a topic exchange (durable), or check that it exists.
-    pub async fn exchange(&self, ch: &Channel, name: &str) -> Result<(), LinkError> {
+    pub(crate) async fn exchange(&self, ch: &Channel, name: &str) -> Result<(), LinkError> {
         let options = ExchangeDeclareOptions {
             durable: true,
             passive: !self.config.declare,
@@ -118,7 +118,7 @@ impl RabbitSettings {
     }
 
     /// The configured bindings and dead-letter exchange (when declaring).
-    pub async fn topology(&self, ch: &Channel) -> Result<(), LinkError> {
+    pub(crate) async fn topology(&self, ch: &Channel) -> Result<(), LinkError> {
         if !self.config.declare {
             return Ok(());
         }

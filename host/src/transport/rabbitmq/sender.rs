@@ -20,14 +20,14 @@ use crate::transport::{Connector, Link, LinkError, Outgoing, Verdict};
 
 /// Opens confirm-mode channels to one destination.
 #[derive(Debug)]
-pub struct RabbitConnector {
+pub(crate) struct RabbitConnector {
     peer: String,
     target: RabbitEndpoint,
     settings: Arc<RabbitSettings>,
 }
 
 impl RabbitConnector {
-    pub fn new(peer: String, target: RabbitEndpoint, settings: Arc<RabbitSettings>) -> Self {
+    pub(crate) fn new(peer: String, target: RabbitEndpoint, settings: Arc<RabbitSettings>) -> Self {
         RabbitConnector {
             peer,
             target,
@@ -79,7 +79,7 @@ impl Connector for RabbitConnector {
 }
 
 /// One connection and its confirm-mode channel.
-pub struct RabbitLink {
+pub(crate) struct RabbitLink {
     conn: Option<Connection>,
     ch: Channel,
     target: RabbitEndpoint,

@@ -15,7 +15,7 @@ use crate::transport::wire::{
 };
 
 /// A byte stream: plain TCP or TLS over it.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
 /// Why a connection failed or was refused.
@@ -44,7 +44,7 @@ impl ConnError {
     /// A stable name of what went wrong: the `cause` field of the log lines
     /// about a refused or dropped connection (the wording may change, this
     /// does not).
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             ConnError::Io(_) => "io",
             ConnError::Timeout(stage) => stage.cause(),

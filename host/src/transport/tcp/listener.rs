@@ -4,7 +4,6 @@
 //! `durable://`) and pings with pongs. A peer that breaks the protocol is
 //! told why and disconnected; the other connections go on.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -20,15 +19,14 @@ use crate::transport::wire::{self, Frame, Verdict};
 
 /// A listener bound to its address.
 #[derive(Debug)]
-pub struct BoundListener {
+pub(crate) struct BoundListener {
     /// The URI with the port actually bound (port 0 in the config picks one).
     pub uri: String,
-    pub local_addr: SocketAddr,
     pub task: JoinHandle<()>,
 }
 
 /// Bind and start accepting.
-pub async fn start(
+pub(crate) async fn start(
     endpoint: &TcpEndpoint,
     settings: Arc<TcpSettings>,
     inbox: Inbox,
@@ -51,11 +49,7 @@ pub async fn start(
         inbox,
         shutdown,
     ));
-    Ok(BoundListener {
-        uri,
-        local_addr,
-        task,
-    })
+    Ok(BoundListener { uri, task })
 }
 
 async fn accept_loop(

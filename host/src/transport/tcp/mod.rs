@@ -5,8 +5,8 @@
 //! This module resolves `[tcp]` once: the secret, the TLS configs, the limits.
 
 pub mod conn;
-pub mod listener;
-pub mod sender;
+pub(crate) mod listener;
+pub(crate) mod sender;
 mod tls;
 
 use std::sync::Arc;

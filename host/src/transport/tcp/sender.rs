@@ -15,7 +15,7 @@ use crate::transport::{Connector, Link, LinkError, Outgoing};
 
 /// Connects to one `tcp://` or `durable://` peer.
 #[derive(Debug)]
-pub struct TcpConnector {
+pub(crate) struct TcpConnector {
     endpoint: TcpEndpoint,
     peer: String,
     settings: Arc<TcpSettings>,
@@ -24,7 +24,7 @@ pub struct TcpConnector {
 }
 
 impl TcpConnector {
-    pub fn new(
+    pub(crate) fn new(
         endpoint: TcpEndpoint,
         settings: Arc<TcpSettings>,
         connect_timeout: Duration,
@@ -68,7 +68,7 @@ impl Connector for TcpConnector {
 
 /// One connection; one batch in flight at a time.
 #[derive(Debug)]
-pub struct TcpLink {
+pub(crate) struct TcpLink {
     conn: Conn,
     seq: u64,
     ack_timeout: Duration,

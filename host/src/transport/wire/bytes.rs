@@ -5,7 +5,7 @@
 use super::WireError;
 
 /// Longest reason text in an acknowledgement or error frame.
-pub const MAX_REASON: usize = 1024;
+pub(crate) const MAX_REASON: usize = 1024;
 
 /// `n` as a `u32` length; lengths beyond it are written as `u32::MAX`,
 /// which every decoder with sane limits refuses.

@@ -37,7 +37,7 @@ pub enum WireError {
 
 impl WireError {
     /// A stable name of the refusal, for the `cause` field of log lines.
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             WireError::EmptyFrame => "empty-frame",
             WireError::FrameTooLarge { .. } => "frame-too-large",

@@ -20,7 +20,7 @@ use crate::envelope::{Envelope, Limits};
 
 /// Feed arbitrary bytes through every decoder (the fuzz targets and the
 /// corpus replay call this): nothing may panic or allocate beyond the limits.
-pub fn fuzz_decode(data: &[u8]) {
+pub(crate) fn fuzz_decode(data: &[u8]) {
     let limits = FrameLimits {
         max_frame: 1 << 20,
         envelope: Limits {
@@ -97,7 +97,7 @@ fn roundtrip(frame: &Frame, limits: &FrameLimits) {
 /// sender whose nonces it does not choose: nothing may panic, and no
 /// message passes a secret check unless it is a replay for the very same
 /// nonces.
-pub fn fuzz_handshake(data: &[u8]) {
+pub(crate) fn fuzz_handshake(data: &[u8]) {
     const VICTIM_SERVER_NONCE: [u8; 32] = [0xA5; 32];
     const VICTIM_CLIENT_NONCE: [u8; 32] = [0x5A; 32];
     let secret = Secret::new(b"fuzzing-secret-0123456789");

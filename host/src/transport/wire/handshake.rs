@@ -97,7 +97,7 @@ impl ClientHello {
         out[40..].copy_from_slice(&self.mac);
         out
     }
-    pub fn decode(b: &[u8; CLIENT_HELLO_LEN]) -> Result<ClientHello, WireError> {
+    pub(crate) fn decode(b: &[u8; CLIENT_HELLO_LEN]) -> Result<ClientHello, WireError> {
         check_magic(b)?;
         Ok(ClientHello {
             version: b[4],
@@ -108,14 +108,14 @@ impl ClientHello {
 }
 
 impl ServerAccept {
-    pub fn encode(&self) -> [u8; SERVER_ACCEPT_LEN] {
+    pub(crate) fn encode(&self) -> [u8; SERVER_ACCEPT_LEN] {
         let mut out = [0u8; SERVER_ACCEPT_LEN];
         out[..4].copy_from_slice(&MAGIC);
         out[4] = self.status;
         out[8..].copy_from_slice(&self.mac);
         out
     }
-    pub fn decode(b: &[u8; SERVER_ACCEPT_LEN]) -> Result<ServerAccept, WireError> {
+    pub(crate) fn decode(b: &[u8; SERVER_ACCEPT_LEN]) -> Result<ServerAccept, WireError> {
         check_magic(b)?;
         Ok(ServerAccept {
             status: b[4],
@@ -151,17 +151,17 @@ impl Secret {
     }
 
     /// The sender's proof: over the listener's nonce, then its own.
-    pub fn client_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32]) -> [u8; 32] {
+    pub(crate) fn client_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32]) -> [u8; 32] {
         self.mac(CLIENT_LABEL, server_nonce, client_nonce)
     }
 
     /// The listener's proof: over the sender's nonce, then its own.
-    pub fn server_mac(&self, client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> [u8; 32] {
+    pub(crate) fn server_mac(&self, client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> [u8; 32] {
         self.mac(SERVER_LABEL, client_nonce, server_nonce)
     }
 
     /// Constant-time check of a proof.
-    pub fn verify(expected: &[u8; 32], got: &[u8; 32]) -> bool {
+    pub(crate) fn verify(expected: &[u8; 32], got: &[u8; 32]) -> bool {
         // ring has no public constant-time compare; fold the differences.
         expected
             .iter()
@@ -253,7 +253,7 @@ pub enum HandshakeRefusal {
 
 impl HandshakeRefusal {
     /// A stable name of the refusal, for the `cause` field of log lines.
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             HandshakeRefusal::Malformed(e) => e.cause(),
             HandshakeRefusal::Version(_) => "protocol-version",

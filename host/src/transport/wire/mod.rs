@@ -22,14 +22,13 @@ mod fuzz;
 mod handshake;
 
 pub use ack::Verdict;
-pub use bytes::MAX_REASON;
 pub use error::WireError;
 pub use frame::{
     FRAME_HEADER_LEN, Frame, FrameLimits, decode_frame, encode_ack, encode_batch, encode_error,
     encode_ping, encode_pong, frame_len,
 };
 #[cfg(fuzzing)]
-pub use fuzz::{fuzz_decode, fuzz_handshake};
+pub(crate) use fuzz::{fuzz_decode, fuzz_handshake};
 pub use handshake::{
     AcceptStatus, CLIENT_HELLO_LEN, ClientHello, FLAG_SECRET, HandshakeRefusal, MAGIC,
     PROTOCOL_VERSION, SERVER_ACCEPT_LEN, SERVER_HELLO_LEN, Secret, ServerAccept, ServerHello,

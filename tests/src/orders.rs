@@ -15,10 +15,12 @@ pub const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub const CIRCUIT_OPEN: &str = "circuit open: sending to this peer paused until a ping succeeds";
-pub const CIRCUIT_CLOSED: &str = "circuit closed: the peer answered a ping; sending resumes";
-pub const SEND_FAILED: &str = "sending a batch failed; it will be sent again";
-pub const RELAYED: &str = "sending outgoing messages left unsent";
+/// The `event` fields of the host's log lines the suites count (structured
+/// fields, not the wording of the message).
+pub const CIRCUIT_OPEN: &str = "event=circuit-open ";
+pub const CIRCUIT_CLOSED: &str = "event=circuit-closed ";
+pub const SEND_FAILED: &str = "event=send-failed ";
+pub const RELAYED: &str = "event=relayed ";
 
 pub fn amount(i: usize) -> u64 {
     100 + (i as u64 % 9_900)

@@ -106,7 +106,7 @@ impl Agent {
                     span.record("ack", "failed");
                     self.link = None;
                     self.failures += 1;
-                    warn!(peer = %peer, error = %e, size = batch.len(), failures = self.failures, "sending a batch failed; it will be sent again");
+                    warn!(event = %"send-failed", peer = %peer, error = %e, size = batch.len(), failures = self.failures, "sending a batch failed; it will be sent again");
                     for o in batch.into_iter().rev() {
                         self.pending.push_front(o);
                     }
@@ -272,7 +272,7 @@ impl Agent {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Wake {
         let peer = self.connector.peer().to_string();
-        warn!(peer = %peer, failures = self.failures, held = self.pending.len(), "circuit open: sending to this peer paused until a ping succeeds");
+        warn!(event = %"circuit-open", peer = %peer, failures = self.failures, held = self.pending.len(), "circuit open: sending to this peer paused until a ping succeeds");
         let interval = Duration::from_millis(self.cfg.ping_interval_ms);
         loop {
             if let Wake::Shutdown = pause(shutdown, interval).await {
@@ -291,7 +291,7 @@ impl Agent {
                 Ok(link) => {
                     self.link = Some(link);
                     self.failures = 0;
-                    info!(peer = %peer, held = self.pending.len(), "circuit closed: the peer answered a ping; sending resumes");
+                    info!(event = %"circuit-closed", peer = %peer, held = self.pending.len(), "circuit closed: the peer answered a ping; sending resumes");
                     return Wake::Go;
                 }
                 Err(e) => debug!(peer = %peer, error = %e, "ping failed; circuit stays open"),

@@ -290,7 +290,7 @@ pub(crate) async fn run_relay(
                 Ok(rows) => {
                     let n = rows.len();
                     if n > 0 {
-                        tracing::info!(rows = n, "sending outgoing messages left unsent");
+                        tracing::info!(event = %"relayed", rows = n, "sending outgoing messages left unsent");
                         let items = rows
                             .into_iter()
                             .map(|row| {

@@ -1,20 +1,40 @@
 //! jasper-host: durable messaging and command processing whose message
 //! handlers are WebAssembly components.
 //!
-//! A tour, in the order a message meets them:
-//! - [`address`]: what a destination or listener URI means, parsed once.
-//! - [`config`]: the TOML file, parsed once into typed structs.
-//! - [`envelope`]: the message record and its one binary codec.
-//! - [`store`]: the message store (inbox, scheduled, dead letters, state, nodes).
-//! - [`runtime`]: wasmtime, the loaded plugins, one handler call under limits.
-//! - [`handling`]: a batch of messages through their handlers into one commit.
-//! - [`durability`]: heartbeat, recovery of dead nodes' messages, cleanup.
-//! - [`transport`]: `tcp://` and `durable://` between hosts: listeners,
-//!   sending agents, the wire protocol.
-//! - [`host`]: all of the above started together, in-process.
-//! - [`sending`]: messages entering from outside a handler.
-//! - [`testing`]: tracked sessions for tests of a host in-process.
-//! - [`cli`]: the `jasper-host` command line.
+//! A tour, in the order a message meets them (each folder or file below is
+//! one module; `mod.rs` or the file itself says what it owns):
+//! - [`address`] (`address.rs`): what a destination or listener URI means,
+//!   parsed once; depends on nothing else in the crate.
+//! - [`config`] (`config.rs`, `config/transport.rs`): the TOML file, parsed
+//!   once into typed structs; the transport sections apart.
+//! - [`envelope`] (`envelope.rs`): the message record and its one binary codec.
+//! - [`store`] (`store/`): the message store in narrow faces (`faces.rs`: inbox,
+//!   group commit, state, outbox, dead letters, nodes, admin), its rows
+//!   (`rows.rs`, `dead_letter.rs`), the commit sequence and the node sweeps
+//!   written once (`commit.rs`, `maintenance.rs`) over per-backend steps, the
+//!   helpers every backend shares (`shared.rs`), and one folder per backend
+//!   (`sqlite/`, `postgres/`, `mysql/`), each split the same way: `connect`,
+//!   `schema`, `claim`, `commit`, `dead_letters`, `nodes`, `admin`.
+//! - [`runtime`] (`runtime/`): wasmtime, the loaded plugins, routing of what a
+//!   handler sends, state reads, one handler call under limits.
+//! - `handling` (`handling/`): a batch of messages through their handlers into
+//!   one commit; `policy.rs` decides what a failure becomes.
+//! - `durability` (`durability.rs`): heartbeat, recovery of dead nodes'
+//!   messages, cleanup.
+//! - [`transport`] (`transport/`): the sending agent (`agent.rs`), the
+//!   receiving inbox (`receive.rs`), `tcp://` and `durable://` (`tcp/`), the
+//!   wire protocol (`wire/`: frame, handshake, ack), RabbitMQ (`rabbitmq/`).
+//! - `backoff` (`backoff.rs`): the one doubling delay every retry loop uses.
+//! - `host` (`host.rs`): all of the above started together, in-process
+//!   ([`Host`]).
+//! - `sending` (`sending.rs`): messages entering from outside a handler.
+//! - `testing` (`testing.rs`): tracked sessions for tests of a host in-process.
+//! - [`cli`] (`cli/`): the `jasper-host` command line, one file per command
+//!   group; `main.rs` is the binary around it.
+//!
+//! Items are `pub` only where another crate (the binary, `host/bench`, the e2e
+//! suites in `tests/`, `host/tests`, `fuzz/`) uses them; the rest is
+//! `pub(crate)`.
 
 pub mod address;
 mod backoff;

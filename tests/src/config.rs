@@ -74,7 +74,7 @@ impl fmt::Display for Val {
     }
 }
 
-/// Builder for the host's TOML config (keys of CONTRACT.md). Only keys that were
+/// Builder for the host's TOML config (the keys README.md lists). Only keys that were
 /// set are written; the host's defaults apply to the rest.
 #[derive(Clone, Debug)]
 pub struct HostConfig {

@@ -275,8 +275,10 @@ impl Senders {
 const RELAY_PAGE: usize = 500;
 
 /// Pick up outgoing rows no sender holds (owner 0: left by a crashed or
-/// stopped node and released, or written by `jasper-host send`) and hand
-/// them to their agents, every `interval` until shutdown.
+/// stopped node and released by recovery or `storage release`) and hand them
+/// to their agents, every `interval` until shutdown. `jasper-host send` writes
+/// no outgoing row: a routed type becomes an inbox row addressed to the peer,
+/// which the worker forwards.
 pub(crate) async fn run_relay(
     store: Arc<dyn MessageStore>,
     senders: Arc<Senders>,

@@ -1,7 +1,8 @@
 //! The host's one backoff: delays that double from a base up to a cap, and a
 //! pause that a shutdown cuts short. Every retry loop (the worker's database
 //! retries, the sending agents, the RabbitMQ listener) and the retry schedule
-//! of failed messages use it; none writes its own doubling.
+//! of failed messages use it; none writes its own doubling. [`jitter`]
+//! spreads a timer's period.
 
 use std::time::Duration;
 
@@ -43,6 +44,18 @@ impl Backoff {
         let factor = 1u32 << n.saturating_sub(1).min(20);
         base.saturating_mul(factor).min(max)
     }
+}
+
+/// `d` spread by up to a tenth either way, so timers of many nodes (and
+/// retries of many messages) do not fire in step.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let spread = d / 10;
+    if spread.is_zero() {
+        return d;
+    }
+    let offset = rand::rng().random_range(Duration::ZERO..=spread.saturating_mul(2));
+    d.saturating_sub(spread).saturating_add(offset)
 }
 
 /// How a [`pause`] ended.

@@ -113,6 +113,11 @@ pub struct DurabilityConfig {
     pub stale_after_ms: u64,
     /// Default 60000.
     pub cleanup_interval_ms: u64,
+    /// Every store call (claim, commit, heartbeat, sweep, …) that takes
+    /// longer fails and is tried again with backoff, so a database that
+    /// hangs (black-holed network, stuck server) stalls nothing for good;
+    /// default 10000, at least 100.
+    pub store_timeout_ms: u64,
 }
 
 /// Why the config could not be loaded. `path` is the config file
@@ -202,6 +207,7 @@ impl Default for DurabilityConfig {
             heartbeat_ms: 1000,
             stale_after_ms: 10_000,
             cleanup_interval_ms: 60_000,
+            store_timeout_ms: 10_000,
         }
     }
 }
@@ -321,6 +327,7 @@ impl Config {
         let d = &self.durability;
         at_least("durability.heartbeat_ms", d.heartbeat_ms, 1)?;
         at_least("durability.cleanup_interval_ms", d.cleanup_interval_ms, 1)?;
+        at_least("durability.store_timeout_ms", d.store_timeout_ms, 100)?;
         if d.stale_after_ms <= d.heartbeat_ms {
             return Err((
                 "durability.stale_after_ms",
@@ -468,7 +475,8 @@ mod tests {
             DurabilityConfig {
                 heartbeat_ms: 1000,
                 stale_after_ms: 10_000,
-                cleanup_interval_ms: 60_000
+                cleanup_interval_ms: 60_000,
+                store_timeout_ms: 10_000
             }
         );
         // Empty tables are fine too.
@@ -540,6 +548,7 @@ max_connections = 8
                 heartbeat_ms: 500,
                 stale_after_ms: 2000,
                 cleanup_interval_ms: 30_000,
+                store_timeout_ms: 10_000,
             },
             listen: vec![ListenConfig {
                 uri: "durable://0.0.0.0:2222".parse().unwrap(),

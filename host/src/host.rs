@@ -45,7 +45,11 @@ impl Host {
     /// runs are recovered.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let tcp = Arc::new(TcpSettings::from_config(&config.tcp)?);
-        let store = store::open(&config.storage).await?;
+        let store = store::open_timed(
+            &config.storage,
+            std::time::Duration::from_millis(config.durability.store_timeout_ms),
+        )
+        .await?;
         store.migrate().await?;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let (mut plugins, errors) = runtime
@@ -137,6 +141,7 @@ impl Host {
             tokio::spawn(durability::run_agent(
                 store.clone(),
                 node_id,
+                config.node.name.clone(),
                 config.durability.clone(),
                 wake.clone(),
                 rx,

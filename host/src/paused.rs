@@ -130,6 +130,10 @@ impl Inbox for Frozen {
         self.claims.lock().unwrap().push(Claim { at, rows });
         result
     }
+    async fn release_claimed(&self, node_id: i64) -> StoreResult<u64> {
+        let _hold = hold();
+        self.inner.release_claimed(node_id).await
+    }
     async fn next_scheduled(&self) -> StoreResult<Option<i64>> {
         let _hold = hold();
         self.inner.next_scheduled().await
@@ -190,7 +194,7 @@ impl Nodes for Frozen {
         let _hold = hold();
         self.inner.register_node(node_id, name, now).await
     }
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()> {
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool> {
         let _hold = hold();
         self.inner.heartbeat(node_id, now).await
     }
@@ -198,16 +202,9 @@ impl Nodes for Frozen {
         let _hold = hold();
         self.inner.remove_node(node_id).await
     }
-    async fn release_dead_nodes(
-        &self,
-        self_id: i64,
-        same_name: Option<&str>,
-        stale_before: i64,
-    ) -> StoreResult<u64> {
+    async fn release_dead_nodes(&self, self_id: i64, stale_before: i64) -> StoreResult<u64> {
         let _hold = hold();
-        self.inner
-            .release_dead_nodes(self_id, same_name, stale_before)
-            .await
+        self.inner.release_dead_nodes(self_id, stale_before).await
     }
     async fn release_all(&self) -> StoreResult<u64> {
         let _hold = hold();

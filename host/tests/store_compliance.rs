@@ -15,8 +15,8 @@ use jasper_host::config::{Backend, StorageConfig};
 use jasper_host::envelope::Envelope;
 use jasper_host::envelope::local_row;
 use jasper_host::store::{
-    self, CommitBatch, DeadLetter, MessageStore, NewIncoming, NewOutgoing, RetryMark, Selection,
-    StateCheck, StateWrite, StoreError,
+    self, ClaimedRow, CommitBatch, DeadLetter, Fence, MessageStore, NewIncoming, NewOutgoing,
+    RetryMark, Selection, StateCheck, StateWrite, StoreError,
 };
 use uuid::Uuid;
 
@@ -138,7 +138,10 @@ compliance!(
     state_deletes_are_version_checked,
     retries_reschedule_and_dead_letters_replay_into_the_inbox,
     outgoing_rows_commit_with_the_batch_and_are_claimed_and_deleted,
-    rows_of_dead_nodes_and_earlier_runs_are_released,
+    rows_of_dead_nodes_are_released_never_by_name,
+    claims_count_attempts_and_a_lost_claim_is_handed_back,
+    a_fenced_commit_writes_nothing_for_rows_another_node_took,
+    a_commit_tried_again_after_it_applied_is_not_applied_twice,
     clear_keeps_schema_and_state_and_rebuild_empties_everything,
     migrate_is_idempotent_and_safe_when_two_hosts_start_together,
     a_missing_schema_is_named_with_the_command_that_creates_it,
@@ -313,9 +316,9 @@ async fn retries_reschedule_and_dead_letters_replay_into_the_inbox(kind: Kind) {
     assert_eq!((c.incoming, c.dead_letters), (2, 0));
 }
 
-async fn rows_of_dead_nodes_and_earlier_runs_are_released(kind: Kind) {
+async fn rows_of_dead_nodes_are_released_never_by_name(kind: Kind) {
     let s = open(kind).await;
-    s.register_node(10, "n", 9_000).await.unwrap(); // earlier run of "n", killed just now
+    s.register_node(10, "n", 9_000).await.unwrap(); // a live host named "n"
     s.register_node(20, "other", 1_000).await.unwrap(); // will go stale
     s.register_node(30, "live", 9_000).await.unwrap();
     let rows: Vec<_> = (0..3).map(|_| row("local://a")).collect();
@@ -323,14 +326,136 @@ async fn rows_of_dead_nodes_and_earlier_runs_are_released(kind: Kind) {
     s.claim_incoming(10, 0, 1).await.unwrap();
     s.claim_incoming(20, 0, 1).await.unwrap();
     s.claim_incoming(30, 0, 1).await.unwrap();
-    s.register_node(40, "n", 9_000).await.unwrap(); // this run
-    // Periodic sweep: only the stale node.
-    assert_eq!(s.release_dead_nodes(40, None, 5_000).await.unwrap(), 1);
-    // Start-up: also the earlier run with the same name.
-    assert_eq!(s.release_dead_nodes(40, Some("n"), 5_000).await.unwrap(), 1);
+    // A second host with the same name starts: it takes only the stale node's row.
+    s.register_node(40, "n", 9_000).await.unwrap();
+    assert_eq!(s.release_dead_nodes(40, 5_000).await.unwrap(), 1);
     let got = s.claim_incoming(40, 0, 10).await.unwrap();
-    assert_eq!(got.len(), 2, "the live node's row must stay with it");
+    assert_eq!(got.len(), 1, "the live nodes' rows must stay with them");
+    // The stale node was forgotten: its heartbeat finds no registry row.
+    assert!(!s.heartbeat(20, 9_500).await.unwrap());
+    assert!(s.heartbeat(10, 9_500).await.unwrap());
     assert_eq!(s.release_all().await.unwrap(), 3);
+}
+
+async fn claims_count_attempts_and_a_lost_claim_is_handed_back(kind: Kind) {
+    let s = open(kind).await;
+    let a = row("local://a");
+    s.insert_incoming(std::slice::from_ref(&a)).await.unwrap();
+    let first = s.claim_incoming(1, 0, 10).await.unwrap();
+    assert_eq!((first[0].attempts, first[0].claim), (0, 1));
+    // Node 1 never saw its claim's answer: it hands its claimed rows back.
+    assert_eq!(s.release_claimed(2).await.unwrap(), 0);
+    assert_eq!(s.release_claimed(1).await.unwrap(), 1);
+    let second = s.claim_incoming(2, 0, 10).await.unwrap();
+    assert_eq!(second.len(), 1);
+    // The claim that ended without an outcome counts as an attempt.
+    assert_eq!((second[0].attempts, second[0].claim), (1, 2));
+}
+
+fn fenced(node_id: i64, rows: &[ClaimedRow]) -> Option<Fence> {
+    Some(Fence {
+        node_id,
+        rows: rows
+            .iter()
+            .map(|r| jasper_host::store::Held {
+                id: r.id,
+                claim: r.claim,
+            })
+            .collect(),
+    })
+}
+
+fn blind_write(key: &str) -> StateWrite {
+    StateWrite {
+        plugin: "p".into(),
+        key: key.into(),
+        value: Some(b"v".to_vec()),
+        expected_version: None,
+    }
+}
+
+async fn a_fenced_commit_writes_nothing_for_rows_another_node_took(kind: Kind) {
+    let s = open(kind).await;
+    let (a, b) = (row("local://a"), row("local://a"));
+    s.insert_incoming(&[a.clone(), b.clone()]).await.unwrap();
+    s.register_node(1, "zombie", 1_000).await.unwrap();
+    s.register_node(2, "live", 9_000).await.unwrap();
+    let held = s.claim_incoming(1, 0, 10).await.unwrap();
+    assert_eq!(held.len(), 2);
+    // Node 1 goes silent past its lease; node 2 releases its rows and takes one.
+    assert_eq!(s.release_dead_nodes(2, 5_000).await.unwrap(), 2);
+    let taken = s.claim_incoming(2, 0, 1).await.unwrap();
+    assert_eq!(taken[0].id, a.id);
+    // Node 1 wakes and commits its batch: both rows' effects, nothing written.
+    let zombie = CommitBatch {
+        fence: fenced(1, &held),
+        handled: vec![(a.id, 10_000), (b.id, 10_000)],
+        new_incoming: vec![row("local://b")],
+        state_writes: vec![blind_write("k")],
+        ..Default::default()
+    };
+    match s.commit(&zombie).await {
+        Err(StoreError::Lost { mut ids }) => {
+            ids.sort();
+            let mut want = vec![a.id, b.id];
+            want.sort();
+            assert_eq!(ids, want, "both rows are lost: a to node 2, b released");
+        }
+        other => panic!("the zombie's commit must be fenced off, got {other:?}"),
+    }
+    let c = s.counts().await.unwrap();
+    assert_eq!(
+        (c.incoming, c.handled),
+        (2, 0),
+        "nothing of the fenced batch committed"
+    );
+    assert!(s.read_state("p", "k").await.unwrap().is_none());
+    // The rightful holder commits.
+    s.commit(&CommitBatch {
+        fence: fenced(2, &taken),
+        handled: vec![(a.id, 10_000)],
+        state_writes: vec![blind_write("k")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.read_state("p", "k").await.unwrap().unwrap().version, 1);
+    // A fence over a row the holder still has, and one it lost, fails whole.
+    let again = s.claim_incoming(2, 0, 10).await.unwrap();
+    assert_eq!(again[0].id, b.id);
+    let mixed = CommitBatch {
+        fence: fenced(2, &[again[0].clone(), taken[0].clone()]),
+        handled: vec![(b.id, 10_000), (a.id, 10_000)],
+        ..Default::default()
+    };
+    assert!(matches!(s.commit(&mixed).await, Err(StoreError::Lost { ids }) if ids == vec![a.id]));
+    assert_eq!(s.counts().await.unwrap().handled, 1);
+}
+
+async fn a_commit_tried_again_after_it_applied_is_not_applied_twice(kind: Kind) {
+    let s = open(kind).await;
+    let (a, b) = (row("local://a"), row("local://a"));
+    s.insert_incoming(&[a.clone(), b.clone()]).await.unwrap();
+    let held = s.claim_incoming(1, 0, 10).await.unwrap();
+    let batch = CommitBatch {
+        fence: fenced(1, &held),
+        handled: vec![(a.id, 10_000)],
+        retries: vec![RetryMark {
+            id: b.id,
+            attempts: 1,
+            execute_at: Some(1_000_000),
+        }],
+        new_incoming: vec![row("local://b")],
+        state_writes: vec![blind_write("k")],
+        ..Default::default()
+    };
+    s.commit(&batch).await.unwrap();
+    // The answer to that commit was lost; the worker tries it again: the
+    // fence sees this claim's own handled mark and writes nothing more.
+    s.commit(&batch).await.unwrap();
+    assert_eq!(s.read_state("p", "k").await.unwrap().unwrap().version, 1);
+    let c = s.counts().await.unwrap();
+    assert_eq!((c.incoming, c.scheduled, c.handled), (1, 1, 1));
 }
 
 async fn clear_keeps_schema_and_state_and_rebuild_empties_everything(kind: Kind) {

@@ -10,11 +10,23 @@
 //! only an envelope in memory. Messages received on a `tcp://` listener come
 //! in through an in-memory queue and have no inbox row: their effects commit
 //! the same way, and only a failure makes them durable (as a retry row).
+//!
+//! A batch of claimed rows commits under a fence (see `store/commit.rs`): if
+//! another node took some of its rows meanwhile (this node was paused or cut
+//! off past its lease), nothing of the batch commits, the rows taken are
+//! dropped from it (logged as `event=rows-lost`) and the rest run again. A
+//! batch whose state went stale runs again after a short jittered backoff;
+//! after [`STALE_RERUNS_PER_BATCH`] it is split into single messages, and a
+//! message stale [`STALE_RERUNS_PER_MESSAGE`] times in a row is put back for
+//! a little later (not counted as an attempt), so nodes contending for one
+//! key all make progress.
 
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +35,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
-use crate::backoff::{Backoff, pause};
+use crate::backoff::{Backoff, Wake, jitter, pause};
 use crate::config::HandlingConfig;
 #[cfg(not(test))]
 use crate::envelope::now_ms;
@@ -33,7 +45,7 @@ use crate::paused::now_ms;
 use crate::runtime::state_view::{BatchState, StateView};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{
-    ClaimedRow, CommitBatch, DeadLetter, MessageStore, NewIncoming, RetryMark, StoreError,
+    ClaimedRow, CommitBatch, DeadLetter, Fence, MessageStore, NewIncoming, RetryMark, StoreError,
 };
 use crate::transport::{Outgoing, Senders};
 use policy::{Disposition, Failure, decide};
@@ -41,6 +53,16 @@ use policy::{Disposition, Failure, decide};
 /// The worker's wait after a failed claim or commit: doubling from 50 ms to 5 s.
 const DB_BACKOFF_BASE: Duration = Duration::from_millis(50);
 const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Stale-state reruns of a whole batch before it is split into single messages.
+pub(crate) const STALE_RERUNS_PER_BATCH: usize = 2;
+/// Stale-state reruns of a single message before it is put back for later.
+pub(crate) const STALE_RERUNS_PER_MESSAGE: usize = 8;
+/// The wait before a stale rerun: doubling from 1 ms to 100 ms, jittered.
+const STALE_BACKOFF_BASE: Duration = Duration::from_millis(1);
+const STALE_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// How much later a message put back after contention runs again (jittered).
+const CONTENDED_DELAY: Duration = Duration::from_millis(500);
 
 /// What one batch came to (for logs, tests and benchmarks).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +73,34 @@ pub(crate) struct BatchReport {
     pub sent: usize,
     /// Times the batch was run again because its state reads went stale.
     pub reruns: usize,
+    /// Claimed rows another node took before this batch committed.
+    pub lost: usize,
+    /// Messages put back for later after contention on their state.
+    pub deferred: usize,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: BatchReport) {
+        self.handled += other.handled;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.sent += other.sent;
+        self.reruns += other.reruns;
+        self.lost += other.lost;
+        self.deferred += other.deferred;
+    }
+}
+
+/// How a commit loop ended.
+enum CommitEnd {
+    Done,
+    Stale {
+        plugin: String,
+        key: String,
+    },
+    Lost(Vec<Uuid>),
+    /// Shutdown came while the commit kept failing.
+    Abandoned,
 }
 
 /// What a committed batch did, for observers such as tracked sessions.
@@ -110,6 +160,7 @@ fn memory_rows(batch: Vec<Envelope>) -> Vec<ClaimedRow> {
         .map(|env| ClaimedRow {
             id: env.id,
             attempts: env.attempts,
+            claim: env.attempts.saturating_add(1),
             destination: env
                 .destination
                 .as_ref()
@@ -129,6 +180,9 @@ impl Worker {
         mut memory: mpsc::Receiver<Vec<Envelope>>,
     ) {
         let mut db_backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
+        // A claim that failed may still have taken rows (its answer was
+        // lost): they are handed back before the next claim.
+        let mut claim_unknown = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -136,6 +190,24 @@ impl Worker {
             if let Ok(batch) = memory.try_recv() {
                 self.handle_memory(batch, &mut shutdown).await;
                 continue;
+            }
+            if claim_unknown {
+                match self.store.release_claimed(self.node_id).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            info!(
+                                released = n,
+                                "handed back rows of a claim whose answer was lost"
+                            );
+                        }
+                        claim_unknown = false;
+                    }
+                    // Tried again after the next claim; that claim backs off
+                    // if the database is still away.
+                    Err(e) => {
+                        debug!(error = %crate::error_chain(&e), "handing back rows of a failed claim failed");
+                    }
+                }
             }
             let now = now_ms();
             let rows = match self
@@ -149,6 +221,7 @@ impl Worker {
                 }
                 Err(e) => {
                     error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
+                    claim_unknown = true;
                     pause(&mut shutdown, db_backoff.next_delay()).await;
                     continue;
                 }
@@ -188,52 +261,167 @@ impl Worker {
 
     /// Run and commit one batch: claimed inbox rows (`persisted`) or
     /// messages from the in-memory queue. Commit failures other than stale
-    /// state are retried with backoff until they succeed or shutdown; claimed
-    /// rows stay owned by this node, so a crash leaves them to recovery.
+    /// state and lost rows are retried with backoff until they succeed or
+    /// shutdown; claimed rows stay owned by this node, so a crash leaves
+    /// them to recovery.
     pub(crate) async fn handle_batch(
         &self,
         rows: &[ClaimedRow],
         persisted: bool,
         shutdown: &mut watch::Receiver<bool>,
     ) -> BatchReport {
+        let mut rows: Cow<'_, [ClaimedRow]> = Cow::Borrowed(rows);
+        let mut done = BatchReport::default();
         let mut reruns = 0;
+        let mut stale_backoff = Backoff::new(STALE_BACKOFF_BASE, STALE_BACKOFF_MAX);
         loop {
-            let (commit, mut report, event, outgoing) = self.run_rows(rows, persisted).await;
+            if rows.is_empty() {
+                return done;
+            }
+            if reruns >= STALE_RERUNS_PER_BATCH && rows.len() > 1 {
+                done.reruns += reruns;
+                for row in rows.iter() {
+                    let one =
+                        Box::pin(self.handle_batch(std::slice::from_ref(row), persisted, shutdown))
+                            .await;
+                    done.add(one);
+                }
+                return done;
+            }
+            let contended = reruns >= STALE_RERUNS_PER_MESSAGE;
+            let (commit, mut report, event, outgoing) = if contended {
+                self.put_back(&rows, persisted)
+            } else {
+                self.run_rows(&rows, persisted).await
+            };
             report.reruns = reruns;
-            let mut backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
-            loop {
-                match self.store.commit(&commit).await {
-                    Ok(()) => {
-                        if report.sent > 0 || report.retried > 0 {
-                            self.wake.notify_one();
-                        }
-                        if !outgoing.is_empty() {
-                            self.senders.dispatch(outgoing).await;
-                        }
-                        if let Some(event) = event {
-                            // Nobody listening is fine.
-                            let _ = self.events.send(Arc::new(event));
-                        }
-                        return report;
+            match self.commit(&commit, rows.len(), shutdown).await {
+                CommitEnd::Done => {
+                    if report.sent > 0 || report.retried > 0 || report.deferred > 0 {
+                        self.wake.notify_one();
                     }
-                    Err(StoreError::StaleState { plugin, key, .. }) => {
-                        debug!(%plugin, %key, "state went stale; running the batch again");
-                        reruns += 1;
-                        break;
+                    if !outgoing.is_empty() {
+                        self.senders.dispatch(outgoing).await;
                     }
-                    Err(e) => {
-                        error!(error = %crate::error_chain(&e), rows = rows.len(), "commit failed; retrying");
-                        if *shutdown.borrow() {
-                            warn!(
-                                "shutting down with an uncommitted batch; it will be recovered on restart"
-                            );
-                            return report;
-                        }
-                        pause(shutdown, backoff.next_delay()).await;
+                    if let Some(event) = event {
+                        // Nobody listening is fine.
+                        let _ = self.events.send(Arc::new(event));
                     }
+                    done.add(report);
+                    return done;
+                }
+                CommitEnd::Stale { plugin, key } => {
+                    debug!(%plugin, %key, reruns, "state went stale; running the batch again");
+                    reruns += 1;
+                    if pause(shutdown, jitter(stale_backoff.next_delay())).await == Wake::Shutdown {
+                        return done;
+                    }
+                }
+                CommitEnd::Lost(ids) => {
+                    let lost: HashSet<Uuid> = ids.into_iter().collect();
+                    warn!(
+                        event = "rows-lost",
+                        lost = lost.len(),
+                        of = rows.len(),
+                        node_id = self.node_id,
+                        first = %lost.iter().min().map(ToString::to_string).unwrap_or_default(),
+                        "claimed messages were taken by another node before this batch committed (this node was presumed dead: paused, cut off or slow past durability.stale_after_ms); their effects are dropped here, the node that holds them now commits them"
+                    );
+                    done.lost += lost.len();
+                    rows = Cow::Owned(
+                        rows.iter()
+                            .filter(|r| !lost.contains(&r.id))
+                            .cloned()
+                            .collect(),
+                    );
+                }
+                CommitEnd::Abandoned => {
+                    done.add(report);
+                    return done;
                 }
             }
         }
+    }
+
+    /// Commit `batch`, trying again with backoff while the database fails
+    /// (a commit whose outcome was unknown is resolved by the fence).
+    async fn commit(
+        &self,
+        batch: &CommitBatch,
+        rows: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> CommitEnd {
+        let mut backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
+        loop {
+            match self.store.commit(batch).await {
+                Ok(()) => return CommitEnd::Done,
+                Err(StoreError::StaleState { plugin, key, .. }) => {
+                    return CommitEnd::Stale { plugin, key };
+                }
+                Err(StoreError::Lost { ids }) => return CommitEnd::Lost(ids),
+                Err(e) => {
+                    error!(error = %crate::error_chain(&e), rows, "commit failed; retrying");
+                    if *shutdown.borrow() {
+                        warn!(
+                            "shutting down with an uncommitted batch; it will be recovered on restart"
+                        );
+                        return CommitEnd::Abandoned;
+                    }
+                    pause(shutdown, backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// The commit that puts `rows` back for a little later without running
+    /// them (their state stayed contended): not counted as an attempt.
+    fn put_back(
+        &self,
+        rows: &[ClaimedRow],
+        persisted: bool,
+    ) -> (CommitBatch, BatchReport, Option<BatchEvent>, Vec<Outgoing>) {
+        let delay = i64::try_from(jitter(CONTENDED_DELAY).as_millis()).unwrap_or(500);
+        let execute_at = Some(now_ms().saturating_add(delay));
+        let mut commit = CommitBatch {
+            fence: self.fence(rows, persisted),
+            ..CommitBatch::default()
+        };
+        for row in rows {
+            warn!(event = "contended", message_id = %row.id, reruns = STALE_RERUNS_PER_MESSAGE, "state stayed contended; the message runs again a little later");
+            if persisted {
+                commit.retries.push(RetryMark {
+                    id: row.id,
+                    attempts: row.attempts,
+                    execute_at,
+                });
+            } else {
+                commit.new_incoming.push(NewIncoming {
+                    id: row.id,
+                    message_type: Envelope::decode(&row.body)
+                        .map(|e| e.message_type)
+                        .unwrap_or_default(),
+                    destination: row.destination.clone(),
+                    owner_id: 0,
+                    execute_at,
+                    attempts: row.attempts,
+                    body: row.body.clone(),
+                });
+            }
+        }
+        let report = BatchReport {
+            deferred: rows.len(),
+            ..BatchReport::default()
+        };
+        (commit, report, None, Vec::new())
+    }
+
+    /// The fence a batch of claimed rows commits under; none for messages
+    /// from the in-memory queue.
+    fn fence(&self, rows: &[ClaimedRow], persisted: bool) -> Option<Fence> {
+        persisted.then(|| Fence {
+            node_id: self.node_id,
+            rows: rows.iter().map(ClaimedRow::held).collect(),
+        })
     }
 
     /// Run every row's handler and gather the batch's commit.
@@ -247,11 +435,24 @@ impl Worker {
         let now = now_ms();
         let keep_until =
             now.saturating_add(i64::try_from(self.config.keep_handled_ms).unwrap_or(i64::MAX));
-        let mut commit = CommitBatch::default();
+        let mut commit = CommitBatch {
+            fence: self.fence(rows, persisted),
+            ..CommitBatch::default()
+        };
         let mut report = BatchReport::default();
         let mut state = BatchState::default();
         for row in rows {
+            // Every earlier claim of a row this far along ended without an
+            // outcome (a committed failure this late is dead-lettered): the
+            // message brings the host down, so it does not run again.
+            let crashed = persisted && row.attempts >= self.config.max_attempts;
             let (result, envelope) = match Envelope::decode(&row.body) {
+                Ok(env) if crashed => (
+                    Err(Failure::Crashed {
+                        attempts: row.attempts,
+                    }),
+                    Some(env),
+                ),
                 Ok(mut env) => {
                     env.attempts = row.attempts;
                     let span = info_span!(

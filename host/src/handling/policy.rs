@@ -2,7 +2,9 @@
 //! unreadable message goes to dead letters at once; other failures are tried
 //! again with exponential backoff until `max_attempts`, then dead-lettered
 //! with the kind of their last failure. A host fault does not count as an
-//! attempt.
+//! attempt. A message claimed `max_attempts` times before without any
+//! outcome committing (the host died each time) is dead-lettered as
+//! `crashed` before it runs again.
 
 use std::time::Duration;
 
@@ -19,6 +21,10 @@ pub(crate) enum Failure {
     NoHandler(String),
     /// The stored envelope cannot be decoded.
     BadMessage(String),
+    /// Earlier attempts (this many) all ended without an outcome committing.
+    Crashed {
+        attempts: u32,
+    },
 }
 
 impl Failure {
@@ -38,6 +44,12 @@ impl Failure {
             Failure::Call(CallError::HostFault(m)) => (DeadLetterKind::Host, m.clone()),
             Failure::NoHandler(m) => (DeadLetterKind::NoHandler, m.clone()),
             Failure::BadMessage(m) => (DeadLetterKind::BadMessage, m.clone()),
+            Failure::Crashed { attempts } => (
+                DeadLetterKind::Crashed,
+                format!(
+                    "claimed {attempts} time(s) without an outcome committing (the host crashed, was stopped or lost the message while handling it); not run again (handling.max_attempts)"
+                ),
+            ),
         }
     }
 }
@@ -86,6 +98,12 @@ pub(crate) fn decide(
             execute_at: None,
         },
         Failure::BadMessage(_) => dead(false),
+        Failure::Crashed { .. } => Disposition::DeadLetter(DeadLetterCause {
+            kind,
+            message,
+            attempts: attempts_before,
+            replayable: true,
+        }),
         Failure::Call(CallError::Handler(HandleError::Reject(_))) => dead(true),
         _ if attempts >= cfg.max_attempts => dead(true),
         _ => Disposition::Retry {

@@ -1,9 +1,19 @@
 //! The group commit, written once for every backend: the order of its parts,
 //! the state version checks that fail it with [`StoreError::StaleState`], and
-//! how repeated ids and keys inside one batch resolve. Each backend supplies
-//! the statements as [`CommitSteps`] on one open transaction, and every step
-//! that writes returns the rows it affected, so a condition on the writes (the
-//! version checks here; ownership later) is checked in this one place.
+//! how repeated ids and keys inside one batch resolve, and the fence that
+//! makes a batch of claimed rows commit only while this node still holds
+//! them. Each backend supplies the statements as [`CommitSteps`] on one open
+//! transaction, and every step that writes returns the rows it affected, so
+//! a condition on the writes is checked in this one place.
+//!
+//! The fence is the commit's first step: it locks the batch's inbox rows and
+//! reads them. Every row still owned by the node with the attempt count its
+//! claim left: the batch commits. Otherwise nothing is written, and either
+//! the rows show that this very batch committed already (a handled mark
+//! carrying this claim's attempt count, which only this claim's holder can
+//! write: a commit whose outcome was unknown, tried again) and the commit is
+//! a success, or the rows another node took fail it with
+//! [`StoreError::Lost`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -14,8 +24,8 @@ use uuid::Uuid;
 use super::error::{StoreError, StoreResult};
 use super::faces::GroupCommit;
 use super::rows::{
-    CommitBatch, DeadLetter, InsertReport, NewIncoming, NewOutgoing, RetryMark, StateCheck,
-    StateWrite,
+    CommitBatch, DeadLetter, Fence, FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark,
+    STATUS_HANDLED, STATUS_INCOMING, StateCheck, StateWrite,
 };
 
 /// A state key: plugin and key.
@@ -81,6 +91,9 @@ where
 /// back.
 #[async_trait]
 pub(crate) trait CommitSteps: Send + Sized {
+    /// Lock the inbox rows `ids` until the end of the transaction and read
+    /// their owner, attempts and status (absent rows are left out).
+    async fn lock_claimed(&mut self, ids: &[Uuid]) -> StoreResult<Vec<FencedRow>>;
     /// The versions of `keys` (sorted, distinct) that exist, locked until the
     /// end of the transaction where the backend locks rows.
     async fn lock_versions(&mut self, keys: &[StateKey<'_>]) -> StoreResult<Versions>;
@@ -123,10 +136,79 @@ async fn commit_batch<B: Transactional>(backend: &B, batch: &CommitBatch) -> Sto
     }
     run_again(backend, || async {
         let mut tx = backend.begin_steps().await?;
+        if let Some(fence) = &batch.fence {
+            match check_fence(&mut tx, fence, batch).await? {
+                FenceCheck::Held => {}
+                // Dropping the transaction rolls it back: it wrote nothing.
+                FenceCheck::Committed => return Ok(()),
+                FenceCheck::Lost(ids) => return Err(StoreError::Lost { ids }),
+            }
+        }
         apply(&mut tx, batch).await?;
         tx.finish().await
     })
     .await
+}
+
+/// What the fence found.
+#[derive(Debug, PartialEq, Eq)]
+enum FenceCheck {
+    /// Every row is still this claim's: commit.
+    Held,
+    /// This batch committed already (an earlier try whose outcome was unknown).
+    Committed,
+    /// These rows are not this claim's any more.
+    Lost(Vec<Uuid>),
+}
+
+async fn check_fence<S: CommitSteps>(
+    tx: &mut S,
+    fence: &Fence,
+    batch: &CommitBatch,
+) -> StoreResult<FenceCheck> {
+    if fence.rows.is_empty() {
+        return Ok(FenceCheck::Held);
+    }
+    let mut ids: Vec<Uuid> = fence.rows.iter().map(|h| h.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let found = tx.lock_claimed(&ids).await?;
+    Ok(judge(fence, &found, batch))
+}
+
+/// The fence's verdict on the rows it found (see the module doc).
+fn judge(fence: &Fence, found: &[FencedRow], batch: &CommitBatch) -> FenceCheck {
+    let now: HashMap<Uuid, &FencedRow> = found.iter().map(|r| (r.id, r)).collect();
+    let at_claim = |id: &Uuid, status: &str| -> bool {
+        fence.rows.iter().any(|h| {
+            h.id == *id
+                && now.get(id).is_some_and(|r| {
+                    r.attempts == i64::from(h.claim)
+                        && r.status == status
+                        && (status != STATUS_INCOMING || r.owner_id == fence.node_id)
+                })
+        })
+    };
+    let lost: Vec<Uuid> = fence
+        .rows
+        .iter()
+        .filter(|h| !at_claim(&h.id, STATUS_INCOMING))
+        .map(|h| h.id)
+        .collect();
+    if lost.is_empty() {
+        return FenceCheck::Held;
+    }
+    let none_held = lost.len() == fence.rows.len();
+    if none_held
+        && !batch.handled.is_empty()
+        && batch
+            .handled
+            .iter()
+            .all(|(id, _)| at_claim(id, STATUS_HANDLED))
+    {
+        return FenceCheck::Committed;
+    }
+    FenceCheck::Lost(lost)
 }
 
 async fn apply<S: CommitSteps>(tx: &mut S, batch: &CommitBatch) -> StoreResult<()> {
@@ -366,6 +448,83 @@ mod tests {
             value: Some(vec![n]),
             expected_version: None,
         }
+    }
+
+    fn fenced(id: Uuid, owner_id: i64, attempts: i64, status: &str) -> FencedRow {
+        FencedRow {
+            id,
+            owner_id,
+            attempts,
+            status: status.into(),
+        }
+    }
+
+    fn fence_of(rows: &[(Uuid, u32)]) -> Fence {
+        Fence {
+            node_id: 7,
+            rows: rows
+                .iter()
+                .map(|&(id, claim)| super::super::rows::Held { id, claim })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_fence_holds_rows_owned_at_their_claim() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let fence = fence_of(&[(a, 1), (b, 3)]);
+        let found = [fenced(a, 7, 1, "incoming"), fenced(b, 7, 3, "incoming")];
+        assert_eq!(
+            judge(&fence, &found, &CommitBatch::default()),
+            FenceCheck::Held
+        );
+    }
+
+    #[test]
+    fn the_fence_names_rows_another_claim_took() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let fence = fence_of(&[(a, 1), (b, 1), (c, 1)]);
+        // b: released and claimed again by node 9; c: released, not yet claimed.
+        let found = [
+            fenced(a, 7, 1, "incoming"),
+            fenced(b, 9, 2, "incoming"),
+            fenced(c, 0, 1, "incoming"),
+        ];
+        let batch = CommitBatch {
+            handled: vec![(a, 0), (b, 0), (c, 0)],
+            ..CommitBatch::default()
+        };
+        assert_eq!(judge(&fence, &found, &batch), FenceCheck::Lost(vec![b, c]));
+    }
+
+    #[test]
+    fn a_row_handled_by_a_later_claim_is_lost_not_committed() {
+        let a = Uuid::now_v7();
+        let fence = fence_of(&[(a, 1)]);
+        let found = [fenced(a, 0, 2, "handled")];
+        let batch = CommitBatch {
+            handled: vec![(a, 0)],
+            ..CommitBatch::default()
+        };
+        assert_eq!(judge(&fence, &found, &batch), FenceCheck::Lost(vec![a]));
+    }
+
+    #[test]
+    fn handled_marks_at_this_claim_mean_the_batch_committed() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let fence = fence_of(&[(a, 2), (b, 1)]);
+        // a was handled by this batch; b was retried by it (back at owner 0).
+        let found = [fenced(a, 0, 2, "handled"), fenced(b, 0, 1, "scheduled")];
+        let batch = CommitBatch {
+            handled: vec![(a, 0)],
+            ..CommitBatch::default()
+        };
+        assert_eq!(judge(&fence, &found, &batch), FenceCheck::Committed);
+        // With no handled mark to prove it, a batch of failures is lost.
+        assert_eq!(
+            judge(&fence, &found, &CommitBatch::default()),
+            FenceCheck::Lost(vec![a, b])
+        );
     }
 
     #[test]

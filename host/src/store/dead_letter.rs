@@ -36,6 +36,10 @@ pub enum DeadLetterKind {
     UnknownDestination,
     /// No transport of this host serves the destination.
     NoRoute,
+    /// Claimed `max_attempts` times without an outcome ever committing: the
+    /// host died (or was stopped, or lost the message to another node) while
+    /// handling it each time.
+    Crashed,
     /// A kind this version does not know (a row written by another version).
     Other(String),
 }
@@ -57,13 +61,14 @@ impl DeadLetterKind {
             DeadLetterKind::BadMessage => "bad-message",
             DeadLetterKind::UnknownDestination => "unknown-destination",
             DeadLetterKind::NoRoute => "no-route",
+            DeadLetterKind::Crashed => "crashed",
             DeadLetterKind::Other(s) => s,
         }
     }
 
     /// The kind a stored name stands for.
     pub(crate) fn from_stored(name: &str) -> DeadLetterKind {
-        const KNOWN: [DeadLetterKind; 13] = [
+        const KNOWN: [DeadLetterKind; 14] = [
             DeadLetterKind::Rejected,
             DeadLetterKind::Retry,
             DeadLetterKind::Failed,
@@ -77,6 +82,7 @@ impl DeadLetterKind {
             DeadLetterKind::BadMessage,
             DeadLetterKind::UnknownDestination,
             DeadLetterKind::NoRoute,
+            DeadLetterKind::Crashed,
         ];
         KNOWN
             .into_iter()

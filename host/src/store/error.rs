@@ -22,6 +22,18 @@ pub enum StoreError {
         key: String,
         expected: i64,
     },
+    /// The batch's fence failed: these claimed rows are no longer this
+    /// node's (another node took them after its lease was presumed expired).
+    /// Nothing of the batch was written.
+    #[error("{} claimed message(s) were taken by another node before the commit (first: {})", ids.len(), ids.first().map(ToString::to_string).unwrap_or_default())]
+    Lost { ids: Vec<uuid::Uuid> },
+    /// The database did not answer within `storage` timeout; the outcome of a
+    /// commit that timed out is unknown (the fence resolves it on the next try).
+    #[error("{operation} did not finish within {after_ms} ms (durability.store_timeout_ms)")]
+    Timeout {
+        operation: &'static str,
+        after_ms: u64,
+    },
     #[error("database error during {operation}")]
     Database {
         operation: &'static str,

@@ -32,6 +32,10 @@ pub trait Inbox: Send + Sync + Debug {
         now: i64,
         limit: usize,
     ) -> StoreResult<Vec<ClaimedRow>>;
+    /// Hand back every inbox row `node_id` holds claimed, for a worker that
+    /// holds none in hand: the rows of a claim whose answer never came
+    /// (timed out, connection lost). Returns rows released.
+    async fn release_claimed(&self, node_id: i64) -> StoreResult<u64>;
     /// The earliest `execute_at` of a scheduled row anyone may claim.
     async fn next_scheduled(&self) -> StoreResult<Option<i64>>;
     /// Delete up to `limit` handled rows whose keep window ended; returns how many.
@@ -81,18 +85,14 @@ pub trait DeadLetters: Send + Sync + Debug {
 pub trait Nodes: Send + Sync + Debug {
     /// Register this node (a new id per process start).
     async fn register_node(&self, node_id: i64, name: &str, now: i64) -> StoreResult<()>;
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()>;
+    /// Renew this node's lease. Returns false when its registry row is gone
+    /// (another node judged it dead and released its rows).
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool>;
     async fn remove_node(&self, node_id: i64) -> StoreResult<()>;
     /// Release the rows of every other node whose heartbeat is older than
-    /// `stale_before` or (at start-up) that carries `same_name` (an earlier run
-    /// of this node), and of owners that are no live node; forget the dead
-    /// nodes. Returns rows released.
-    async fn release_dead_nodes(
-        &self,
-        self_id: i64,
-        same_name: Option<&str>,
-        stale_before: i64,
-    ) -> StoreResult<u64>;
+    /// `stale_before`, and of owners that are no live node; forget the dead
+    /// nodes. Never by name: two live hosts may share one. Returns rows released.
+    async fn release_dead_nodes(&self, self_id: i64, stale_before: i64) -> StoreResult<u64>;
     /// Hand every owned row back to any node (owner 0); returns rows released.
     async fn release_all(&self) -> StoreResult<u64>;
 }

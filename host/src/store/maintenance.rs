@@ -39,11 +39,11 @@ impl Table {
 pub(crate) const OWNED: [Table; 2] = [Table::Incoming, Table::Outgoing];
 
 /// Who is dead in a node sweep: every node but `self_id` whose heartbeat is
-/// older than `stale_before` or (at start-up) that carries `same_name`.
+/// older than `stale_before`. Never by name: a node of the same name may be
+/// a second live host.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct NodeSweep<'a> {
+pub(crate) struct NodeSweep {
     pub self_id: i64,
-    pub same_name: Option<&'a str>,
     pub stale_before: i64,
 }
 
@@ -52,9 +52,9 @@ pub(crate) struct NodeSweep<'a> {
 pub(crate) trait MaintenanceSteps: CommitSteps {
     /// Hand rows owned by no live node (dead, never registered, or removed)
     /// back to any node, in both owned tables. Returns rows released.
-    async fn release_orphans(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64>;
+    async fn release_orphans(&mut self, sweep: &NodeSweep) -> StoreResult<u64>;
     /// Forget the dead nodes. Returns nodes removed.
-    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64>;
+    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep) -> StoreResult<u64>;
     /// Hand every owned row of `table` back to any node. Returns rows released.
     async fn release_owned(&mut self, table: Table) -> StoreResult<u64>;
     /// Delete every row of `table`. Returns rows deleted.
@@ -66,7 +66,8 @@ pub(crate) trait MaintenanceSteps: CommitSteps {
 #[async_trait]
 pub(crate) trait NodeRows: Send + Sync + Debug {
     async fn register_node(&self, node_id: i64, name: &str, now: i64) -> StoreResult<()>;
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()>;
+    /// Returns false when the node's registry row is gone.
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool>;
     async fn remove_node(&self, node_id: i64) -> StoreResult<()>;
 }
 
@@ -80,7 +81,7 @@ where
         NodeRows::register_node(self, node_id, name, now).await
     }
 
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()> {
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool> {
         NodeRows::heartbeat(self, node_id, now).await
     }
 
@@ -89,15 +90,9 @@ where
     }
 
     /// One transaction: release the rows of dead nodes, then forget them.
-    async fn release_dead_nodes(
-        &self,
-        self_id: i64,
-        same_name: Option<&str>,
-        stale_before: i64,
-    ) -> StoreResult<u64> {
+    async fn release_dead_nodes(&self, self_id: i64, stale_before: i64) -> StoreResult<u64> {
         let sweep = NodeSweep {
             self_id,
-            same_name,
             stale_before,
         };
         run_again(self, || async {

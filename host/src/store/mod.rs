@@ -17,6 +17,7 @@ mod postgres;
 mod rows;
 mod shared;
 mod sqlite;
+mod timed;
 
 use std::sync::Arc;
 
@@ -26,11 +27,20 @@ pub(crate) use dead_letter::{DeadLetterCause, DeadLetterKind};
 pub use error::{StoreError, StoreResult};
 pub use faces::{Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader};
 pub use rows::{
-    ClaimedRow, CommitBatch, Counts, DeadLetter, InsertReport, NewIncoming, NewOutgoing,
-    OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, Selection,
-    StateCheck, StateValue, StateWrite,
+    ClaimedRow, CommitBatch, Counts, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming,
+    NewOutgoing, OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED,
+    Selection, StateCheck, StateValue, StateWrite,
 };
 pub(crate) use sqlite::SqliteStore;
+pub(crate) use timed::Timed;
+
+/// [`open`], every call of the store after that bounded by `timeout` (see [`Timed`]).
+pub(crate) async fn open_timed(
+    config: &StorageConfig,
+    timeout: std::time::Duration,
+) -> StoreResult<Arc<dyn MessageStore>> {
+    Ok(Arc::new(Timed::new(open(config).await?, timeout)))
+}
 
 /// Open the store the configuration names. Does not create tables.
 pub async fn open(config: &StorageConfig) -> StoreResult<Arc<dyn MessageStore>> {

@@ -76,9 +76,64 @@ pub struct InsertReport {
 #[derive(Debug, Clone)]
 pub struct ClaimedRow {
     pub id: Uuid,
+    /// Attempts made before this one (committed failures and claims that
+    /// ended without an outcome: crashes, lost leases).
     pub attempts: u32,
+    /// The row's attempt count as this claim left it (`attempts + 1`): with
+    /// the owner, the claim's fencing token (see [`Fence`]).
+    pub claim: u32,
     pub destination: String,
     pub body: Vec<u8>,
+}
+
+impl ClaimedRow {
+    /// A row as a claim returned it: `stored` is its attempt count after
+    /// the claim counted this attempt.
+    pub(crate) fn claimed(id: Uuid, stored: u32, destination: String, body: Vec<u8>) -> Self {
+        ClaimedRow {
+            id,
+            attempts: stored.saturating_sub(1),
+            claim: stored.max(1),
+            destination,
+            body,
+        }
+    }
+
+    /// What this claim fences (see [`Fence`]).
+    pub(crate) fn held(&self) -> Held {
+        Held {
+            id: self.id,
+            claim: self.claim,
+        }
+    }
+}
+
+/// An inbox row a batch holds: its id and the attempt count its claim left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub id: Uuid,
+    pub claim: u32,
+}
+
+/// What a batch of claimed rows commits under: the claiming node and the
+/// rows it claimed. The commit applies only if every row is still owned by
+/// `node_id` with the attempt count its claim left; a row another node took
+/// meanwhile (released by a sweep while this node was paused, partitioned
+/// or slow, and claimed again) fails the commit with
+/// [`super::StoreError::Lost`], and none of the batch's effects are written.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    pub node_id: i64,
+    pub rows: Vec<Held>,
+}
+
+/// An inbox row as the fence found it (absent rows are not listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FencedRow {
+    pub id: Uuid,
+    pub owner_id: i64,
+    pub attempts: i64,
+    pub status: String,
 }
 
 /// A committed state value and its version.
@@ -163,6 +218,9 @@ impl DeadLetter {
 /// Everything one batch of handled messages makes durable, in one transaction.
 #[derive(Debug, Default, Clone)]
 pub struct CommitBatch {
+    /// The claimed rows the batch's handled marks, retries and dead letters
+    /// act on, checked first; `None` for messages with no inbox row (`tcp://`).
+    pub fence: Option<Fence>,
     /// Incoming ids to mark handled, kept until the given time (ms).
     pub handled: Vec<(Uuid, i64)>,
     pub new_incoming: Vec<NewIncoming>,

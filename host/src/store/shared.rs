@@ -14,7 +14,7 @@ use uuid::fmt::Hyphenated;
 use super::dead_letter::DeadLetterKind;
 use super::error::{StoreError, StoreResult};
 use super::rows::{
-    ClaimedRow, Counts, DeadLetter, NewIncoming, NewOutgoing, OutgoingRow, StateValue,
+    ClaimedRow, Counts, DeadLetter, FencedRow, NewIncoming, NewOutgoing, OutgoingRow, StateValue,
 };
 
 /// Rows per multi-row statement or inlined id list (SQLite and MySQL).
@@ -277,15 +277,16 @@ where
     }
 }
 
-/// `id, attempts, received_at, body` of a claimed inbox row.
+/// `id, attempts, received_at, body` of a claimed inbox row, `attempts` as
+/// the claim left it (counting this attempt).
 fn claimed(row: &impl Columns) -> StoreResult<ClaimedRow> {
     let op = "claim incoming";
-    Ok(ClaimedRow {
-        id: row.id(0, op)?,
-        attempts: attempts_of(row.int(1, op)?),
-        destination: row.text(2, op)?,
-        body: row.bytes(3, op)?,
-    })
+    Ok(ClaimedRow::claimed(
+        row.id(0, op)?,
+        attempts_of(row.int(1, op)?),
+        row.text(2, op)?,
+        row.bytes(3, op)?,
+    ))
 }
 
 /// `id, destination, deliver_by, attempts, body` of a claimed outgoing row.
@@ -353,6 +354,21 @@ pub(crate) fn counts(row: &impl Columns) -> StoreResult<Counts> {
         outgoing: row.int(3, op)?,
         dead_letters: row.int(4, op)?,
     })
+}
+
+/// `id, owner_id, attempts, status` of rows the fence locked.
+pub(crate) fn fenced_rows<R: Columns>(rows: &[R]) -> StoreResult<Vec<FencedRow>> {
+    let op = "fence claimed rows";
+    rows.iter()
+        .map(|r| {
+            Ok(FencedRow {
+                id: r.id(0, op)?,
+                owner_id: r.int(1, op)?,
+                attempts: r.int(2, op)?,
+                status: r.text(3, op)?,
+            })
+        })
+        .collect()
 }
 
 /// Claimed inbox rows in id (= send time) order: `RETURNING` and

@@ -31,7 +31,8 @@ impl MysqlStore {
             return Ok(Vec::new());
         }
         let inc = &self.t.incoming;
-        let cols = "SELECT id, attempts, received_at, body FROM";
+        // The attempt count as the claim leaves it (it counts this attempt).
+        let cols = "SELECT id, attempts + 1, received_at, body FROM";
         let mut tx = self.pool.begin().await.map_err(StoreError::db(op))?;
         // Ready rows first in id (= time) order, then due scheduled rows.
         let mut rows = sqlx::query(AssertSqlSafe(format!(
@@ -61,7 +62,7 @@ impl MysqlStore {
         }
         let out = claimed_in_order(&rows)?;
         let sql = format!(
-            "UPDATE {inc} SET owner_id = {node_id}, status = '{STATUS_INCOMING}' WHERE id IN ({})",
+            "UPDATE {inc} SET owner_id = {node_id}, status = '{STATUS_INCOMING}', attempts = attempts + 1 WHERE id IN ({})",
             inline_ids(out.iter().map(|r| &r.id))
         );
         exec(&mut tx, sql, op).await?;
@@ -123,6 +124,15 @@ impl Inbox for MysqlStore {
         limit_rows: usize,
     ) -> StoreResult<Vec<ClaimedRow>> {
         run_again(self, || self.claim_incoming_once(node_id, now, limit_rows)).await
+    }
+
+    async fn release_claimed(&self, node_id: i64) -> StoreResult<u64> {
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET owner_id = 0 WHERE owner_id = ? AND status = '{STATUS_INCOMING}'",
+            self.t.incoming
+        )))
+        .bind(node_id);
+        run(&self.pool, query, "release claimed rows").await
     }
 
     async fn next_scheduled(&self) -> StoreResult<Option<i64>> {

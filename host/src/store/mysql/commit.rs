@@ -19,7 +19,7 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, OWNED, Table};
 use crate::store::rows::{
-    InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
+    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
     STATUS_SCHEDULED, StateValue, StateWrite,
 };
 use crate::store::shared::{
@@ -150,6 +150,23 @@ async fn insert_incoming_rows(
 
 #[async_trait]
 impl CommitSteps for MysqlTx {
+    async fn lock_claimed(&mut self, ids: &[Uuid]) -> StoreResult<Vec<FencedRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, owner_id, attempts, status FROM {} WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                self.t.incoming,
+                inline_ids(chunk)
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(StoreError::db("fence claimed rows"))?;
+            found.extend(shared::fenced_rows(&rows)?);
+        }
+        Ok(found)
+    }
+
     async fn lock_versions(&mut self, keys: &[StateKey<'_>]) -> StoreResult<Versions> {
         lock_versions(&mut self.tx, &self.t, keys, "commit state").await
     }
@@ -416,7 +433,7 @@ impl MaintenanceSteps for MysqlTx {
     /// for good, and no row of a node that registered meanwhile is released.
     /// (One `NOT IN (SELECT … nodes)` could miss such a node under READ
     /// COMMITTED, its statement snapshot being older than its row reads.)
-    async fn release_orphans(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn release_orphans(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         let op = "release dead nodes";
         let mut owners: Vec<Vec<i64>> = Vec::with_capacity(OWNED.len());
         for table in OWNED {
@@ -431,20 +448,10 @@ impl MaintenanceSteps for MysqlTx {
             );
         }
         let (self_id, stale_before) = (sweep.self_id, sweep.stale_before);
-        let live = match sweep.same_name {
-            Some(_) => {
-                format!("node_id = {self_id} OR (heartbeat_at >= {stale_before} AND name <> ?)")
-            }
-            None => format!("node_id = {self_id} OR heartbeat_at >= {stale_before}"),
-        };
         let q = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT node_id FROM {} WHERE {live}",
+            "SELECT node_id FROM {} WHERE node_id = {self_id} OR heartbeat_at >= {stale_before}",
             self.t.nodes
         )));
-        let q = match sweep.same_name {
-            Some(name) => q.bind(name),
-            None => q,
-        };
         let live: HashSet<i64> = q
             .fetch_all(&mut *self.tx)
             .await
@@ -470,22 +477,12 @@ impl MaintenanceSteps for MysqlTx {
         Ok(released)
     }
 
-    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         let (self_id, stale_before) = (sweep.self_id, sweep.stale_before);
-        let dead = match sweep.same_name {
-            Some(_) => {
-                format!("node_id <> {self_id} AND (heartbeat_at < {stale_before} OR name = ?)")
-            }
-            None => format!("node_id <> {self_id} AND heartbeat_at < {stale_before}"),
-        };
         let q = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE {dead}",
+            "DELETE FROM {} WHERE node_id <> {self_id} AND heartbeat_at < {stale_before}",
             self.t.nodes
         )));
-        let q = match sweep.same_name {
-            Some(name) => q.bind(name),
-            None => q,
-        };
         Ok(q.execute(&mut *self.tx)
             .await
             .map_err(StoreError::db("release dead nodes"))?

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{Connection, Executor};
+use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use super::schema::MAX_SCHEMA;
 use crate::store::error::{StoreError, StoreResult};
@@ -81,16 +81,32 @@ pub(super) async fn connect(url: &str, schema: &str, target: &str) -> StoreResul
         .unwrap_or(0)
         .clamp(64 << 10, MAX_STATEMENT_BYTES);
 
+    let mariadb = version.contains("MariaDB");
     let pool = MySqlPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     .await?;
                 // Too long a value is an error, never silently cut.
                 conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')")
                     .await?;
+                // A host frozen (or cut off) inside a transaction must not
+                // hold its row locks forever: the server ends such a session.
+                // Lock waits end well before that.
+                conn.execute(AssertSqlSafe(format!(
+                    "SET SESSION innodb_lock_wait_timeout = {}",
+                    LOCK_WAIT.as_secs()
+                )))
+                .await?;
+                if mariadb {
+                    conn.execute(AssertSqlSafe(format!(
+                        "SET SESSION idle_transaction_timeout = {}",
+                        IDLE_IN_TRANSACTION.as_secs()
+                    )))
+                    .await?;
+                }
                 Ok(())
             })
         })
@@ -103,6 +119,12 @@ pub(super) async fn connect(url: &str, schema: &str, target: &str) -> StoreResul
         budget,
     })
 }
+
+/// How long a session may sit idle inside a transaction before the server
+/// ends it (MariaDB; the host never waits inside one).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+/// How long a statement waits for a row lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a server version cannot run this store (it needs `SKIP LOCKED`:
 /// MariaDB 10.6, MySQL 8.0); `None` when it can or the version is unknown.

@@ -23,14 +23,14 @@ impl NodeRows for MysqlStore {
         run(&self.pool, query, "register node").await.map(drop)
     }
 
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()> {
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool> {
         let query = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {} SET heartbeat_at = ? WHERE node_id = ?",
             self.t.nodes
         )))
         .bind(now)
         .bind(node_id);
-        run(&self.pool, query, "heartbeat").await.map(drop)
+        Ok(run(&self.pool, query, "heartbeat").await? > 0)
     }
 
     async fn remove_node(&self, node_id: i64) -> StoreResult<()> {

@@ -37,6 +37,11 @@ impl Inbox for PostgresStore {
         claimed_in_order(&fetch_all(&self.pool, query, "claim incoming").await?)
     }
 
+    async fn release_claimed(&self, node_id: i64) -> StoreResult<u64> {
+        let query = q(&self.sql.release_claimed).bind(node_id);
+        run(&self.pool, query, "release claimed rows").await
+    }
+
     async fn next_scheduled(&self) -> StoreResult<Option<i64>> {
         let op = "next scheduled";
         fetch_one(&self.pool, q(&self.sql.next_scheduled), op)

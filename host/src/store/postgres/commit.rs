@@ -19,7 +19,7 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, Table};
 use crate::store::rows::{
-    InsertReport, NewIncoming, NewOutgoing, RetryMark, StateValue, StateWrite,
+    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, StateValue, StateWrite,
 };
 use crate::store::shared::{self, run};
 
@@ -79,6 +79,15 @@ impl PgTx {
 
 #[async_trait]
 impl CommitSteps for PgTx {
+    async fn lock_claimed(&mut self, ids: &[Uuid]) -> StoreResult<Vec<FencedRow>> {
+        let rows = q(&self.sql.lock_claimed)
+            .bind(ids)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(StoreError::db("fence claimed rows"))?;
+        shared::fenced_rows(&rows)
+    }
+
     /// Locks the rows of every key, in one global (byte-wise) order.
     async fn lock_versions(&mut self, keys: &[StateKey<'_>]) -> StoreResult<Versions> {
         let locked = q(&self.sql.state_lock)
@@ -202,14 +211,13 @@ impl CommitSteps for PgTx {
 
 #[async_trait]
 impl MaintenanceSteps for PgTx {
-    async fn release_orphans(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn release_orphans(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         // Rows can also belong to nodes that never registered or were removed:
         // anything not owned by a live node is orphaned.
         let mut released = 0;
         for stmt in &self.sql.release_orphans {
             released += q(stmt)
                 .bind(sweep.self_id)
-                .bind(sweep.same_name)
                 .bind(sweep.stale_before)
                 .execute(&mut *self.tx)
                 .await
@@ -219,10 +227,9 @@ impl MaintenanceSteps for PgTx {
         Ok(released)
     }
 
-    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         let query = q(&self.sql.forget_dead_nodes)
             .bind(sweep.self_id)
-            .bind(sweep.same_name)
             .bind(sweep.stale_before);
         run(&mut *self.tx, query, "release dead nodes").await
     }

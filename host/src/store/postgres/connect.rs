@@ -29,6 +29,14 @@ pub(super) async fn pool(url: &str, target: &str) -> StoreResult<PgPool> {
     if options.get_application_name().is_none() {
         options = options.application_name("jasper-host");
     }
+    // A host frozen (or cut off) inside a transaction must not hold its row
+    // locks forever: the server ends such a session. Lock waits and
+    // statements end well before the host's own store timeout gives up on
+    // them, so a statement the host abandoned does not run on.
+    options = options.options([
+        ("idle_in_transaction_session_timeout", "10s"),
+        ("lock_timeout", "10s"),
+    ]);
     // One connection first: the pool would retry a refused connection
     // until its acquire timeout and then say only "timed out".
     let server = server_of(&options);

@@ -18,9 +18,9 @@ impl NodeRows for PostgresStore {
         run(&self.pool, query, "register node").await.map(drop)
     }
 
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()> {
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool> {
         let query = q(&self.sql.heartbeat).bind(node_id).bind(now);
-        run(&self.pool, query, "heartbeat").await.map(drop)
+        Ok(run(&self.pool, query, "heartbeat").await? > 0)
     }
 
     async fn remove_node(&self, node_id: i64) -> StoreResult<()> {

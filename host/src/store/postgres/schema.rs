@@ -220,6 +220,8 @@ pub(super) fn script(n: &Names) -> String {
 #[derive(Debug)]
 pub(super) struct Statements {
     pub claim: Arc<str>,
+    pub lock_claimed: Arc<str>,
+    pub release_claimed: Arc<str>,
     pub next_scheduled: Arc<str>,
     pub read_state: Arc<str>,
     pub insert_incoming: Arc<str>,
@@ -262,11 +264,8 @@ impl Statements {
             &n.state,
         );
         let s = |x: String| -> Arc<str> { x.into() };
-        // Live owners: this node, and nodes with a fresh heartbeat that are
-        // not an earlier run of it ($2: its name, at start-up only).
-        let live = format!(
-            "SELECT node_id FROM {nodes} WHERE node_id = $1 OR (heartbeat_at >= $3 AND ($2::text IS NULL OR name <> $2::text))"
-        );
+        // Live owners: this node, and nodes with a fresh heartbeat ($2).
+        let live = format!("SELECT node_id FROM {nodes} WHERE node_id = $1 OR heartbeat_at >= $2");
         let replay = |filter: &str| {
             // Delete and re-insert in one statement, so a dead letter that
             // arrives meanwhile is neither lost nor half moved; an id still in
@@ -290,9 +289,16 @@ impl Statements {
                  due AS ( \
                    SELECT id FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0 AND execute_at <= $2 \
                    ORDER BY execute_at LIMIT GREATEST($3 - (SELECT count(*) FROM ready), 0) FOR UPDATE SKIP LOCKED) \
-                 UPDATE {inc} SET owner_id = $1, status = '{STATUS_INCOMING}' \
+                 UPDATE {inc} SET owner_id = $1, status = '{STATUS_INCOMING}', attempts = attempts + 1 \
                  WHERE id IN (SELECT id FROM ready UNION ALL SELECT id FROM due) \
                  RETURNING id, attempts, received_at, body"
+            )),
+            // The fence: the batch's rows, locked in id order.
+            lock_claimed: s(format!(
+                "SELECT id, owner_id, attempts, status FROM {inc} WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+            )),
+            release_claimed: s(format!(
+                "UPDATE {inc} SET owner_id = 0 WHERE owner_id = $1 AND status = '{STATUS_INCOMING}'"
             )),
             next_scheduled: s(format!(
                 "SELECT MIN(execute_at) FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0"
@@ -399,7 +405,7 @@ impl Statements {
                 ))
             }),
             forget_dead_nodes: s(format!(
-                "DELETE FROM {nodes} WHERE node_id <> $1 AND (heartbeat_at < $3 OR ($2::text IS NOT NULL AND name = $2::text))"
+                "DELETE FROM {nodes} WHERE node_id <> $1 AND heartbeat_at < $2"
             )),
             counts: s(format!(
                 "SELECT \

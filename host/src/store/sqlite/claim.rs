@@ -9,7 +9,9 @@ use super::{SqliteStore, q};
 use crate::store::commit::CommitSteps;
 use crate::store::error::StoreResult;
 use crate::store::faces::{Inbox, Outbox};
-use crate::store::rows::{ClaimedRow, InsertReport, NewIncoming, OutgoingRow, STATUS_HANDLED};
+use crate::store::rows::{
+    ClaimedRow, InsertReport, NewIncoming, OutgoingRow, STATUS_HANDLED, STATUS_INCOMING,
+};
 use crate::store::shared::{
     CHUNK, Columns, claimed_in_order, db_count, fetch_all, fetch_one, inline_ids,
     outgoing_in_order, run,
@@ -41,6 +43,22 @@ impl Inbox for SqliteStore {
         let rows = fetch_all(&mut *tx.tx, query, "claim incoming").await?;
         tx.finish().await?;
         claimed_in_order(&rows)
+    }
+
+    async fn release_claimed(&self, node_id: i64) -> StoreResult<u64> {
+        let sql = format!(
+            "UPDATE {} SET owner_id = 0 WHERE owner_id = ?1 AND status = '{STATUS_INCOMING}'",
+            self.tables.incoming
+        );
+        let mut tx = self.begin().await?;
+        let n = run(
+            &mut *tx.tx,
+            sqlx::query(AssertSqlSafe(sql)).bind(node_id),
+            "release claimed rows",
+        )
+        .await?;
+        tx.finish().await?;
+        Ok(n)
     }
 
     async fn next_scheduled(&self) -> StoreResult<Option<i64>> {

@@ -20,7 +20,8 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, Table};
 use crate::store::rows::{
-    InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, StateValue, StateWrite,
+    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, StateValue,
+    StateWrite,
 };
 use crate::store::shared::{self, CHUNK, incoming_values, inline_ids, outgoing_values, run};
 
@@ -68,6 +69,24 @@ fn with_value(query: Query, w: &StateWrite) -> Query {
 
 #[async_trait]
 impl CommitSteps for SqliteTx {
+    /// The write lock `BEGIN IMMEDIATE` took covers the rows read.
+    async fn lock_claimed(&mut self, ids: &[Uuid]) -> StoreResult<Vec<FencedRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, owner_id, attempts, status FROM {} WHERE id IN ({})",
+                self.tables.incoming,
+                inline_ids(chunk)
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(StoreError::db("fence claimed rows"))?;
+            found.extend(shared::fenced_rows(&rows)?);
+        }
+        Ok(found)
+    }
+
     async fn lock_versions(&mut self, keys: &[StateKey<'_>]) -> StoreResult<Versions> {
         let mut out = Versions::with_capacity(keys.len());
         for (plugin, key) in keys {
@@ -199,16 +218,15 @@ impl CommitSteps for SqliteTx {
 impl MaintenanceSteps for SqliteTx {
     /// Rows can also belong to nodes that never registered or were removed:
     /// anything not owned by a live node is orphaned.
-    async fn release_orphans(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn release_orphans(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         let tables = self.tables.clone();
         let release = |_: &Sql, table: &&String| {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE {table} SET owner_id = 0 WHERE owner_id <> 0 AND owner_id NOT IN \
-                 (SELECT node_id FROM {} WHERE node_id = ?1 OR (heartbeat_at >= ?3 AND (?2 IS NULL OR name <> ?2)))",
+                 (SELECT node_id FROM {} WHERE node_id = ?1 OR heartbeat_at >= ?2)",
                 tables.nodes
             )))
             .bind(sweep.self_id)
-            .bind(sweep.same_name.map(str::to_owned))
             .bind(sweep.stale_before)
         };
         self.each(
@@ -219,13 +237,12 @@ impl MaintenanceSteps for SqliteTx {
         .await
     }
 
-    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep<'_>) -> StoreResult<u64> {
+    async fn forget_dead_nodes(&mut self, sweep: &NodeSweep) -> StoreResult<u64> {
         let query = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE node_id <> ?1 AND (heartbeat_at < ?3 OR (?2 IS NOT NULL AND name = ?2))",
+            "DELETE FROM {} WHERE node_id <> ?1 AND heartbeat_at < ?2",
             self.tables.nodes
         )))
         .bind(sweep.self_id)
-        .bind(sweep.same_name.map(str::to_owned))
         .bind(sweep.stale_before);
         run(&mut *self.tx, query, "release dead nodes").await
     }

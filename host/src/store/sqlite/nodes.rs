@@ -23,13 +23,13 @@ impl NodeRows for SqliteStore {
         run(&self.pool, query, "register node").await.map(drop)
     }
 
-    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<()> {
+    async fn heartbeat(&self, node_id: i64, now: i64) -> StoreResult<bool> {
         let sql = format!(
             "UPDATE {} SET heartbeat_at = ?2 WHERE node_id = ?1",
             self.tables.nodes
         );
         let query = sqlx::query(AssertSqlSafe(sql)).bind(node_id).bind(now);
-        run(&self.pool, query, "heartbeat").await.map(drop)
+        Ok(run(&self.pool, query, "heartbeat").await? > 0)
     }
 
     async fn remove_node(&self, node_id: i64) -> StoreResult<()> {

@@ -65,7 +65,7 @@ impl Sql {
         Sql {
             // Ready rows first in id (= time) order, then due scheduled rows.
             claim: s(format!(
-                "UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}' WHERE id IN ( \
+                "UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}', attempts = attempts + 1 WHERE id IN ( \
                    SELECT id FROM (SELECT id FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 ORDER BY id LIMIT ?3) \
                    UNION ALL \
                    SELECT id FROM (SELECT id FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0 AND execute_at <= ?2 ORDER BY execute_at LIMIT ?3) \

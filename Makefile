@@ -15,7 +15,7 @@ help:
 	@echo "make test        plugins + build + every test (unit and end-to-end)"
 	@echo "make lint        cargo fmt --check and clippy (-D warnings) over every crate and target"
 	@echo "make quickstart  run a host on examples/jasper.toml and send it demo orders"
-	@echo "make bench       run the benchmarks (jasper-bench, jasper-tcp-bench, jasper-rabbit-bench)"
+	@echo "make bench       run the benchmarks (jasper-bench, jasper-cluster-bench, jasper-tcp-bench, jasper-rabbit-bench)"
 
 plugins:
 	rustup target add wasm32-wasip2
@@ -43,5 +43,6 @@ quickstart: plugins build
 
 bench: plugins build
 	./target/release/jasper-bench --noop $(PLUGIN_DIR)/noop.wasm --backends sqlite,postgres,mysql
+	./target/release/jasper-cluster-bench --noop $(PLUGIN_DIR)/noop.wasm
 	./target/release/jasper-tcp-bench --noop $(PLUGIN_DIR)/noop.wasm
 	./target/release/jasper-rabbit-bench --noop $(PLUGIN_DIR)/noop.wasm

@@ -44,7 +44,11 @@ pub(crate) async fn recover_on_start(
     store.register_node(node_id, name, now_ms()).await?;
     let released = store.release_dead_nodes(node_id, stale_before(cfg)).await?;
     if released > 0 {
-        info!(released, "recovered messages left by dead nodes");
+        info!(
+            event = %"dead-nodes-released",
+            released,
+            "released messages of dead nodes at start"
+        );
     }
     Ok(released)
 }
@@ -122,7 +126,7 @@ async fn heartbeats(
                 if failing || gap > lease_len {
                     // Others may have judged this node dead meanwhile.
                     warn!(
-                        event = "lease-renewed",
+                        event = %"lease-renewed",
                         gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
                         "heartbeat back after a gap; rows other nodes took meanwhile are fenced off at commit"
                     );
@@ -133,7 +137,7 @@ async fn heartbeats(
             }
             Ok(false) => {
                 warn!(
-                    event = "lease-lost",
+                    event = %"lease-lost",
                     node_id,
                     "this node's registry row is gone: other nodes judged it dead and released its messages; work in hand on them will not commit; registering again"
                 );
@@ -176,7 +180,7 @@ async fn sweeps(
         match store.release_dead_nodes(node_id, stale_before(cfg)).await {
             Ok(0) => {}
             Ok(n) => {
-                info!(released = n, "released messages of dead nodes");
+                info!(event = %"dead-nodes-released", released = n, "released messages of dead nodes");
                 wake.notify_one();
             }
             Err(e) => {

@@ -285,7 +285,7 @@ async fn sender_sigkilled_after_commit_before_send_resends_its_outgoing_rows() {
         .wait_for_log(
             "A's restart to release the rows of its killed run",
             mark,
-            &["recovered messages left by an earlier run"],
+            &["event=dead-nodes-released "],
             START_TIMEOUT,
         )
         .await;

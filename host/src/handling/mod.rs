@@ -320,7 +320,7 @@ impl Worker {
                 CommitEnd::Lost(ids) => {
                     let lost: HashSet<Uuid> = ids.into_iter().collect();
                     warn!(
-                        event = "rows-lost",
+                        event = %"rows-lost",
                         lost = lost.len(),
                         of = rows.len(),
                         node_id = self.node_id,
@@ -387,7 +387,7 @@ impl Worker {
             ..CommitBatch::default()
         };
         for row in rows {
-            warn!(event = "contended", message_id = %row.id, reruns = STALE_RERUNS_PER_MESSAGE, "state stayed contended; the message runs again a little later");
+            warn!(event = %"contended", message_id = %row.id, reruns = STALE_RERUNS_PER_MESSAGE, "state stayed contended; the message runs again a little later");
             if persisted {
                 commit.retries.push(RetryMark {
                     id: row.id,

@@ -1,0 +1,150 @@
+//! `jasper-cluster-bench`: durable local-queue throughput of 1, 2 and 3 hosts
+//! sharing one PostgreSQL schema (or MariaDB database), no-op plugin, in one
+//! run, beside commit-rate probes of the same server taken before and after.
+//! Each host claims its own batches and commits them under its fence, so the
+//! figures show what sharing a store costs and gains.
+//!
+//! Usage: `jasper-cluster-bench [--messages N] [--noop PATH] [--hosts 1,2,3]
+//! [--backend postgres|mysql]` (`make bench` runs it). The hosts run in this
+//! process, each with its own store pool, Wasm engine and worker, on the
+//! same tokio runtime (so on every core of the machine).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use jasper_bench::{backend, commit_probe};
+use jasper_host::Host;
+use jasper_host::config::Config;
+use jasper_host::envelope::{Envelope, local_row};
+use jasper_host::store;
+
+struct Args {
+    messages: usize,
+    noop: PathBuf,
+    hosts: Vec<usize>,
+    backend: String,
+}
+
+const USAGE: &str = "usage: jasper-cluster-bench [--messages N] [--noop PATH] [--hosts 1,2,3] [--backend postgres|mysql]";
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        messages: 30_000,
+        noop: PathBuf::from("target/wasm32-wasip2/plugin/noop.wasm"),
+        hosts: vec![1, 2, 3],
+        backend: "postgres".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
+            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
+            "--backend" => a.backend = it.next().context("--backend postgres|mysql")?,
+            "--hosts" => {
+                a.hosts = it
+                    .next()
+                    .context("--hosts 1,2,3")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .context("--hosts takes counts like 1,2,3")?
+            }
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    if a.hosts.contains(&0) {
+        bail!("--hosts: a run needs at least one host; {USAGE}");
+    }
+    if !a.noop.exists() {
+        bail!(
+            "{} not found; build it with `make plugins`",
+            a.noop.display()
+        );
+    }
+    Ok(a)
+}
+
+/// Messages handled per second by `hosts` hosts on one fresh schema.
+async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
+    let store = store::open(&config.storage).await?;
+    store.rebuild().await?;
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes();
+    let rows: Vec<_> = (0..a.messages)
+        .map(|_| {
+            let mut env = Envelope::new("bench.Noop", body.clone());
+            env.destination = Some("local://noop".into());
+            local_row(&env)
+        })
+        .collect();
+    for chunk in rows.chunks(1000) {
+        store.insert_incoming(chunk).await?;
+    }
+    let t = Instant::now();
+    let mut running = Vec::with_capacity(hosts);
+    for i in 0..hosts {
+        let mut c = config.clone();
+        c.node.name = format!("bench-{i}");
+        running.push(Host::start(c).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = store.counts().await?;
+        if c.handled as usize >= a.messages {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{hosts} host(s): only {} of {} handled after 600 s",
+                c.handled,
+                a.messages
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = a.messages as f64 / t.elapsed().as_secs_f64();
+    for h in running {
+        h.shutdown().await?;
+    }
+    store.drop_all().await?;
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let dir = tempfile::tempdir()?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
+    let mut config = Config::for_dir(dir.path());
+    config.storage.backend = backend(&a.backend, dir.path())?;
+    config.storage.schema = format!("cbench{}", std::process::id());
+    config.plugins.dir = plugins;
+    config.handling.batch_size = 500;
+    config.handling.poll_interval_ms = 10;
+    println!(
+        "jasper-cluster-bench: {} messages of 200 bytes on one {} store, no-op plugin, batch 500, hosts in one process",
+        a.messages, a.backend
+    );
+    let probe_before = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
+    let mut figures = Vec::new();
+    for &n in &a.hosts {
+        let rate = run(&a, &config, n).await?;
+        println!("  {n} host(s): {rate:>7.0} msgs/s");
+        figures.push((n, rate));
+    }
+    let probe_after = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
+    let probe = (probe_before + probe_after) / 2.0;
+    println!("  commit probe {probe_before:.0} /s before, {probe_after:.0} /s after");
+    if let Some(&(n1, first)) = figures.first() {
+        for &(n, rate) in &figures {
+            println!(
+                "  {n} host(s) = {:.2}x {n1} host(s), {:.1}x the commit probe",
+                rate / first,
+                rate / probe
+            );
+        }
+    }
+    Ok(())
+}

@@ -5,10 +5,11 @@
 //! probe taken in the same run mean something).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use jasper_host::config::Backend;
+use jasper_host::store::MessageStore;
 use sqlx::AssertSqlSafe;
 
 /// The backend `name` (`sqlite`, `postgres`, `mysql`) stands for; SQLite in `dir`.
@@ -88,5 +89,28 @@ pub async fn commit_probe(backend: &Backend, schema: &str, secs: f64) -> anyhow:
             format!("INSERT INTO {table} (v) VALUES (?)"),
             format!("DROP TABLE {table}")
         ),
+    }
+}
+
+/// Wait (polling, up to 600 s) until `store` counts `messages` handled rows;
+/// the error names `what` and how far it got.
+pub async fn wait_handled(
+    store: &dyn MessageStore,
+    messages: usize,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = store.counts().await?;
+        if c.handled as usize >= messages {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: only {} of {messages} handled after 600 s",
+                c.handled
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -11,10 +11,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use jasper_bench::{backend, commit_probe};
+use jasper_bench::{backend, commit_probe, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
 use jasper_host::envelope::{Envelope, local_row};
@@ -98,21 +98,7 @@ async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> 
 
     let t = Instant::now();
     let host = Host::start(config.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let c = store.counts().await?;
-        if c.handled as usize >= a.messages {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name}: only {} of {} handled after 600 s",
-                c.handled,
-                a.messages
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_handled(&*store, a.messages, name).await?;
     let handled = a.messages as f64 / t.elapsed().as_secs_f64();
     host.shutdown().await?;
     store.drop_all().await?;

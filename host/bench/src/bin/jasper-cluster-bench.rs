@@ -10,10 +10,10 @@
 //! same tokio runtime (so on every core of the machine).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use jasper_bench::{backend, commit_probe};
+use jasper_bench::{backend, commit_probe, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
 use jasper_host::envelope::{Envelope, local_row};
@@ -87,21 +87,7 @@ async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
         c.node.name = format!("bench-{i}");
         running.push(Host::start(c).await?);
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let c = store.counts().await?;
-        if c.handled as usize >= a.messages {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{hosts} host(s): only {} of {} handled after 600 s",
-                c.handled,
-                a.messages
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_handled(&*store, a.messages, &format!("{hosts} host(s)")).await?;
     let rate = a.messages as f64 / t.elapsed().as_secs_f64();
     for h in running {
         h.shutdown().await?;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use jasper_host::config::Backend;
-use jasper_host::store::MessageStore;
+use jasper_host::envelope::{Envelope, local_row};
+use jasper_host::store::{MessageStore, NewIncoming};
 use sqlx::AssertSqlSafe;
 
 /// The backend `name` (`sqlite`, `postgres`, `mysql`) stands for; SQLite in `dir`.
@@ -113,4 +114,24 @@ pub async fn wait_handled(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `n` inbox rows for the no-op plugin, 200-byte bodies.
+pub fn noop_rows(n: usize) -> Vec<NewIncoming> {
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes();
+    (0..n)
+        .map(|_| {
+            let mut env = Envelope::new("bench.Noop", body.clone());
+            env.destination = Some("local://noop".into());
+            local_row(&env)
+        })
+        .collect()
+}
+
+/// Insert `rows` 1000 at a time.
+pub async fn insert_all(store: &dyn MessageStore, rows: &[NewIncoming]) -> anyhow::Result<()> {
+    for chunk in rows.chunks(1000) {
+        store.insert_incoming(chunk).await?;
+    }
+    Ok(())
 }

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use jasper_bench::{backend, commit_probe, wait_handled};
+use jasper_bench::{backend, commit_probe, insert_all, noop_rows, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
-use jasper_host::envelope::{Envelope, local_row};
+use jasper_host::envelope::Envelope;
 use jasper_host::runtime::Runtime;
 use jasper_host::runtime::state_view::{BatchState, StateView};
 use jasper_host::store::{self, MessageStore};
@@ -82,18 +82,9 @@ async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> 
     let probe_before = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
     let store = store::open(&config.storage).await?;
     store.rebuild().await?;
-    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes();
-    let rows: Vec<_> = (0..a.messages)
-        .map(|_| {
-            let mut env = Envelope::new("bench.Noop", body.clone());
-            env.destination = Some("local://noop".into());
-            local_row(&env)
-        })
-        .collect();
+    let rows = noop_rows(a.messages);
     let t = Instant::now();
-    for chunk in rows.chunks(1000) {
-        store.insert_incoming(chunk).await?;
-    }
+    insert_all(&*store, &rows).await?;
     let enqueue = a.messages as f64 / t.elapsed().as_secs_f64();
 
     let t = Instant::now();

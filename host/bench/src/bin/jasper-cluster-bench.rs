@@ -13,10 +13,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use jasper_bench::{backend, commit_probe, wait_handled};
+use jasper_bench::{backend, commit_probe, insert_all, noop_rows, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
-use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::store;
 
 struct Args {
@@ -69,17 +68,8 @@ fn args() -> anyhow::Result<Args> {
 async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
     let store = store::open(&config.storage).await?;
     store.rebuild().await?;
-    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes();
-    let rows: Vec<_> = (0..a.messages)
-        .map(|_| {
-            let mut env = Envelope::new("bench.Noop", body.clone());
-            env.destination = Some("local://noop".into());
-            local_row(&env)
-        })
-        .collect();
-    for chunk in rows.chunks(1000) {
-        store.insert_incoming(chunk).await?;
-    }
+    let rows = noop_rows(a.messages);
+    insert_all(&*store, &rows).await?;
     let t = Instant::now();
     let mut running = Vec::with_capacity(hosts);
     for i in 0..hosts {

@@ -140,6 +140,7 @@ compliance!(
     outgoing_rows_commit_with_the_batch_and_are_claimed_and_deleted,
     rows_of_dead_nodes_are_released_never_by_name,
     claims_count_attempts_and_a_lost_claim_is_handed_back,
+    a_claim_takes_one_row_that_ended_without_an_outcome,
     a_fenced_commit_writes_nothing_for_rows_another_node_took,
     a_commit_tried_again_after_it_applied_is_not_applied_twice,
     clear_keeps_schema_and_state_and_rebuild_empties_everything,
@@ -350,6 +351,56 @@ async fn claims_count_attempts_and_a_lost_claim_is_handed_back(kind: Kind) {
     assert_eq!(second.len(), 1);
     // The claim that ended without an outcome counts as an attempt.
     assert_eq!((second[0].attempts, second[0].claim), (1, 2));
+}
+
+/// Rows whose claim never came to an outcome (their node died: maybe of
+/// them) are claimed one at a time; due retries and new rows are not held back.
+async fn a_claim_takes_one_row_that_ended_without_an_outcome(kind: Kind) {
+    let s = open(kind).await;
+    let crashed: Vec<NewIncoming> = (0..3).map(|_| row("local://a")).collect();
+    s.insert_incoming(&crashed).await.unwrap();
+    assert_eq!(s.claim_incoming(1, 0, 10).await.unwrap().len(), 3);
+    assert_eq!(s.release_claimed(1).await.unwrap(), 3);
+    let retried: Vec<NewIncoming> = (0..2).map(|_| row("local://a")).collect();
+    let fresh = row("local://a");
+    s.insert_incoming(&retried).await.unwrap();
+    s.insert_incoming(std::slice::from_ref(&fresh))
+        .await
+        .unwrap();
+    let mut first = s.claim_incoming(2, 0, 10).await.unwrap();
+    first.sort_by_key(|r| r.id);
+    let mut want = vec![crashed[0].id, retried[0].id, retried[1].id, fresh.id];
+    want.sort();
+    assert_eq!(
+        first.iter().map(|r| r.id).collect::<Vec<_>>(),
+        want,
+        "new rows and only the first resumed one"
+    );
+    // The two new rows fail (a committed outcome: due again at 5), the rest are handled.
+    let batch = CommitBatch {
+        retries: retried
+            .iter()
+            .map(|r| RetryMark {
+                id: r.id,
+                attempts: 1,
+                execute_at: Some(5),
+            })
+            .collect(),
+        handled: vec![(crashed[0].id, 1_000), (fresh.id, 1_000)],
+        ..Default::default()
+    };
+    s.commit(&batch).await.unwrap();
+    let mut second = s.claim_incoming(2, 10, 10).await.unwrap();
+    second.sort_by_key(|r| r.id);
+    let mut want = vec![crashed[1].id, retried[0].id, retried[1].id];
+    want.sort();
+    assert_eq!(second.iter().map(|r| r.id).collect::<Vec<_>>(), want);
+    let third = s.claim_incoming(2, 10, 10).await.unwrap();
+    assert_eq!(
+        third.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [crashed[2].id]
+    );
+    assert!(s.claim_incoming(2, 10, 10).await.unwrap().is_empty());
 }
 
 fn fenced(node_id: i64, rows: &[ClaimedRow]) -> Option<Fence> {

@@ -15,11 +15,19 @@
 //! another node took some of its rows meanwhile (this node was paused or cut
 //! off past its lease), nothing of the batch commits, the rows taken are
 //! dropped from it (logged as `event=rows-lost`) and the rest run again. A
-//! batch whose state went stale runs again after a short jittered backoff;
-//! after [`STALE_RERUNS_PER_BATCH`] it is split into single messages, and a
-//! message stale [`STALE_RERUNS_PER_MESSAGE`] times in a row is put back for
-//! a little later (not counted as an attempt), so nodes contending for one
-//! key all make progress.
+//! batch whose state went stale runs again whole after a short jittered
+//! backoff (the backoff, not smaller commits, is what lets nodes contending
+//! for one key take turns: each commit of a hot key costs the same whatever
+//! the batch size). After [`STALE_RERUNS_PER_BATCH`] reruns in a row it is
+//! halved, so a message whose key stays contended ends up on its own, and a
+//! single message stale [`STALE_RERUNS_PER_MESSAGE`] times in a row is put
+//! back for a little later (not counted as an attempt): every node makes
+//! progress.
+//!
+//! Rows claimed again after a claim that never came to an outcome (their
+//! node died holding them: the message may be what kills it) run after the
+//! rest of their batch has committed, so a crash while running them costs
+//! the others no attempt; the claim takes at most one such row at a time.
 
 pub(crate) mod policy;
 #[cfg(test)]
@@ -54,8 +62,8 @@ use policy::{Disposition, Failure, decide};
 const DB_BACKOFF_BASE: Duration = Duration::from_millis(50);
 const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Stale-state reruns of a whole batch before it is split into single messages.
-pub(crate) const STALE_RERUNS_PER_BATCH: usize = 2;
+/// Stale-state reruns in a row of a batch before it is halved.
+pub(crate) const STALE_RERUNS_PER_BATCH: usize = 4;
 /// Stale-state reruns of a single message before it is put back for later.
 pub(crate) const STALE_RERUNS_PER_MESSAGE: usize = 8;
 /// The wait before a stale rerun: doubling from 1 ms to 100 ms, jittered.
@@ -237,7 +245,12 @@ impl Worker {
                 continue;
             }
             let n = rows.len();
-            let report = self.handle_batch(&rows, true, &mut shutdown).await;
+            // Rows tried before last, each part its own commit: a crash
+            // while running them leaves the others committed.
+            let (fresh, earlier): (Vec<_>, Vec<_>) =
+                rows.into_iter().partition(|r| r.attempts == 0);
+            let mut report = self.handle_batch(&fresh, true, &mut shutdown).await;
+            report.add(self.handle_batch(&earlier, true, &mut shutdown).await);
             debug!(claimed = n, ?report, "batch committed");
         }
     }
@@ -280,11 +293,9 @@ impl Worker {
             }
             if reruns >= STALE_RERUNS_PER_BATCH && rows.len() > 1 {
                 done.reruns += reruns;
-                for row in rows.iter() {
-                    let one =
-                        Box::pin(self.handle_batch(std::slice::from_ref(row), persisted, shutdown))
-                            .await;
-                    done.add(one);
+                let (first, second) = rows.split_at(rows.len() / 2);
+                for half in [first, second] {
+                    done.add(Box::pin(self.handle_batch(half, persisted, shutdown)).await);
                 }
                 return done;
             }
@@ -335,10 +346,8 @@ impl Worker {
                             .collect(),
                     );
                 }
-                CommitEnd::Abandoned => {
-                    done.add(report);
-                    return done;
-                }
+                // Nothing of this part committed: not counted.
+                CommitEnd::Abandoned => return done,
             }
         }
     }

@@ -57,7 +57,11 @@ pub(crate) trait Transactional: Send + Sync {
 }
 
 /// How often a transaction runs at most when [`Transactional::may_run_again`] allows.
-const RUNS: usize = 3;
+const RUNS: u32 = 6;
+/// The wait before running a rolled-back transaction again: 2 ms, doubling,
+/// at random within it, so two transactions that deadlocked on the same rows
+/// (duplicate inserts of one id arriving from two peers) do not meet again.
+const RUN_AGAIN_BASE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Run `once` (one whole transaction) again while the backend says the
 /// failure rolled it back whole, at most [`RUNS`] times.
@@ -70,7 +74,12 @@ where
     let mut runs = 1;
     loop {
         match once().await {
-            Err(e) if runs < RUNS && backend.may_run_again(&e) => runs += 1,
+            Err(e) if runs < RUNS && backend.may_run_again(&e) => {
+                let ceiling = RUN_AGAIN_BASE.saturating_mul(1 << runs.min(8));
+                let wait = rand::Rng::random_range(&mut rand::rng(), ceiling / 4..=ceiling);
+                tokio::time::sleep(wait).await;
+                runs += 1;
+            }
             result => return result,
         }
     }

@@ -73,6 +73,12 @@ pub struct InsertReport {
 }
 
 /// A row claimed by this node for handling.
+///
+/// A ready row with attempts made before (not a due retry: a row whose
+/// claim never came to an outcome) may be a message that kills the host; a
+/// claim takes at most one such row, and the worker runs it after the rest
+/// of the batch committed, so each crash counts an attempt against it alone
+/// and not against the messages claimed with it.
 #[derive(Debug, Clone)]
 pub struct ClaimedRow {
     pub id: Uuid,

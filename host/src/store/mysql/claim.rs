@@ -16,7 +16,7 @@ use crate::store::rows::{
     STATUS_SCHEDULED,
 };
 use crate::store::shared::{
-    CHUNK, claimed_in_order, db_count as limit, inline_ids, outgoing_in_order, run,
+    CHUNK, Columns, claimed_in_order, db_count as limit, inline_ids, outgoing_in_order, run,
 };
 
 impl MysqlStore {
@@ -35,7 +35,7 @@ impl MysqlStore {
         let cols = "SELECT id, attempts + 1, received_at, body FROM";
         let mut tx = self.pool.begin().await.map_err(StoreError::db(op))?;
         // Ready rows first in id (= time) order, then due scheduled rows.
-        let mut rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "{cols} {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 \
              ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
         )))
@@ -43,6 +43,17 @@ impl MysqlStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::db(op))?;
+        // Of the ready rows claimed before without an outcome, only the
+        // first (see `rows::ClaimedRow`); the others stay unclaimed.
+        let mut resumed = false;
+        let mut keep = Vec::with_capacity(rows.len());
+        for row in rows {
+            let earlier = row.int(1, op)? > 1;
+            if !earlier || !std::mem::replace(&mut resumed, true) {
+                keep.push(row);
+            }
+        }
+        let mut rows = keep;
         if rows.len() < limit_rows {
             rows.extend(
                 sqlx::query(AssertSqlSafe(format!(

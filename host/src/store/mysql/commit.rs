@@ -114,11 +114,14 @@ pub(super) async fn insert_incoming(
         let existing = loop {
             let existing =
                 locked_ids(conn, &t.incoming, candidates.iter().map(|r| &r.id), op).await?;
-            let fresh: Vec<&NewIncoming> = candidates
+            let mut fresh: Vec<&NewIncoming> = candidates
                 .iter()
                 .copied()
                 .filter(|r| !existing.contains(&r.id))
                 .collect();
+            // In id order: two transactions inserting the same ids take
+            // their locks in one order, so they wait instead of deadlocking.
+            fresh.sort_by_key(|r| r.id);
             if fresh.is_empty() {
                 break existing;
             }

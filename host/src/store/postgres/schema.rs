@@ -282,15 +282,20 @@ impl Statements {
             // Ready rows first in id (= time) order, then due scheduled rows up
             // to the limit. SKIP LOCKED: two nodes never take the same row and
             // never wait for each other; only rows taken are locked.
+            // Ready rows never claimed, and at most one claimed before
+            // without an outcome (see `rows::ClaimedRow`); then due ones.
             claim: s(format!(
                 "WITH ready AS ( \
-                   SELECT id FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 \
+                   SELECT id, attempts FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 \
                    ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                 taken AS ( \
+                   SELECT id FROM ready WHERE attempts = 0 \
+                   UNION ALL (SELECT id FROM ready WHERE attempts > 0 ORDER BY id LIMIT 1)), \
                  due AS ( \
                    SELECT id FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0 AND execute_at <= $2 \
-                   ORDER BY execute_at LIMIT GREATEST($3 - (SELECT count(*) FROM ready), 0) FOR UPDATE SKIP LOCKED) \
+                   ORDER BY execute_at LIMIT GREATEST($3 - (SELECT count(*) FROM taken), 0) FOR UPDATE SKIP LOCKED) \
                  UPDATE {inc} SET owner_id = $1, status = '{STATUS_INCOMING}', attempts = attempts + 1 \
-                 WHERE id IN (SELECT id FROM ready UNION ALL SELECT id FROM due) \
+                 WHERE id IN (SELECT id FROM taken UNION ALL SELECT id FROM due) \
                  RETURNING id, attempts, received_at, body"
             )),
             // The fence: the batch's rows, locked in id order.

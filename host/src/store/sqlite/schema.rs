@@ -64,9 +64,14 @@ impl Sql {
         let s = |x: String| -> Arc<str> { x.into() };
         Sql {
             // Ready rows first in id (= time) order, then due scheduled rows.
+            // Ready rows never claimed, and at most one claimed before
+            // without an outcome (see `rows::ClaimedRow`); then due ones.
             claim: s(format!(
-                "UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}', attempts = attempts + 1 WHERE id IN ( \
-                   SELECT id FROM (SELECT id FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 ORDER BY id LIMIT ?3) \
+                "WITH ready AS (SELECT id, attempts FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 ORDER BY id LIMIT ?3) \
+                 UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}', attempts = attempts + 1 WHERE id IN ( \
+                   SELECT id FROM ready WHERE attempts = 0 \
+                   UNION ALL \
+                   SELECT id FROM (SELECT id FROM ready WHERE attempts > 0 ORDER BY id LIMIT 1) \
                    UNION ALL \
                    SELECT id FROM (SELECT id FROM {inc} WHERE status = '{STATUS_SCHEDULED}' AND owner_id = 0 AND execute_at <= ?2 ORDER BY execute_at LIMIT ?3) \
                    LIMIT ?3) \

@@ -85,6 +85,19 @@ pub struct PluginsConfig {
     /// Sizes the instance pool (slots = 2 x this + 8, at most 1000), default 16.
     /// Not a concurrency limit: the worker runs one handler at a time.
     pub max_in_flight: usize,
+    /// Most distinct state keys one handling may write (put or delete),
+    /// default 1000. Past it (and past the three below) the message goes
+    /// to dead letters at once with kind `limit`.
+    pub max_state_keys: u64,
+    /// Most bytes of state keys and values one handling may write, default
+    /// 16 MiB.
+    pub max_state_bytes: u64,
+    /// Most messages one handling may send, publish or schedule (every
+    /// destination copy counted), default 10000.
+    pub max_sends: u64,
+    /// Most body bytes one handling may send (every copy counted), default
+    /// 64 MiB.
+    pub max_send_bytes: u64,
 }
 
 /// `[handling]`
@@ -185,6 +198,10 @@ impl Default for PluginsConfig {
             deadline_ms: 5000,
             fuel: 0,
             max_in_flight: 16,
+            max_state_keys: 1000,
+            max_state_bytes: 16 << 20,
+            max_sends: 10_000,
+            max_send_bytes: 64 << 20,
         }
     }
 }
@@ -314,6 +331,10 @@ impl Config {
         at_least("plugins.memory_mb", p.memory_mb, 2)?;
         at_least("plugins.deadline_ms", p.deadline_ms, 1)?;
         at_least("plugins.max_in_flight", p.max_in_flight as u64, 1)?;
+        at_least("plugins.max_state_keys", p.max_state_keys, 1)?;
+        at_least("plugins.max_state_bytes", p.max_state_bytes, 1)?;
+        at_least("plugins.max_sends", p.max_sends, 1)?;
+        at_least("plugins.max_send_bytes", p.max_send_bytes, 1)?;
         let h = &self.handling;
         if !(1..=10_000).contains(&h.batch_size) {
             return Err((
@@ -464,6 +485,15 @@ mod tests {
             (64, 5000, 0)
         );
         assert_eq!(c.plugins.max_in_flight, 16);
+        assert_eq!(
+            (
+                c.plugins.max_state_keys,
+                c.plugins.max_state_bytes,
+                c.plugins.max_sends,
+                c.plugins.max_send_bytes
+            ),
+            (1000, 16 << 20, 10_000, 64 << 20)
+        );
         assert_eq!(c.handling, HandlingConfig::default());
         assert_eq!(c.handling.batch_size, 256);
         assert_eq!(c.handling.max_attempts, 3);
@@ -497,6 +527,10 @@ memory_mb = 128
 deadline_ms = 250
 fuel = 1000000
 max_in_flight = 4
+max_state_keys = 10
+max_state_bytes = 2048
+max_sends = 3
+max_send_bytes = 4096
 [handling]
 batch_size = 10
 max_attempts = 5
@@ -536,6 +570,10 @@ max_connections = 8
                 deadline_ms: 250,
                 fuel: 1_000_000,
                 max_in_flight: 4,
+                max_state_keys: 10,
+                max_state_bytes: 2048,
+                max_sends: 3,
+                max_send_bytes: 4096,
             },
             handling: HandlingConfig {
                 batch_size: 10,
@@ -583,6 +621,9 @@ max_connections = 8
         // `backend` is derived, not a key.
         let msg = parse_error("[storage]\nbackend = \"sqlite\"\n");
         assert!(msg.contains("backend"), "{msg}");
+        // A near miss of a bound key (the singular) is a typo, not a default.
+        let msg = parse_error("[plugins]\nmax_state_key = 5\n");
+        assert!(msg.contains("max_state_key"), "{msg}");
     }
 
     #[test]
@@ -608,6 +649,10 @@ max_connections = 8
             ("[plugins]\nmemory_mb = 1", "plugins.memory_mb"),
             ("[plugins]\ndeadline_ms = 0", "plugins.deadline_ms"),
             ("[plugins]\nmax_in_flight = 0", "plugins.max_in_flight"),
+            ("[plugins]\nmax_state_keys = 0", "plugins.max_state_keys"),
+            ("[plugins]\nmax_state_bytes = 0", "plugins.max_state_bytes"),
+            ("[plugins]\nmax_sends = 0", "plugins.max_sends"),
+            ("[plugins]\nmax_send_bytes = 0", "plugins.max_send_bytes"),
             ("[durability]\nheartbeat_ms = 0", "durability.heartbeat_ms"),
             (
                 "[durability]\ncleanup_interval_ms = 0",
@@ -653,6 +698,8 @@ max_connections = 8
             assert!(shown.contains(want), "{shown}");
             assert!(shown.contains(INLINE_PATH), "{shown}");
         }
+        let (_, shown) = invalid("[plugins]\nmax_sends = 0");
+        assert!(shown.contains("must be at least 1, got 0"), "{shown}");
         let (_, shown) = invalid("[handling]\nbatch_size = 0");
         assert!(shown.contains("between 1 and 10000, got 0"), "{shown}");
 
@@ -660,6 +707,10 @@ max_connections = 8
         parse("[handling]\nbatch_size = 1\nmax_attempts = 1").unwrap();
         parse("[handling]\nbatch_size = 10000").unwrap();
         parse("[plugins]\nmemory_mb = 2\ndeadline_ms = 1\nmax_in_flight = 1").unwrap();
+        parse(
+            "[plugins]\nmax_state_keys = 1\nmax_state_bytes = 1\nmax_sends = 1\nmax_send_bytes = 1",
+        )
+        .unwrap();
         parse(&format!("[storage]\nschema = \"_{}\"", "a".repeat(62))).unwrap();
         invalid(&format!("[storage]\nschema = \"_{}\"", "a".repeat(63)));
         parse("[storage]\nschema = \"Jasper_2\"").unwrap();

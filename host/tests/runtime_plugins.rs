@@ -1,5 +1,6 @@
 //! The runtime against real plugins (built by `make plugins`): loading a
-//! folder with broken files, and how each kind of misbehaviour ends a call.
+//! folder with broken files, how each kind of misbehaviour ends a call, and
+//! the per-message bounds on what a handler makes the host hold.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,12 +9,15 @@ mod common;
 use common::wasm;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use jasper_host::Host;
 use jasper_host::config::PluginsConfig;
-use jasper_host::envelope::Envelope;
+use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HandleError, PluginError, Runtime, TrapKind};
-use jasper_host::store::{self, MessageStore};
+use jasper_host::store::{self, Counts, MessageStore, Selection};
+use serde_json::json;
 
 async fn temp_store(dir: &tempfile::TempDir) -> Arc<dyn MessageStore> {
     let cfg = jasper_host::config::StorageConfig {
@@ -133,4 +137,193 @@ async fn each_misbehaviour_ends_as_its_own_kind_and_the_next_call_works() {
     let (writes, _) = ok.state.into_commit();
     assert_eq!(writes.len(), 1);
     assert_eq!(writes[0].key, "ok/7");
+}
+
+/// Small per-message bounds, so tests go past them with small messages.
+fn bounded(cfg: &mut PluginsConfig) {
+    cfg.max_state_keys = 5;
+    cfg.max_state_bytes = 1000;
+    cfg.max_sends = 4;
+    cfg.max_send_bytes = 1000;
+}
+
+#[tokio::test]
+async fn a_handler_past_a_per_message_bound_ends_as_limit_naming_it_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    let mut cfg = PluginsConfig::default();
+    bounded(&mut cfg);
+    let rt = Runtime::new(&cfg).unwrap();
+    let plugin = rt.load_plugin(&wasm("misbehave")).await.unwrap();
+    let router = Arc::new(Default::default());
+    let call = |t: &str, body: serde_json::Value| {
+        let mut env = Envelope::new(t, serde_json::to_vec(&body).unwrap());
+        env.destination = Some("local://misbehave".into());
+        let view = StateView::new(store.clone(), plugin.name.clone(), Default::default());
+        let rt = &rt;
+        let plugin = &plugin;
+        let router = Arc::clone(&router);
+        async move { rt.handle(plugin, &env, router, view).await }
+    };
+    // With an empty router a publish reaches nobody; an explicit remote
+    // destination only has to be well formed.
+    let to = "durable://127.0.0.1:9/misbehave";
+    let over = [
+        (
+            "test.Flood",
+            json!({"n": 1, "keys": 6, "bytes": 1}),
+            "state writes exceeded plugins.max_state_keys = 5 (wrote 6 keys)",
+        ),
+        // Two keys `flood/2/i` (9 bytes) of 600 bytes: 1218 > 1000.
+        (
+            "test.Flood",
+            json!({"n": 2, "keys": 2, "bytes": 600}),
+            "state writes exceeded plugins.max_state_bytes = 1000 (wrote 1218 bytes",
+        ),
+        (
+            "test.Sink",
+            json!({"n": 3, "sends": 5, "bytes": 1, "to": to}),
+            "sends exceeded plugins.max_sends = 4 (sent 5 messages",
+        ),
+        (
+            "test.Sink",
+            json!({"n": 4, "sends": 2, "bytes": 600, "to": to}),
+            "sends exceeded plugins.max_send_bytes = 1000 (sent ",
+        ),
+    ];
+    for (t, body, want) in over {
+        let out = call(t, body.clone()).await;
+        match &out.result {
+            Err(CallError::Trap {
+                kind: TrapKind::Limit,
+                message,
+            }) => assert!(message.contains(want), "{t} {body}: {message}"),
+            other => panic!("{t} {body}: want a limit trap, got {other:?}"),
+        }
+        assert!(out.sent.is_empty(), "{t} {body}: nothing sent is kept");
+        let (writes, _) = out.state.into_commit();
+        assert!(writes.is_empty(), "{t} {body}: nothing written is kept");
+    }
+
+    // At the bounds exactly: handled, and everything is kept.
+    let flood = call("test.Flood", json!({"n": 5, "keys": 5, "bytes": 100})).await;
+    assert!(flood.result.is_ok(), "{:?}", flood.result);
+    let (writes, _) = flood.state.into_commit();
+    let keys: Vec<_> = writes.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "flood/5/0",
+            "flood/5/1",
+            "flood/5/2",
+            "flood/5/3",
+            "flood/5/4"
+        ]
+    );
+    let sink = call(
+        "test.Sink",
+        json!({"n": 6, "sends": 4, "bytes": 10, "to": to}),
+    )
+    .await;
+    assert!(sink.result.is_ok(), "{:?}", sink.result);
+    assert_eq!(sink.sent.len(), 4);
+    assert!(sink.sent.iter().all(|e| e.message_type == "test.Blob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_a_bound_are_dead_lettered_at_once_and_the_rest_of_their_batch_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_with(dir.path(), &["misbehave"]);
+    bounded(&mut config.plugins);
+    config.handling.max_attempts = 3;
+    // Every message is in the inbox before the host starts, so its first
+    // claim takes them all into one batch.
+    let store = store::open(&config.storage).await.unwrap();
+    store.migrate().await.unwrap();
+    let bodies = [
+        ("test.Ok", json!({"n": 1})),
+        ("test.Flood", json!({"n": 2, "keys": 6, "bytes": 1})),
+        ("test.Ok", json!({"n": 3})),
+        // Published: one copy each, to misbehave (it handles test.Blob).
+        ("test.Sink", json!({"n": 4, "sends": 5, "bytes": 1})),
+        ("test.Flood", json!({"n": 5, "keys": 5, "bytes": 1})),
+        ("test.Sink", json!({"n": 6, "sends": 4, "bytes": 1})),
+        ("test.Ok", json!({"n": 7})),
+    ];
+    let envelopes: Vec<Envelope> = bodies
+        .iter()
+        .map(|(t, b)| {
+            let mut env = Envelope::new(*t, serde_json::to_vec(b).unwrap());
+            env.destination = Some("local://misbehave".into());
+            env
+        })
+        .collect();
+    let rows: Vec<_> = envelopes.iter().map(local_row).collect();
+    store.insert_incoming(&rows).await.unwrap();
+    let host = Host::start(config).await.unwrap();
+
+    // 5 handled of the 7, and the 4 blobs of the sink under its bound.
+    let done = |c: &Counts| c.incoming == 0 && c.scheduled == 0 && c.handled == 9;
+    let counts = common::wait_for("the batch and its blobs", Duration::from_secs(30), || {
+        let store = host.store.clone();
+        async move { store.counts().await.ok().filter(done) }
+    })
+    .await;
+    assert_eq!(counts.dead_letters, 2, "{counts:?}");
+
+    let dead = host.store.dead_letters(100).await.unwrap();
+    let of = |id| {
+        dead.iter()
+            .find(|d| d.id == id)
+            .unwrap_or_else(|| panic!("no dead letter {id}: {dead:#?}"))
+    };
+    for (env, key) in [
+        (&envelopes[1], "plugins.max_state_keys = 5"),
+        (&envelopes[3], "plugins.max_sends = 4"),
+    ] {
+        let d = of(env.id);
+        assert_eq!(d.error_kind, "limit", "{d:?}");
+        assert_eq!(d.attempts, 1, "not retried (max_attempts = 3): {d:?}");
+        assert!(d.replayable, "{d:?}");
+        assert!(d.error_message.contains(key), "{d:?}");
+    }
+
+    let state = |key: &str| {
+        let store = host.store.clone();
+        let key = key.to_owned();
+        async move { store.read_state("misbehave", &key).await.unwrap() }
+    };
+    for key in ["ok/1", "ok/3", "ok/7", "flood/5/0", "flood/5/4"] {
+        assert!(state(key).await.is_some(), "{key} committed");
+    }
+    for key in ["flood/2/0", "flood/2/4"] {
+        assert!(state(key).await.is_none(), "{key} of the failed flood");
+    }
+
+    // Replayed, the flood passes its bound again: back in dead letters, as `limit`.
+    let n = host
+        .store
+        .replay_dead_letters(&Selection::Ids(vec![envelopes[1].id]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let again = common::wait_for(
+        "the replayed flood dead again",
+        Duration::from_secs(30),
+        || {
+            let store = host.store.clone();
+            let id = envelopes[1].id;
+            async move {
+                let c = store.counts().await.ok()?;
+                let dead = store.dead_letters(100).await.ok()?;
+                (c.incoming == 0 && c.dead_letters == 2)
+                    .then(|| dead.into_iter().find(|d| d.id == id))
+                    .flatten()
+            }
+        },
+    )
+    .await;
+    assert_eq!(again.error_kind, "limit", "{again:?}");
+    assert!(state("flood/2/0").await.is_none());
+    host.shutdown().await.unwrap();
 }

@@ -1,5 +1,7 @@
-//! The error policy: what a failed attempt becomes. A rejection or an
-//! unreadable message goes to dead letters at once; other failures are tried
+//! The error policy: what a failed attempt becomes. A rejection, an
+//! unreadable message or a handler past a per-message bound (`limit`: the
+//! same handler would pass it again) goes to dead letters at once; other
+//! failures are tried
 //! again with exponential backoff until `max_attempts`, then dead-lettered
 //! with the kind of their last failure. A host fault does not count as an
 //! attempt. A message claimed `max_attempts` times before without any
@@ -60,6 +62,7 @@ fn trap_kind(kind: TrapKind) -> DeadLetterKind {
         TrapKind::Deadline => DeadLetterKind::Deadline,
         TrapKind::Memory => DeadLetterKind::Memory,
         TrapKind::Fuel => DeadLetterKind::Fuel,
+        TrapKind::Limit => DeadLetterKind::Limit,
         TrapKind::Other => DeadLetterKind::Trap,
     }
 }
@@ -105,6 +108,10 @@ pub(crate) fn decide(
             replayable: true,
         }),
         Failure::Call(CallError::Handler(HandleError::Reject(_))) => dead(true),
+        Failure::Call(CallError::Trap {
+            kind: TrapKind::Limit,
+            ..
+        }) => dead(true),
         _ if attempts >= cfg.max_attempts => dead(true),
         _ => Disposition::Retry {
             attempts,
@@ -168,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn reject_and_bad_messages_skip_retries_and_host_faults_do_not_count() {
+    fn reject_bad_messages_and_limits_skip_retries_and_host_faults_do_not_count() {
         let reject = Failure::Call(CallError::Handler(HandleError::Reject("no".into())));
         assert!(matches!(
             decide(&reject, 0, &cfg(5), 0),
@@ -187,6 +194,19 @@ mod tests {
                 ..
             })
         ));
+        let limit = Failure::Call(CallError::Trap {
+            kind: TrapKind::Limit,
+            message: "sends exceeded plugins.max_sends = 1 (sent 2 messages)".into(),
+        });
+        assert_eq!(
+            decide(&limit, 0, &cfg(5), 0),
+            Disposition::DeadLetter(DeadLetterCause {
+                attempts: 1,
+                kind: DeadLetterKind::Limit,
+                message: "sends exceeded plugins.max_sends = 1 (sent 2 messages)".into(),
+                replayable: true
+            })
+        );
         let host = Failure::Call(CallError::HostFault("db".into()));
         assert_eq!(
             decide(&host, 2, &cfg(3), 0),

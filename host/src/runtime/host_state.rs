@@ -1,7 +1,10 @@
 //! The store data of one handler call and the host imports the plugin calls:
 //! `outbox` (recorded as effects, nothing leaves before commit), `state`
 //! (through the batch's [`StateView`]) and `log` (into `tracing`). Values from
-//! the guest are checked against fixed caps before the host keeps them.
+//! the guest are checked against fixed caps per item (one key, one value, one
+//! body) and against the call's totals ([`Usage`], see `bounds.rs`) before
+//! the host keeps them. A call past a total traps at once: the instance is
+//! discarded and nothing it wrote or sent is kept.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,15 +15,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::jasper::messaging::{log, outbox, state, types};
 use super::bindings::{ScheduleTime, SendError, SendOptions};
+use super::bounds::{Bounds, Exceeded, Usage};
 use super::limits::Limiter;
 use super::routing::Router;
 use super::state_view::StateView;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{Envelope, now_ms};
 
-/// Most messages one handler call may send.
-pub(crate) const MAX_SENDS_PER_CALL: usize = 10_000;
-/// Largest body a handler may send.
+/// Largest body a handler may send (one message; the total per call is
+/// `plugins.max_send_bytes`).
 pub(crate) const MAX_SEND_BODY: usize = 16 << 20;
 /// Longest state key.
 pub(crate) const MAX_STATE_KEY: usize = 1024;
@@ -51,6 +54,10 @@ pub(crate) struct HostState {
     pub(crate) sent: Vec<Envelope>,
     /// A fault of the host (not the plugin) during the call, e.g. the database.
     pub(crate) host_fault: Option<String>,
+    /// What the call holds so far, against the per-message bounds.
+    usage: Usage,
+    /// The bound the call went past (it trapped there).
+    pub(crate) limit_hit: Option<Exceeded>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -69,6 +76,7 @@ impl HostState {
         router: Arc<Router>,
         state: StateView,
         max_memory: usize,
+        bounds: Bounds,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         // No preopens, no sockets, no env: a handler reaches the world only
@@ -85,7 +93,17 @@ impl HostState {
             state,
             sent: Vec::new(),
             host_fault: None,
+            usage: Usage::new(bounds),
+            limit_hit: None,
         }
+    }
+
+    /// The trap that ends a call past a bound; remembered so the call is
+    /// reported as `limit`, not as the trap the guest sees.
+    fn past_bound(&mut self, e: Exceeded) -> wasmtime::Error {
+        let err = wasmtime::Error::msg(e.to_string());
+        self.limit_hit = Some(e);
+        err
     }
 
     fn new_envelope(
@@ -119,7 +137,7 @@ impl HostState {
         env
     }
 
-    fn check_send(&self, message_type: &str, body: &[u8], copies: usize) -> Result<(), SendError> {
+    fn check_send(message_type: &str, body: &[u8]) -> Result<(), SendError> {
         if message_type.is_empty() || message_type.len() > 256 {
             return Err(SendError::Invalid(
                 "message type must be 1 to 256 bytes".into(),
@@ -131,11 +149,6 @@ impl HostState {
                 body.len()
             )));
         }
-        if self.sent.len() + copies > MAX_SENDS_PER_CALL {
-            return Err(SendError::Invalid(format!(
-                "a handler may send at most {MAX_SENDS_PER_CALL} messages per call"
-            )));
-        }
         Ok(())
     }
 
@@ -145,9 +158,14 @@ impl HostState {
         body: Vec<u8>,
         options: SendOptions,
         scheduled_at: Option<i64>,
-    ) -> Result<Vec<String>, SendError> {
+    ) -> wasmtime::Result<Result<Vec<String>, SendError>> {
+        if let Err(e) = Self::check_send(&message_type, &body) {
+            return Ok(Err(e));
+        }
         let destinations = self.router.publish_destinations(&message_type);
-        self.check_send(&message_type, &body, destinations.len())?;
+        if let Err(e) = self.usage.send(destinations.len(), body.len()) {
+            return Err(self.past_bound(e));
+        }
         let mut ids = Vec::with_capacity(destinations.len());
         for dest in destinations {
             let env = self.new_envelope(
@@ -160,7 +178,7 @@ impl HostState {
             ids.push(env.id.to_string());
             self.sent.push(env);
         }
-        Ok(ids)
+        Ok(Ok(ids))
     }
 }
 
@@ -183,12 +201,15 @@ impl outbox::Host for HostState {
         body: Vec<u8>,
         options: SendOptions,
     ) -> wasmtime::Result<Result<String, SendError>> {
-        if let Err(e) = self.check_send(&message_type, &body, 1) {
+        if let Err(e) = Self::check_send(&message_type, &body) {
             return Ok(Err(e));
         }
         let destination = Destination::parse(destination);
         if let Err(e) = self.router.check_send(&destination, &message_type) {
             return Ok(Err(SendError::UnknownDestination(e.to_string())));
+        }
+        if let Err(e) = self.usage.send(1, body.len()) {
+            return Err(self.past_bound(e));
         }
         let env = self.new_envelope(destination, &message_type, body, &options, None);
         let id = env.id.to_string();
@@ -202,7 +223,7 @@ impl outbox::Host for HostState {
         body: Vec<u8>,
         options: SendOptions,
     ) -> wasmtime::Result<Result<Vec<String>, SendError>> {
-        Ok(self.publish_at(message_type, body, options, None))
+        self.publish_at(message_type, body, options, None)
     }
 
     fn schedule(
@@ -218,7 +239,7 @@ impl outbox::Host for HostState {
                 now_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
             }
         };
-        Ok(self.publish_at(message_type, body, options, Some(at)))
+        self.publish_at(message_type, body, options, Some(at))
     }
 }
 
@@ -242,11 +263,25 @@ impl state::Host for HostState {
                 value.len()
             )));
         }
+        let held = self.state.held(&key);
+        if let Err(e) = self.usage.state_write(held, key.len(), value.len()) {
+            return Err(self.past_bound(e));
+        }
         self.state.put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        if key.len() > MAX_STATE_KEY {
+            return Err(wasmtime::Error::msg(format!(
+                "state delete rejected: key of {} bytes (max {MAX_STATE_KEY})",
+                key.len()
+            )));
+        }
+        let held = self.state.held(&key);
+        if let Err(e) = self.usage.state_write(held, key.len(), 0) {
+            return Err(self.past_bound(e));
+        }
         self.state.delete(key);
         Ok(())
     }
@@ -270,5 +305,94 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::runtime::bounds::Bound;
+    use outbox::Host as _;
+    use state::Host as _;
+
+    fn host_state(router: Router, bounds: Bounds) -> HostState {
+        let plugin: Arc<str> = Arc::from("p");
+        HostState::new(
+            plugin.clone(),
+            Origin::default(),
+            Arc::new(router),
+            StateView::detached(plugin),
+            1 << 20,
+            bounds,
+        )
+    }
+
+    fn options() -> SendOptions {
+        SendOptions {
+            correlation_id: None,
+            content_type: None,
+            headers: Vec::new(),
+            deliver_by: None,
+        }
+    }
+
+    #[test]
+    fn every_published_copy_counts_against_the_send_bounds() {
+        let mut router = Router::default();
+        router.add("a", &["T".into()]);
+        router.add("b", &["T".into()]);
+        let bounds = Bounds {
+            max_sends: 3,
+            max_send_bytes: 100,
+            ..Bounds::default()
+        };
+        let mut hs = host_state(router.clone(), bounds);
+        let ids = hs.publish("T".into(), vec![0; 10], options()).unwrap();
+        assert_eq!(ids.unwrap().len(), 2);
+        // Two more copies make 4 > 3: a trap, not an error the guest could ignore.
+        let trap = hs
+            .schedule("T".into(), vec![0; 10], ScheduleTime::DelayMs(5), options())
+            .unwrap_err();
+        assert!(trap.to_string().contains("plugins.max_sends = 3"), "{trap}");
+        let hit = hs.limit_hit.clone().unwrap();
+        assert_eq!((hit.bound, hit.actual), (Bound::Sends, 4));
+        assert_eq!(hs.sent.len(), 2, "the copies past the bound are not kept");
+
+        // 2 copies of 60 bytes: 120 > 100.
+        let mut hs = host_state(router, bounds);
+        hs.publish("T".into(), vec![0; 60], options()).unwrap_err();
+        let hit = hs.limit_hit.clone().unwrap();
+        assert_eq!((hit.bound, hit.actual), (Bound::SendBytes, 120));
+        assert!(hs.sent.is_empty());
+    }
+
+    #[test]
+    fn per_item_errors_are_not_counted_and_deletes_count_as_writes() {
+        let bounds = Bounds {
+            max_sends: 1,
+            max_state_keys: 2,
+            ..Bounds::default()
+        };
+        let mut hs = host_state(Router::default(), bounds);
+        // Unknown local queue: an error for the guest, nothing held.
+        let err = hs
+            .send("local://nope".into(), "T".into(), vec![1], options())
+            .unwrap();
+        assert!(matches!(err, Err(SendError::UnknownDestination(_))));
+        hs.send("durable://h:1/q".into(), "T".into(), vec![1], options())
+            .unwrap()
+            .unwrap();
+        assert!(hs.limit_hit.is_none());
+
+        hs.put("a".into(), vec![1]).unwrap();
+        hs.put("a".into(), vec![2]).unwrap();
+        hs.delete("b".into()).unwrap();
+        let trap = hs.delete("c".into()).unwrap_err();
+        assert_eq!(
+            trap.to_string(),
+            "state writes exceeded plugins.max_state_keys = 2 (wrote 3 keys)"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! The Wasm runtime: one wasmtime engine (pooling allocator, epoch deadlines,
 //! optional fuel), the plugins loaded from the plugin folder (each pre-linked
-//! once), and one handler call on a fresh instance with its limits. Owns no
+//! once), and one handler call on a fresh instance with its limits (and the
+//! per-message bounds on what it makes the host hold, `bounds`). Owns no
 //! policy and no writes: a call returns what the handler did and how it
 //! ended, and `handling` decides what that means and commits it. Its only
 //! database work is the handler's state reads (`state_view`), which read
 //! committed state through the store.
 
 mod bindings;
+mod bounds;
 mod host_state;
 mod limits;
 mod plugins;
@@ -22,6 +24,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::PluginsConfig;
 use crate::envelope::Envelope;
 use bindings::{Plugin as PluginBindings, WitEnvelope};
+use bounds::Bounds;
 use host_state::{HostState, Origin};
 use limits::{EPOCH_TICK, EpochTicker};
 pub use plugins::{Plugin, PluginError, Plugins};
@@ -49,6 +52,10 @@ pub enum TrapKind {
     Memory,
     /// The fuel budget ran out.
     Fuel,
+    /// The handler went past a per-message bound (`plugins.max_state_keys`,
+    /// `max_state_bytes`, `max_sends`, `max_send_bytes`) on what it makes the
+    /// host hold; the message names the bound and the numbers.
+    Limit,
     /// Any other trap (stack overflow, bad instantiation, ...).
     Other,
 }
@@ -84,6 +91,7 @@ pub struct Runtime {
     max_memory: usize,
     deadline: Duration,
     fuel: u64,
+    bounds: Bounds,
     _ticker: EpochTicker,
 }
 
@@ -93,6 +101,7 @@ impl std::fmt::Debug for Runtime {
             .field("max_memory", &self.max_memory)
             .field("deadline", &self.deadline)
             .field("fuel", &self.fuel)
+            .field("bounds", &self.bounds)
             .finish_non_exhaustive()
     }
 }
@@ -135,6 +144,7 @@ impl Runtime {
             max_memory,
             deadline: Duration::from_millis(cfg.deadline_ms.max(1)),
             fuel: cfg.fuel,
+            bounds: Bounds::from_config(cfg),
             _ticker: ticker,
         })
     }
@@ -165,7 +175,14 @@ impl Runtime {
             correlation_id: envelope.correlation_id.clone(),
             conversation_id: envelope.conversation_id.clone(),
         };
-        let data = HostState::new(plugin.name.clone(), origin, router, state, self.max_memory);
+        let data = HostState::new(
+            plugin.name.clone(),
+            origin,
+            router,
+            state,
+            self.max_memory,
+            self.bounds,
+        );
         let mut store = self.new_store(data);
         let wit = to_wit(envelope);
         let call = async {
@@ -204,6 +221,13 @@ impl Runtime {
 fn classify(data: &HostState, e: &wasmtime::Error) -> CallError {
     if let Some(fault) = &data.host_fault {
         return CallError::HostFault(fault.clone());
+    }
+    // The guest only saw a trap from a host import; say which bound it was.
+    if let Some(exceeded) = &data.limit_hit {
+        return CallError::Trap {
+            kind: TrapKind::Limit,
+            message: exceeded.to_string(),
+        };
     }
     let kind = if data.limiter.memory_hit {
         TrapKind::Memory

@@ -174,6 +174,7 @@ impl Runtime {
             Arc::new(Router::default()),
             StateView::detached(name.clone()),
             self.max_memory,
+            self.bounds,
         );
         let mut store = self.new_store(data);
         let call = async {

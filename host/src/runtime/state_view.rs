@@ -102,6 +102,14 @@ impl StateView {
         Ok(value)
     }
 
+    /// Bytes (key and value) this call's own write of `key` holds; `None`
+    /// when the call has not written it.
+    pub(crate) fn held(&self, key: &str) -> Option<usize> {
+        self.own
+            .get(key)
+            .map(|v| key.len().saturating_add(v.as_ref().map_or(0, Vec::len)))
+    }
+
     pub(crate) fn put(&mut self, key: String, value: Vec<u8>) {
         self.own.insert(key, Some(value));
     }

@@ -24,6 +24,10 @@ pub enum DeadLetterKind {
     Memory,
     /// The fuel budget ran out.
     Fuel,
+    /// The handler went past a per-message bound on what it makes the host
+    /// hold (state keys or bytes written, messages or bytes sent; the
+    /// `[plugins] max_*` keys). Not retried: it would pass it again.
+    Limit,
     /// Any other trap.
     Trap,
     /// The host could not run the handler.
@@ -55,6 +59,7 @@ impl DeadLetterKind {
             DeadLetterKind::Deadline => "deadline",
             DeadLetterKind::Memory => "memory",
             DeadLetterKind::Fuel => "fuel",
+            DeadLetterKind::Limit => "limit",
             DeadLetterKind::Trap => "trap",
             DeadLetterKind::Host => "host",
             DeadLetterKind::NoHandler => "no-handler",
@@ -68,7 +73,7 @@ impl DeadLetterKind {
 
     /// The kind a stored name stands for.
     pub(crate) fn from_stored(name: &str) -> DeadLetterKind {
-        const KNOWN: [DeadLetterKind; 14] = [
+        const KNOWN: [DeadLetterKind; 15] = [
             DeadLetterKind::Rejected,
             DeadLetterKind::Retry,
             DeadLetterKind::Failed,
@@ -76,6 +81,7 @@ impl DeadLetterKind {
             DeadLetterKind::Deadline,
             DeadLetterKind::Memory,
             DeadLetterKind::Fuel,
+            DeadLetterKind::Limit,
             DeadLetterKind::Trap,
             DeadLetterKind::Host,
             DeadLetterKind::NoHandler,
@@ -159,12 +165,14 @@ mod tests {
             "deadline",
             "memory",
             "fuel",
+            "limit",
             "trap",
             "host",
             "no-handler",
             "bad-message",
             "unknown-destination",
             "no-route",
+            "crashed",
         ] {
             let kind = DeadLetterKind::from_stored(name);
             assert!(!matches!(kind, DeadLetterKind::Other(_)), "{name}");

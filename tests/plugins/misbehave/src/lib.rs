@@ -1,5 +1,6 @@
-//! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject or
-//! fail a few times, so the host's limits and error policy can be tested.
+//! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject,
+//! fail a few times, or write and send as much as they are told, so the
+//! host's limits, per-message bounds and error policy can be tested.
 
 // Panicking is this plugin's job.
 #![allow(clippy::panic)]
@@ -54,6 +55,50 @@ pub struct TestForward {
 }
 
 jasper_guest::message!(TestForward = "test.Forward");
+
+/// Body of `test.Flood`: put `keys` state keys `flood/{n}/{i}`, each a value
+/// of `bytes` bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestFlood {
+    /// The test's tag for this message.
+    pub n: u64,
+    /// How many distinct keys to write.
+    pub keys: u32,
+    /// Size of each value.
+    pub bytes: u32,
+}
+
+jasper_guest::message!(TestFlood = "test.Flood");
+
+/// Body of `test.Sink`: send `sends` messages `test.Blob` with `bytes` bytes of
+/// padding each, to `to`, or published (to every subscriber) without it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestSink {
+    /// The test's tag for this message.
+    pub n: u64,
+    /// How many messages to send (or publish).
+    pub sends: u32,
+    /// Padding in each message's body.
+    pub bytes: u32,
+    /// The explicit destination; publish when absent.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+jasper_guest::message!(TestSink = "test.Sink");
+
+/// What `test.Sink` sends: handled by doing nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestBlob {
+    /// The sink's tag.
+    pub n: u64,
+    /// Which of the sink's messages this is.
+    pub i: u32,
+    /// Padding.
+    pub pad: String,
+}
+
+jasper_guest::message!(TestBlob = "test.Blob");
 
 /// Puts `ok/{n}` = true.
 pub fn ok(ctx: &mut Context, msg: TestOk) -> Result<(), HandleError> {
@@ -119,7 +164,45 @@ pub fn forward(ctx: &mut Context, msg: TestForward) -> Result<(), HandleError> {
     Ok(())
 }
 
-jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky, forward);
+/// Writes `keys` keys of `bytes` bytes each.
+pub fn flood(ctx: &mut Context, msg: TestFlood) -> Result<(), HandleError> {
+    let value = vec![b'f'; msg.bytes as usize];
+    for i in 0..msg.keys {
+        ctx.state()
+            .put_bytes(&format!("flood/{}/{i}", msg.n), &value);
+    }
+    Ok(())
+}
+
+/// Sends (or publishes) `sends` blobs of `bytes` bytes of padding.
+pub fn sink(ctx: &mut Context, msg: TestSink) -> Result<(), HandleError> {
+    let pad = "s".repeat(msg.bytes as usize);
+    for i in 0..msg.sends {
+        let blob = TestBlob {
+            n: msg.n,
+            i,
+            pad: pad.clone(),
+        };
+        match &msg.to {
+            Some(to) => {
+                ctx.send(to, &blob)?;
+            }
+            None => {
+                ctx.publish(&blob)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Does nothing.
+pub fn blob(_ctx: &mut Context, _msg: TestBlob) -> Result<(), HandleError> {
+    Ok(())
+}
+
+jasper_guest::handlers!(
+    ok, panic, spin, mem_bomb, reject, flaky, forward, flood, sink, blob
+);
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +223,26 @@ mod tests {
         ctx.envelope_mut().attempts = 2;
         ctx.deliver_raw(&HANDLERS, "test.Flaky", body).unwrap();
         assert_eq!(ctx.state().get::<u32>("flaky/7").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn flood_writes_its_keys_and_sink_sends_its_blobs() {
+        let mut ctx = TestContext::new();
+        ctx.deliver_raw(&HANDLERS, "test.Flood", br#"{"n":3,"keys":4,"bytes":5}"#)
+            .unwrap();
+        let state = ctx.state_snapshot();
+        assert_eq!(state.len(), 4);
+        assert_eq!(state["flood/3/0"], b"fffff");
+        ctx.deliver_raw(
+            &HANDLERS,
+            "test.Sink",
+            br#"{"n":4,"sends":2,"bytes":3,"to":"local://misbehave"}"#,
+        )
+        .unwrap();
+        ctx.deliver_raw(&HANDLERS, "test.Sink", br#"{"n":5,"sends":3,"bytes":0}"#)
+            .unwrap();
+        assert_eq!(ctx.sent().len(), 2);
+        assert_eq!(ctx.published().len(), 3);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject or
-//! fail a few times, so the host's limits and error policy can be tested.
+//! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject,
+//! fail a few times or take their time, so the host's limits, error policy
+//! and leases can be tested.
 
 // Panicking is this plugin's job.
 #![allow(clippy::panic)]
@@ -54,6 +55,18 @@ pub struct TestForward {
 }
 
 jasper_guest::message!(TestForward = "test.Forward");
+
+/// Body of `test.Slow`: sleep `ms` (a WASI clock wait, no CPU burnt), then
+/// count the message in `slow/{n}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestSlow {
+    /// The test's tag for this message.
+    pub n: u64,
+    /// How long the handler takes.
+    pub ms: u64,
+}
+
+jasper_guest::message!(TestSlow = "test.Slow");
 
 /// Puts `ok/{n}` = true.
 pub fn ok(ctx: &mut Context, msg: TestOk) -> Result<(), HandleError> {
@@ -119,7 +132,17 @@ pub fn forward(ctx: &mut Context, msg: TestForward) -> Result<(), HandleError> {
     Ok(())
 }
 
-jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky, forward);
+/// Sleeps `ms`, then adds one to `slow/{n}`: a message handled twice shows
+/// as 2 (and a state version above 1).
+pub fn slow(ctx: &mut Context, msg: TestSlow) -> Result<(), HandleError> {
+    std::thread::sleep(std::time::Duration::from_millis(msg.ms));
+    let key = format!("slow/{}", msg.n);
+    let seen = ctx.state().get::<u64>(&key)?.unwrap_or(0) + 1;
+    ctx.state().put(&key, &seen)?;
+    Ok(())
+}
+
+jasper_guest::handlers!(ok, panic, spin, mem_bomb, reject, flaky, forward, slow);
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +163,16 @@ mod tests {
         ctx.envelope_mut().attempts = 2;
         ctx.deliver_raw(&HANDLERS, "test.Flaky", body).unwrap();
         assert_eq!(ctx.state().get::<u32>("flaky/7").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn slow_counts_each_delivery() {
+        let mut ctx = TestContext::new();
+        for _ in 0..2 {
+            ctx.deliver_raw(&HANDLERS, "test.Slow", br#"{"n":4,"ms":1}"#)
+                .unwrap();
+        }
+        assert_eq!(ctx.state().get::<u64>("slow/4").unwrap(), Some(2));
     }
 
     #[test]

@@ -335,6 +335,11 @@ async fn zombie(backend: Backend) {
     assert_eq!(p.with_status("incoming"), 0, "{p:?}");
     let lost_n: usize = num_field(&lost, "lost");
     assert!(lost_n > 0, "rows-lost with lost={lost_n}: {lost}");
+    let first = jasper_e2e::cluster::field(&lost, "first").unwrap_or_default();
+    assert!(
+        held.contains(&first.to_lowercase()),
+        "the rows A lost ({lost}) are not those it held when frozen: {held:?}"
+    );
     cluster.stop_all();
     println!("[{backend}] zombie done in {:.1?}", started.elapsed());
 }

@@ -39,6 +39,9 @@ pub struct TestHost {
     cwd: PathBuf,
     bin: PathBuf,
     child: Mutex<Option<Child>>,
+    /// Extra environment of the long-running host (`RUST_LOG` among them
+    /// overrides the harness's), see [`TestHost::set_env`].
+    env: Mutex<Vec<(String, String)>>,
     spawns: AtomicU32,
     cmds: AtomicU32,
 }
@@ -115,6 +118,7 @@ impl TestHost {
             cwd,
             bin,
             child: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
             spawns: AtomicU32::new(0),
             cmds: AtomicU32::new(0),
         }
@@ -226,6 +230,14 @@ impl TestHost {
 
     // -- the long-running host ------------------------------------------------
 
+    /// Sets `key=value` in the environment of every later [`TestHost::spawn`]
+    /// (not of the short commands); `RUST_LOG` overrides `E2E_RUST_LOG`.
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.env.lock().expect("env lock");
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts `jasper-host run --config F`, stdout and stderr appended to host.log.
     pub fn spawn(&self) {
         let mut slot = self.child.lock().expect("child lock");
@@ -242,6 +254,7 @@ impl TestHost {
             .open(&self.log_path)
             .expect("open host log");
         let log2 = log.try_clone().expect("clone log handle");
+        let env = self.env.lock().expect("env lock").clone();
         let child = Command::new(&self.bin)
             .arg("run")
             .arg("--config")
@@ -250,6 +263,7 @@ impl TestHost {
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -308,6 +322,19 @@ impl TestHost {
         c.kill().expect("SIGKILL the host");
         let st = c.wait().expect("reap the killed host");
         self.log_line(&format!("SIGKILL sent ({st})"));
+    }
+
+    /// SIGKILL and reap if the host runs (frozen or not); nothing otherwise.
+    /// Never panics: for clean-up code.
+    pub fn kill_if_running(&self) {
+        if let Ok(mut slot) = self.child.lock()
+            && let Some(mut c) = slot.take()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.log_line("SIGKILL sent (clean-up)");
+        }
     }
 
     /// Sends `sig` to the running host. Panics if it was never spawned or

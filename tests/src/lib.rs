@@ -20,7 +20,11 @@
 //! JSON), `store` ([`Db`] and the backends), `ports` ([`free_port`]), `wait`
 //! ([`wait_until`]), `backends` ([`per_backend!`]), `bodies` (the plugins'
 //! message bodies); and, by path, [`amqp`] (the broker), [`orders`] (what
-//! the two-host suites share) and [`kill`] (SIGKILLs at chosen moments).
+//! the two-host suites share), [`kill`] (SIGKILLs at chosen moments),
+//! [`exactly_once`] (the checker of one store running orders and audit),
+//! [`cluster`] (many hosts on one store), [`proxy`] (a TCP proxy that
+//! freezes: a hung database) and [`pg_outage`] (PostgreSQL stopped and
+//! started again).
 //!
 //! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
 //! `E2E_KEEP=1` (keep the temp dirs and the server schemas), `JASPER_HOST_BIN`
@@ -39,13 +43,17 @@ pub mod amqp;
 mod backends;
 mod bodies;
 mod cli_json;
+pub mod cluster;
 mod config;
+pub mod exactly_once;
 mod host;
 pub mod kill;
 pub mod orders;
 mod output;
 mod paths;
+pub mod pg_outage;
 mod ports;
+pub mod proxy;
 mod store;
 mod wait;
 

@@ -1,6 +1,7 @@
 //! Test plugin `misbehave`: handlers that panic, spin, eat memory, reject,
-//! fail a few times, or write and send as much as they are told, so the
-//! host's limits, per-message bounds and error policy can be tested.
+//! fail a few times, take their time, or write and send as much as they
+//! are told, so the host's limits, per-message bounds, error policy and
+//! leases can be tested.
 
 // Panicking is this plugin's job.
 #![allow(clippy::panic)]
@@ -99,6 +100,18 @@ pub struct TestBlob {
 }
 
 jasper_guest::message!(TestBlob = "test.Blob");
+
+/// Body of `test.Slow`: sleep `ms` (a WASI clock wait, no CPU burnt), then
+/// count the message in `slow/{n}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TestSlow {
+    /// The test's tag for this message.
+    pub n: u64,
+    /// How long the handler takes.
+    pub ms: u64,
+}
+
+jasper_guest::message!(TestSlow = "test.Slow");
 
 /// Puts `ok/{n}` = true.
 pub fn ok(ctx: &mut Context, msg: TestOk) -> Result<(), HandleError> {
@@ -200,8 +213,18 @@ pub fn blob(_ctx: &mut Context, _msg: TestBlob) -> Result<(), HandleError> {
     Ok(())
 }
 
+/// Sleeps `ms`, then adds one to `slow/{n}`: a message handled twice shows
+/// as 2 (and a state version above 1).
+pub fn slow(ctx: &mut Context, msg: TestSlow) -> Result<(), HandleError> {
+    std::thread::sleep(std::time::Duration::from_millis(msg.ms));
+    let key = format!("slow/{}", msg.n);
+    let seen = ctx.state().get::<u64>(&key)?.unwrap_or(0) + 1;
+    ctx.state().put(&key, &seen)?;
+    Ok(())
+}
+
 jasper_guest::handlers!(
-    ok, panic, spin, mem_bomb, reject, flaky, forward, flood, sink, blob
+    ok, panic, spin, mem_bomb, reject, flaky, forward, flood, sink, blob, slow
 );
 
 #[cfg(test)]
@@ -243,6 +266,16 @@ mod tests {
             .unwrap();
         assert_eq!(ctx.sent().len(), 2);
         assert_eq!(ctx.published().len(), 3);
+    }
+
+    #[test]
+    fn slow_counts_each_delivery() {
+        let mut ctx = TestContext::new();
+        for _ in 0..2 {
+            ctx.deliver_raw(&HANDLERS, "test.Slow", br#"{"n":4,"ms":1}"#)
+                .unwrap();
+        }
+        assert_eq!(ctx.state().get::<u64>("slow/4").unwrap(), Some(2));
     }
 
     #[test]

@@ -10,43 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{config_with, state_u64, wait_for};
-use jasper_host::config::{Backend, StorageConfig};
+use common::{PgSchema, config_with, state_u64, wait_for};
+use jasper_host::Host;
 use jasper_host::envelope::{Envelope, local_row};
-use jasper_host::{Host, store};
 use tokio::sync::broadcast;
 
 const N: usize = 3_000;
 
-fn postgres_url() -> String {
-    std::env::var("JASPER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// Drops the test's schema when the test ends, pass or fail.
-struct Schema(StorageConfig);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let config = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(s) = store::open(&config).await {
-                    let _ = s.drop_all().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn host_on(storage: &StorageConfig, dir: &tempfile::TempDir) -> Host {
+async fn host_on(schema: &PgSchema, dir: &tempfile::TempDir) -> Host {
     let mut config = config_with(dir.path(), &["audit"]);
-    config.storage = storage.clone();
+    config.storage = schema.0.clone();
     config.handling.batch_size = 200;
     Host::start(config).await.unwrap()
 }
@@ -75,16 +48,10 @@ fn count_handled(host: &Host) -> Arc<AtomicUsize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_on_one_hot_key_both_make_progress_and_count_once() {
-    let url = postgres_url();
-    let storage = StorageConfig {
-        url: url.clone(),
-        schema: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        backend: Backend::Postgres { url },
-    };
-    let _schema = Schema(storage.clone());
+    let schema = PgSchema::new();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = host_on(&storage, &dir_a).await;
-    let b = host_on(&storage, &dir_b).await;
+    let a = host_on(&schema, &dir_a).await;
+    let b = host_on(&schema, &dir_b).await;
     let (handled_a, handled_b) = (count_handled(&a), count_handled(&b));
 
     let rows: Vec<_> = (0..N)

@@ -70,7 +70,7 @@ fn trap_kind(kind: TrapKind) -> DeadLetterKind {
 /// What happens to the message after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Disposition {
-    /// Try again; `execute_at: None` means as soon as possible.
+    /// Try again at `execute_at` (`now` when at once).
     Retry {
         attempts: u32,
         execute_at: Option<i64>,
@@ -96,9 +96,11 @@ pub(crate) fn decide(
         })
     };
     match failure {
+        // Due at once, as a scheduled row: a ready row with attempts is one
+        // whose claim ended without an outcome (see `store::ClaimedRow`).
         Failure::Call(CallError::HostFault(_)) => Disposition::Retry {
             attempts: attempts_before,
-            execute_at: None,
+            execute_at: Some(now),
         },
         Failure::BadMessage(_) => dead(false),
         Failure::Crashed { .. } => Disposition::DeadLetter(DeadLetterCause {
@@ -115,7 +117,9 @@ pub(crate) fn decide(
         _ if attempts >= cfg.max_attempts => dead(true),
         _ => Disposition::Retry {
             attempts,
-            execute_at: backoff(cfg.retry_delay_ms, attempts).map(|d| now.saturating_add(d)),
+            execute_at: Some(
+                now.saturating_add(backoff(cfg.retry_delay_ms, attempts).unwrap_or(0)),
+            ),
         },
     }
 }
@@ -212,7 +216,7 @@ mod tests {
             decide(&host, 2, &cfg(3), 0),
             Disposition::Retry {
                 attempts: 2,
-                execute_at: None
+                execute_at: Some(0)
             }
         );
     }

@@ -62,3 +62,44 @@ pub async fn state_u64(host: &jasper_host::Host, plugin: &str, key: &str) -> u64
         Err(e) => panic!("reading {plugin}/{key}: {e}"),
     }
 }
+
+/// The PostgreSQL server the tests use (`JASPER_TEST_POSTGRES_URL` overrides).
+pub fn postgres_url() -> String {
+    std::env::var("JASPER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A PostgreSQL schema of the test's own, dropped when the test ends, pass or fail.
+pub struct PgSchema(pub jasper_host::config::StorageConfig);
+
+impl PgSchema {
+    pub fn new() -> PgSchema {
+        let url = postgres_url();
+        PgSchema(jasper_host::config::StorageConfig {
+            url: url.clone(),
+            schema: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            backend: jasper_host::config::Backend::Postgres { url },
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // On a runtime of its own: the test's runtime may be unwinding.
+        let config = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(s) = jasper_host::store::open(&config).await {
+                    let _ = s.drop_all().await;
+                }
+            });
+        })
+        .join();
+    }
+}

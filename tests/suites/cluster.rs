@@ -233,17 +233,20 @@ async fn kill_loop(backend: Backend) {
 /// Messages of the zombie and same-name tests.
 const SLOW_MESSAGES: u64 = 12;
 
-/// Waits until `host` (node `node_id`) holds claimed rows and freezes it
-/// with SIGSTOP; returns the rows it holds, frozen (read after the stop, so
-/// no commit of its own can take them away any more). A host that
-/// committed between the look and the stop is resumed and tried again.
+/// Waits until `host` (node `node_id`) runs a `test.Slow` handler (so its
+/// claim has answered: frozen mid-claim, it would give up the claim on
+/// waking, never commit and never learn it lost rows) and freezes it with
+/// SIGSTOP; returns the rows it holds, frozen (read after the stop, so no
+/// commit of its own can take them away any more). A host that committed
+/// between the look and the stop is resumed and tried again.
 async fn freeze_holding(host: &TestHost, db: &Db, node_id: i64) -> BTreeSet<String> {
     for _ in 0..20 {
-        host.wait_for(
-            "the host to hold claimed rows",
+        let mark = host.log_mark();
+        host.wait_for_log(
+            "the host to run a test.Slow handler",
+            mark,
+            &["test.Slow", "started"],
             PHASE_TIMEOUT,
-            || held_by(db, node_id),
-            |h| !h.is_empty(),
         )
         .await;
         host.sigstop();

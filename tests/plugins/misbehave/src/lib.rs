@@ -216,6 +216,8 @@ pub fn blob(_ctx: &mut Context, _msg: TestBlob) -> Result<(), HandleError> {
 /// Sleeps `ms`, then adds one to `slow/{n}`: a message handled twice shows
 /// as 2 (and a state version above 1).
 pub fn slow(ctx: &mut Context, msg: TestSlow) -> Result<(), HandleError> {
+    // Tests wait for this line: the host is running the batch, not claiming it.
+    ctx.info(&format!("test.Slow {} started", msg.n));
     std::thread::sleep(std::time::Duration::from_millis(msg.ms));
     let key = format!("slow/{}", msg.n);
     let seen = ctx.state().get::<u64>(&key)?.unwrap_or(0) + 1;

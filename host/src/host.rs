@@ -42,7 +42,9 @@ impl Host {
     /// Start a host from a configuration: the store's tables are created if
     /// missing, every plugin in the folder is loaded (failures are logged
     /// with their file and reason; the others run), and rows left by earlier
-    /// runs are recovered.
+    /// runs are recovered. Fails, naming each file and its reason, when the
+    /// folder holds `.wasm` files and none of them loads; a folder with no
+    /// `.wasm` file at all is a forwarder's and starts.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let tcp = Arc::new(TcpSettings::from_config(&config.tcp)?);
         let store = store::open_timed(
@@ -56,6 +58,12 @@ impl Host {
             .load_dir(&config.plugins.dir)
             .await
             .with_context(|| format!("loading plugins from {}", config.plugins.dir.display()))?;
+        // Plugins were meant to run here, and none can: starting would leave
+        // every message waiting in the inbox behind one WARN. A folder with
+        // no `.wasm` at all is a forwarder's (routes only) and is allowed.
+        if plugins.is_empty() && !errors.is_empty() {
+            anyhow::bail!(no_plugin_loaded(&config.plugins.dir, &errors));
+        }
         for e in &errors {
             warn!(error = %crate::error_chain(e), "plugin not loaded");
         }
@@ -244,4 +252,19 @@ impl Host {
         info!(node_id = self.node_id, "host stopped");
         Ok(())
     }
+}
+
+/// The start-up error of a plugin folder whose every `.wasm` failed: one line
+/// per file with its reason.
+fn no_plugin_loaded(dir: &std::path::Path, errors: &[crate::runtime::PluginError]) -> String {
+    let mut msg = format!(
+        "no plugin in {} loaded ({} .wasm file(s) failed); a host runs as a forwarder (routes only) only when its plugin folder holds no .wasm file",
+        dir.display(),
+        errors.len()
+    );
+    for e in errors {
+        msg.push_str("\n  ");
+        msg.push_str(&crate::error_chain(e));
+    }
+    msg
 }

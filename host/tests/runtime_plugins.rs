@@ -53,10 +53,16 @@ async fn a_broken_plugin_is_reported_by_file_and_the_others_load() {
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert!(
         text.iter()
-            .any(|t| t.contains("garbage.wasm") && t.contains("not a valid component")),
+            .any(|t| t.contains("garbage.wasm") && t.contains("not a WebAssembly component")),
         "{text:?}"
     );
-    assert!(text.iter().any(|t| t.contains("core.wasm")), "{text:?}");
+    // Not wasmtime's reading of the bytes as WAT text.
+    assert!(!text.iter().any(|t| t.contains("utf-8")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("core.wasm") && t.contains("a core WebAssembly module")),
+        "{text:?}"
+    );
     assert!(
         errors
             .iter()
@@ -65,6 +71,42 @@ async fn a_broken_plugin_is_reported_by_file_and_the_others_load() {
     );
     let missing = rt.load_dir(&dir.path().join("nope")).await.unwrap_err();
     assert!(missing.to_string().contains("nope"), "{missing}");
+}
+
+#[tokio::test]
+async fn a_host_whose_every_plugin_fails_does_not_start_and_names_each_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).unwrap();
+    std::fs::write(plugin_dir.join("garbage.wasm"), b"not wasm at all").unwrap();
+    std::fs::write(plugin_dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let mut config = jasper_host::Config::for_dir(dir.path());
+    config.plugins.dir = plugin_dir.clone();
+    let err = Host::start(config).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("no plugin in"), "{text}");
+    assert!(text.contains(&plugin_dir.display().to_string()), "{text}");
+    assert!(
+        text.contains("garbage.wasm: not a WebAssembly component"),
+        "{text}"
+    );
+    assert!(
+        text.contains("core.wasm: a core WebAssembly module"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_whose_plugin_folder_holds_no_wasm_starts_as_a_forwarder() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).unwrap();
+    std::fs::write(plugin_dir.join("notes.txt"), b"not a plugin").unwrap();
+    let mut config = jasper_host::Config::for_dir(dir.path());
+    config.plugins.dir = plugin_dir;
+    let host = Host::start(config).await.unwrap();
+    assert_eq!(host.plugins.iter().count(), 0);
+    host.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jasper_e2e::{HostConfig, REMIND_LATER_MS, TestHost, place_order};
+use jasper_e2e::{HostConfig, REMIND_LATER_MS, TestHost, host_bin, place_order, wait_until};
 
 const N: usize = 1000;
 
@@ -156,4 +156,72 @@ async fn zero_amount_order_is_rejected_to_dead_letters() {
     host.assert_alive("after the rejected order");
     let st = host.stop();
     assert!(st.success(), "host exit status after SIGTERM: {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_to_a_file_has_no_colour_codes() {
+    let host = TestHost::new(&["orders"], HostConfig::new());
+    // The harness sets NO_COLOR=1; an empty NO_COLOR means "colour allowed",
+    // so only the output not being a terminal can keep the colours out.
+    host.set_env("NO_COLOR", "");
+    let mark = host.log_mark();
+    host.spawn();
+    host.wait_for_log(
+        "the host to start",
+        mark,
+        &["host started"],
+        Duration::from_secs(60),
+    )
+    .await;
+    let st = host.stop();
+    assert!(st.success(), "host exit status after SIGTERM: {st}");
+    let raw = std::fs::read(host.log_path()).unwrap();
+    assert!(
+        !raw.windows(2).any(|w| w == b"\x1b["),
+        "ANSI escape codes in the log file:\n{}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_naming_each_plugin_when_none_loads() {
+    let host = TestHost::new(&[], HostConfig::new());
+    let plugins = host.root().join("plugins");
+    std::fs::write(plugins.join("garbage.wasm"), b"not wasm at all").unwrap();
+    std::fs::write(plugins.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    host.spawn();
+    let st = wait_until(
+        "the host to exit at start",
+        Duration::from_secs(60),
+        || async { Ok(host.exit_status()) },
+        Option::is_some,
+    )
+    .await
+    .unwrap();
+    let log = host.log_text();
+    assert!(!st.success(), "exit status {st}\n{log}");
+    assert!(log.contains("no plugin in"), "{log}");
+    assert!(
+        log.contains("garbage.wasm: not a WebAssembly component"),
+        "{log}"
+    );
+    assert!(
+        log.contains("core.wasm: a core WebAssembly module"),
+        "{log}"
+    );
+    assert!(!log.contains("utf-8"), "{log}");
+}
+
+#[test]
+fn send_help_says_only_json_is_checked() {
+    let out = std::process::Command::new(host_bin())
+        .args(["send", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("send checks that each body is JSON, not that the handler can decode it."),
+        "{text}"
+    );
 }

@@ -47,6 +47,11 @@ pub enum Command {
     /// Run the host until SIGINT or SIGTERM.
     Run(ConfigArg),
     /// Write messages durably into the inbox (a host need not be running).
+    ///
+    /// send checks that each body is JSON, not that the handler can decode
+    /// it. A body that does not fit the handler's message type is found only
+    /// when a host handles it: a handler written with jasper_guest::handlers!
+    /// rejects it to dead letters ("cannot decode ... body").
     Send(send::SendArgs),
     /// Administer the message store.
     Storage {

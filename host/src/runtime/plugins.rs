@@ -34,6 +34,14 @@ pub enum PluginError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "plugin {path}: not a WebAssembly component: the file does not begin with the Wasm magic bytes \\0asm"
+    )]
+    NotWasm { path: PathBuf },
+    #[error(
+        "plugin {path}: a core WebAssembly module, not a component: build it for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
     #[error("plugin {path}: not a valid component: {message}")]
     Compile { path: PathBuf, message: String },
     #[error("plugin {path}: does not fit the jasper:messaging/plugin world: {message}")]
@@ -109,6 +117,27 @@ impl Plugins {
     }
 }
 
+/// What a file's first 8 bytes say it is. Checked before compiling because
+/// wasmtime reads bytes without the Wasm magic as WAT text and would report a
+/// garbage file as "input bytes aren't valid utf-8".
+#[derive(Debug, PartialEq, Eq)]
+enum Header {
+    NotWasm,
+    CoreModule,
+    /// A component, or a layer wasmtime may know better: it decides.
+    Other,
+}
+
+fn header(bytes: &[u8]) -> Header {
+    match bytes {
+        // The preamble is the magic, a u16 version and a u16 layer (both
+        // little-endian): layer 0 is a core module, layer 1 a component.
+        [b'\0', b'a', b's', b'm', _, _, 0, 0, ..] => Header::CoreModule,
+        [b'\0', b'a', b's', b'm', ..] => Header::Other,
+        _ => Header::NotWasm,
+    }
+}
+
 fn plugin_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let ok = !stem.is_empty()
@@ -130,6 +159,19 @@ impl Runtime {
                 path: path.to_path_buf(),
                 source,
             })?;
+        match header(&bytes) {
+            Header::NotWasm => {
+                return Err(PluginError::NotWasm {
+                    path: path.to_path_buf(),
+                });
+            }
+            Header::CoreModule => {
+                return Err(PluginError::CoreModule {
+                    path: path.to_path_buf(),
+                });
+            }
+            Header::Other => {}
+        }
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
@@ -226,5 +268,21 @@ impl Runtime {
             }
         }
         Ok((plugins, errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Header, header};
+
+    #[test]
+    fn the_preamble_tells_garbage_a_core_module_and_a_component_apart() {
+        assert_eq!(header(b"not wasm at all"), Header::NotWasm);
+        assert_eq!(header(b""), Header::NotWasm);
+        assert_eq!(header(b"\0as"), Header::NotWasm);
+        assert_eq!(header(b"\0asm\x01\0\0\0"), Header::CoreModule);
+        assert_eq!(header(b"\0asm\x0d\0\x01\0"), Header::Other);
+        // Truncated after the magic: wasmtime says what is wrong.
+        assert_eq!(header(b"\0asm"), Header::Other);
     }
 }

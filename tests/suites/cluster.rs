@@ -30,7 +30,7 @@ use jasper_e2e::cluster::{
 };
 use jasper_e2e::exactly_once::{check_orders_once, check_orders_only_once, settled, settled_with};
 use jasper_e2e::orders::bodies;
-use jasper_e2e::{Backend, Db, HostConfig, TestHost, json};
+use jasper_e2e::{Backend, Db, HostConfig, Progress, TestHost, json};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const FINAL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -259,6 +259,17 @@ async fn freeze_holding(host: &TestHost, db: &Db, node_id: i64) -> BTreeSet<Stri
     panic!("the host never held claimed rows when frozen");
 }
 
+/// Waits (on `host`, for its log in a failure) until every `test.Slow` is handled.
+async fn every_slow_handled(host: &TestHost, db: &Db) -> Progress {
+    host.wait_for(
+        "every test.Slow handled",
+        PHASE_TIMEOUT,
+        || db.progress(),
+        |p| p.get("test.Slow", "handled") == SLOW_MESSAGES as i64,
+    )
+    .await
+}
+
 async fn zombie(backend: Backend) {
     let started = Instant::now();
     let cluster = Cluster::new(&["misbehave"], &slow_config(backend, 4), &["a", "b"]);
@@ -322,14 +333,7 @@ async fn zombie(backend: Backend) {
         )
         .await;
     println!("[{backend}] A after SIGCONT: {lost}");
-    let p = b
-        .wait_for(
-            "every test.Slow handled",
-            PHASE_TIMEOUT,
-            || db.progress(),
-            |p| p.get("test.Slow", "handled") == SLOW_MESSAGES as i64,
-        )
-        .await;
+    let p = every_slow_handled(b, &db).await;
     cluster.assert_all_alive("after the zombie woke");
     for l in event_lines(a, a_mark, "lease-lost") {
         println!("[{backend}] A: {l}");
@@ -408,14 +412,7 @@ async fn same_name_twice(backend: Backend) {
         .unwrap();
     assert_eq!(named, 2, "registered nodes named \"same\"");
 
-    let p = b
-        .wait_for(
-            "every test.Slow handled",
-            PHASE_TIMEOUT,
-            || db.progress(),
-            |p| p.get("test.Slow", "handled") == SLOW_MESSAGES as i64,
-        )
-        .await;
+    let p = every_slow_handled(b, &db).await;
     cluster.assert_all_alive("after the run");
     let shares = [handled_in_log(a), handled_in_log(b)];
     println!(

@@ -9,20 +9,7 @@
 macro_rules! per_backend {
     ($($name:ident => $func:ident),* $(,)?) => {
         $(
-            mod $name {
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$func($crate::Backend::Sqlite).await
-                }
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$func($crate::Backend::Postgres).await
-                }
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() {
-                    super::$func($crate::Backend::Mysql).await
-                }
-            }
+            $crate::tests_on_backends!($name, $func, [sqlite Sqlite, postgres Postgres, mysql Mysql]);
         )*
     };
 }
@@ -34,16 +21,25 @@ macro_rules! per_backend {
 macro_rules! per_server_backend {
     ($($name:ident => $func:ident),* $(,)?) => {
         $(
-            mod $name {
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$func($crate::Backend::Postgres).await
-                }
-                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() {
-                    super::$func($crate::Backend::Mysql).await
-                }
-            }
+            $crate::tests_on_backends!($name, $func, [postgres Postgres, mysql Mysql]);
         )*
+    };
+}
+
+/// The module of [`per_backend!`] and [`per_server_backend!`]: one test
+/// `fn test_name` per `test_name Variant` listed, running
+/// `func(Backend::Variant).await`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! tests_on_backends {
+    ($name:ident, $func:ident, [$($test:ident $variant:ident),*]) => {
+        mod $name {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$func($crate::Backend::$variant).await
+                }
+            )*
+        }
     };
 }

@@ -520,7 +520,7 @@ impl Worker {
                             commit.retries.push(RetryMark {
                                 id: row.id,
                                 attempts,
-                                execute_at,
+                                execute_at: Some(execute_at),
                             });
                         } else {
                             // The first failure makes a tcp:// message durable.
@@ -532,7 +532,7 @@ impl Worker {
                                     .unwrap_or_default(),
                                 destination: row.destination.clone(),
                                 owner_id: 0,
-                                execute_at,
+                                execute_at: Some(execute_at),
                                 attempts,
                                 body: row.body.clone(),
                             });

@@ -1,8 +1,8 @@
 //! The error policy: what a failed attempt becomes. A rejection, an
 //! unreadable message or a handler past a per-message bound (`limit`: the
 //! same handler would pass it again) goes to dead letters at once; other
-//! failures are tried
-//! again with exponential backoff until `max_attempts`, then dead-lettered
+//! failures are tried again with exponential backoff until `max_attempts`,
+//! then dead-lettered
 //! with the kind of their last failure. A host fault does not count as an
 //! attempt. A message claimed `max_attempts` times before without any
 //! outcome committing (the host died each time) is dead-lettered as
@@ -73,7 +73,7 @@ pub(crate) enum Disposition {
     /// Try again at `execute_at` (`now` when at once).
     Retry {
         attempts: u32,
-        execute_at: Option<i64>,
+        execute_at: i64,
     },
     DeadLetter(DeadLetterCause),
 }
@@ -100,7 +100,7 @@ pub(crate) fn decide(
         // whose claim ended without an outcome (see `store::ClaimedRow`).
         Failure::Call(CallError::HostFault(_)) => Disposition::Retry {
             attempts: attempts_before,
-            execute_at: Some(now),
+            execute_at: now,
         },
         Failure::BadMessage(_) => dead(false),
         Failure::Crashed { .. } => Disposition::DeadLetter(DeadLetterCause {
@@ -117,22 +117,17 @@ pub(crate) fn decide(
         _ if attempts >= cfg.max_attempts => dead(true),
         _ => Disposition::Retry {
             attempts,
-            execute_at: Some(
-                now.saturating_add(backoff(cfg.retry_delay_ms, attempts).unwrap_or(0)),
-            ),
+            execute_at: now.saturating_add(backoff(cfg.retry_delay_ms, attempts)),
         },
     }
 }
 
 /// Delay in ms before attempt `attempts + 1`: base * 2^(attempts-1), at
-/// most one hour; `None` (at once) when the base is 0.
-fn backoff(base_ms: u64, attempts: u32) -> Option<i64> {
+/// most one hour; 0 (at once) when the base is 0.
+fn backoff(base_ms: u64, attempts: u32) -> i64 {
     const MAX: Duration = Duration::from_secs(3600);
-    if base_ms == 0 {
-        return None;
-    }
     let delay = Backoff::nth(Duration::from_millis(base_ms), MAX, attempts);
-    Some(i64::try_from(delay.as_millis()).unwrap_or(3_600_000))
+    i64::try_from(delay.as_millis()).unwrap_or(3_600_000)
 }
 
 #[cfg(test)]
@@ -157,14 +152,14 @@ mod tests {
             decide(&f, 0, &cfg(3), 1000),
             Disposition::Retry {
                 attempts: 1,
-                execute_at: Some(1100)
+                execute_at: 1100
             }
         );
         assert_eq!(
             decide(&f, 1, &cfg(3), 1000),
             Disposition::Retry {
                 attempts: 2,
-                execute_at: Some(1200)
+                execute_at: 1200
             }
         );
         assert_eq!(
@@ -216,7 +211,7 @@ mod tests {
             decide(&host, 2, &cfg(3), 0),
             Disposition::Retry {
                 attempts: 2,
-                execute_at: Some(0)
+                execute_at: 0
             }
         );
     }

@@ -106,6 +106,15 @@ impl HostState {
         err
     }
 
+    /// Count a write of `key` (a put of `value_len` bytes, or a delete)
+    /// against the state bounds, in place of this call's earlier write of it.
+    fn count_state_write(&mut self, key: &str, value_len: usize) -> wasmtime::Result<()> {
+        let held = self.state.held(key);
+        self.usage
+            .state_write(held, key.len(), value_len)
+            .map_err(|e| self.past_bound(e))
+    }
+
     fn new_envelope(
         &self,
         destination: Destination,
@@ -263,10 +272,7 @@ impl state::Host for HostState {
                 value.len()
             )));
         }
-        let held = self.state.held(&key);
-        if let Err(e) = self.usage.state_write(held, key.len(), value.len()) {
-            return Err(self.past_bound(e));
-        }
+        self.count_state_write(&key, value.len())?;
         self.state.put(key, value);
         Ok(())
     }
@@ -278,10 +284,7 @@ impl state::Host for HostState {
                 key.len()
             )));
         }
-        let held = self.state.held(&key);
-        if let Err(e) = self.usage.state_write(held, key.len(), 0) {
-            return Err(self.past_bound(e));
-        }
+        self.count_state_write(&key, 0)?;
         self.state.delete(key);
         Ok(())
     }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -27,6 +28,7 @@ use super::rows::{
     CommitBatch, DeadLetter, Fence, FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark,
     STATUS_HANDLED, STATUS_INCOMING, StateCheck, StateWrite,
 };
+use crate::backoff::Backoff;
 
 /// A state key: plugin and key.
 pub(crate) type StateKey<'a> = (&'a str, &'a str);
@@ -58,10 +60,12 @@ pub(crate) trait Transactional: Send + Sync {
 
 /// How often a transaction runs at most when [`Transactional::may_run_again`] allows.
 const RUNS: u32 = 6;
-/// The wait before running a rolled-back transaction again: 2 ms, doubling,
-/// at random within it, so two transactions that deadlocked on the same rows
-/// (duplicate inserts of one id arriving from two peers) do not meet again.
-const RUN_AGAIN_BASE: std::time::Duration = std::time::Duration::from_millis(2);
+/// The wait before running a rolled-back transaction again: at random within
+/// 4 ms doubling to 100 ms ([`Backoff`]), so two transactions that deadlocked
+/// on the same rows (duplicate inserts of one id arriving from two peers) do
+/// not meet again.
+const RUN_AGAIN_BASE: Duration = Duration::from_millis(4);
+const RUN_AGAIN_MAX: Duration = Duration::from_millis(100);
 
 /// Run `once` (one whole transaction) again while the backend says the
 /// failure rolled it back whole, at most [`RUNS`] times.
@@ -72,10 +76,11 @@ where
     Fut: Future<Output = StoreResult<T>>,
 {
     let mut runs = 1;
+    let mut backoff = Backoff::new(RUN_AGAIN_BASE, RUN_AGAIN_MAX);
     loop {
         match once().await {
             Err(e) if runs < RUNS && backend.may_run_again(&e) => {
-                let ceiling = RUN_AGAIN_BASE.saturating_mul(1 << runs.min(8));
+                let ceiling = backoff.next_delay();
                 let wait = rand::Rng::random_range(&mut rand::rng(), ceiling / 4..=ceiling);
                 tokio::time::sleep(wait).await;
                 runs += 1;

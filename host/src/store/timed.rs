@@ -197,14 +197,23 @@ impl Admin for Timed {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_call_that_hangs_times_out_and_names_itself() {
+    /// A migrated SQLite store in a temp dir (kept alive by the caller)
+    /// behind a deadline of `after_ms`.
+    async fn timed_sqlite(after_ms: u64) -> (Timed, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let inner = crate::store::SqliteStore::open(&dir.path().join("t.db"), "jasper")
             .await
             .unwrap();
         inner.migrate().await.unwrap();
-        let timed = Timed::new(Arc::new(inner), Duration::from_millis(50));
+        (
+            Timed::new(Arc::new(inner), Duration::from_millis(after_ms)),
+            dir,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_that_hangs_times_out_and_names_itself() {
+        let (timed, _dir) = timed_sqlite(50).await;
         let hung = std::future::pending::<StoreResult<()>>();
         let err = timed.within("commit batch", hung).await.unwrap_err();
         assert!(
@@ -224,11 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_just_past_the_deadline_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let inner = crate::store::SqliteStore::open(&dir.path().join("t.db"), "jasper")
-            .await
-            .unwrap();
-        let timed = Timed::new(Arc::new(inner), Duration::from_millis(50));
+        let (timed, _dir) = timed_sqlite(50).await;
         // As a process paused past the deadline sees it: the answer is there
         // by the time the timer is looked at.
         let late = async {

@@ -279,11 +279,10 @@ impl Statements {
             ))
         };
         Statements {
-            // Ready rows first in id (= time) order, then due scheduled rows up
-            // to the limit. SKIP LOCKED: two nodes never take the same row and
-            // never wait for each other; only rows taken are locked.
-            // Ready rows never claimed, and at most one claimed before
-            // without an outcome (see `rows::ClaimedRow`); then due ones.
+            // Ready rows first in id (= time) order: those never claimed and at
+            // most one claimed before without an outcome (see `rows::ClaimedRow`);
+            // then due scheduled rows up to the limit. SKIP LOCKED: two nodes
+            // never take the same row and never wait for each other.
             claim: s(format!(
                 "WITH ready AS ( \
                    SELECT id, attempts FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 \

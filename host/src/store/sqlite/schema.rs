@@ -63,9 +63,9 @@ impl Sql {
         let (inc, dl, st) = (&t.incoming, &t.dead_letters, &t.state);
         let s = |x: String| -> Arc<str> { x.into() };
         Sql {
-            // Ready rows first in id (= time) order, then due scheduled rows.
-            // Ready rows never claimed, and at most one claimed before
-            // without an outcome (see `rows::ClaimedRow`); then due ones.
+            // Ready rows first in id (= time) order: those never claimed and at
+            // most one claimed before without an outcome (see `rows::ClaimedRow`);
+            // then due scheduled rows.
             claim: s(format!(
                 "WITH ready AS (SELECT id, attempts FROM {inc} WHERE status = '{STATUS_INCOMING}' AND owner_id = 0 ORDER BY id LIMIT ?3) \
                  UPDATE {inc} SET owner_id = ?1, status = '{STATUS_INCOMING}', attempts = attempts + 1 WHERE id IN ( \

@@ -14,6 +14,7 @@ use crate::address::{Destination, Endpoint, RabbitEndpoint};
 use crate::config::Config;
 use crate::durability;
 use crate::envelope::local_row;
+use crate::handling::parallel::Calls;
 use crate::handling::{BatchEvent, Worker};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
@@ -136,6 +137,11 @@ impl Host {
             wake: wake.clone(),
             events: events.clone(),
             senders: senders.clone(),
+            calls: Arc::new(Calls::new(
+                runtime.clone(),
+                store.clone(),
+                config.plugins.max_in_flight,
+            )),
         };
         tasks.extend([
             tokio::spawn(worker.run(rx.clone(), memory_rx)),

@@ -29,6 +29,7 @@
 //! rest of their batch has committed, so a crash while running them costs
 //! the others no attempt; the claim takes at most one such row at a time.
 
+pub(crate) mod parallel;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc, watch};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
@@ -50,13 +51,16 @@ use crate::envelope::now_ms;
 use crate::envelope::{Envelope, local_row};
 #[cfg(test)]
 use crate::paused::now_ms;
-use crate::runtime::state_view::{BatchState, StateView};
-use crate::runtime::{Plugins, Runtime};
+use crate::runtime::{CallError, Plugin, Plugins, Runtime};
 use crate::store::{
     ClaimedRow, CommitBatch, DeadLetter, Fence, MessageStore, NewIncoming, RetryMark, StoreError,
 };
 use crate::transport::{Outgoing, Senders};
+use parallel::{Call, Calls};
 use policy::{Disposition, Failure, decide};
+
+/// What handling one row came to: what its handler sent, or why it failed.
+type Outcome = Result<Vec<Envelope>, Failure>;
 
 /// The worker's wait after a failed claim or commit: doubling from 50 ms to 5 s.
 const DB_BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -138,6 +142,8 @@ pub(crate) struct Worker {
     pub events: broadcast::Sender<Arc<BatchEvent>>,
     /// Where messages for remote destinations go after the commit.
     pub senders: Arc<Senders>,
+    /// How the handler calls of a batch run (at once, bounded).
+    pub calls: Arc<Calls>,
 }
 
 /// Where a message a handler sent goes.
@@ -433,35 +439,29 @@ impl Worker {
         })
     }
 
-    /// Run every row's handler and gather the batch's commit.
+    /// Run every row's handler (at once where they can, see `parallel`) and
+    /// gather the batch's commit.
     async fn run_rows(
         &self,
         rows: &[ClaimedRow],
         persisted: bool,
     ) -> (CommitBatch, BatchReport, Option<BatchEvent>, Vec<Outgoing>) {
-        let mut outgoing = Vec::new();
-        let mut event = (self.events.receiver_count() > 0).then(BatchEvent::default);
         let now = now_ms();
-        let keep_until =
-            now.saturating_add(i64::try_from(self.config.keep_handled_ms).unwrap_or(i64::MAX));
-        let mut commit = CommitBatch {
-            fence: self.fence(rows, persisted),
-            ..CommitBatch::default()
-        };
-        let mut report = BatchReport::default();
-        let mut state = BatchState::default();
-        for row in rows {
+        let mut envelopes: Vec<Option<Arc<Envelope>>> = Vec::with_capacity(rows.len());
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rows.len());
+        let mut calls = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
             // Every earlier claim of a row this far along ended without an
             // outcome (a committed failure this late is dead-lettered): the
             // message brings the host down, so it does not run again.
             let crashed = persisted && row.attempts >= self.config.max_attempts;
-            let (result, envelope) = match Envelope::decode(&row.body) {
-                Ok(env) if crashed => (
-                    Err(Failure::Crashed {
+            match Envelope::decode(&row.body) {
+                Ok(env) if crashed => {
+                    outcomes.push(Some(Err(Failure::Crashed {
                         attempts: row.attempts,
-                    }),
-                    Some(env),
-                ),
+                    })));
+                    envelopes.push(Some(Arc::new(env)));
+                }
                 Ok(mut env) => {
                     env.attempts = row.attempts;
                     let span = info_span!(
@@ -472,18 +472,52 @@ impl Worker {
                         destination = %row.destination,
                         attempt = row.attempts + 1,
                     );
-                    let (result, next_state) =
-                        self.run_one(row, &env, now, state).instrument(span).await;
-                    state = next_state;
-                    (result, Some(env))
+                    let env = Arc::new(env);
+                    match span.in_scope(|| self.handler_of(row, &env, now)) {
+                        Ok(plugin) => {
+                            calls.push(Call {
+                                index,
+                                plugin,
+                                envelope: Arc::clone(&env),
+                                span,
+                            });
+                            outcomes.push(None);
+                        }
+                        Err(outcome) => outcomes.push(Some(outcome)),
+                    }
+                    envelopes.push(Some(env));
                 }
-                Err(e) => (
-                    Err(Failure::BadMessage(format!(
+                Err(e) => {
+                    outcomes.push(Some(Err(Failure::BadMessage(format!(
                         "stored envelope cannot be decoded: {e}"
-                    ))),
-                    None,
-                ),
-            };
+                    )))));
+                    envelopes.push(None);
+                }
+            }
+        }
+        let (done, state) = self.calls.run(calls, self.plugins.router()).await;
+        for (index, result) in done {
+            if let Some(slot) = outcomes.get_mut(index) {
+                *slot = Some(result.map_err(Failure::Call));
+            }
+        }
+
+        let mut outgoing = Vec::new();
+        let mut event = (self.events.receiver_count() > 0).then(BatchEvent::default);
+        let keep_until =
+            now.saturating_add(i64::try_from(self.config.keep_handled_ms).unwrap_or(i64::MAX));
+        let mut commit = CommitBatch {
+            fence: self.fence(rows, persisted),
+            ..CommitBatch::default()
+        };
+        let mut report = BatchReport::default();
+        for ((row, outcome), envelope) in rows.iter().zip(outcomes).zip(envelopes) {
+            let envelope = envelope.map(Arc::unwrap_or_clone);
+            let result = outcome.unwrap_or_else(|| {
+                Err(Failure::Call(CallError::HostFault(
+                    "the handler call came to no outcome".into(),
+                )))
+            });
             match result {
                 Ok(sent) => {
                     report.handled += 1;
@@ -570,17 +604,12 @@ impl Worker {
         (commit, report, event, outgoing)
     }
 
-    /// One message through its plugin. Returns what it sent, or why it failed.
-    async fn run_one(
-        &self,
-        row: &ClaimedRow,
-        env: &Envelope,
-        now: i64,
-        state: BatchState,
-    ) -> (Result<Vec<Envelope>, Failure>, BatchState) {
+    /// The plugin that handles `env`, or what the row comes to without a
+    /// handler call.
+    fn handler_of(&self, row: &ClaimedRow, env: &Envelope, now: i64) -> Result<Arc<Plugin>, Outcome> {
         if env.is_expired(now) {
             info!("expired before it was handled (deliver_by passed); discarded");
-            return (Ok(Vec::new()), state);
+            return Err(Ok(Vec::new()));
         }
         // The envelope's destination is the row's (both written from the
         // envelope), parsed when the body was decoded.
@@ -591,32 +620,24 @@ impl Worker {
                 let mut forward = env.clone();
                 forward.scheduled_at = None;
                 forward.attempts = 0;
-                return (Ok(vec![forward]), state);
+                return Err(Ok(vec![forward]));
             }
             Some(Err(_)) | None => {
                 let msg = format!("destination {} is not a local queue", row.destination);
-                return (Err(Failure::NoHandler(msg)), state);
+                return Err(Err(Failure::NoHandler(msg)));
             }
         };
         let Some(plugin) = self.plugins.get(name) else {
             let msg = format!("no plugin named '{name}' is loaded");
-            return (Err(Failure::NoHandler(msg)), state);
+            return Err(Err(Failure::NoHandler(msg)));
         };
         if !plugin.subscriptions.contains(&env.message_type) {
             let msg = format!(
                 "plugin '{name}' does not handle message type '{}'",
                 env.message_type
             );
-            return (Err(Failure::NoHandler(msg)), state);
+            return Err(Err(Failure::NoHandler(msg)));
         }
-        let view = StateView::new(self.store.clone(), plugin.name.clone(), state);
-        let outcome = self
-            .runtime
-            .handle(plugin, env, self.plugins.router().clone(), view)
-            .await;
-        (
-            outcome.result.map(|()| outcome.sent).map_err(Failure::Call),
-            outcome.state,
-        )
+        Ok(Arc::clone(plugin))
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::parallel::Calls;
 use super::{BatchEvent, Worker, local_row};
 use crate::config::{HandlingConfig, PluginsConfig, RabbitConfig, SendingConfig, TcpConfig};
 use crate::envelope::Envelope;
@@ -80,6 +81,7 @@ impl Rig {
         ));
         let (events_tx, events) = broadcast::channel(64);
         let wake = Arc::new(Notify::new());
+        let calls = Arc::new(Calls::new(runtime.clone(), store.clone(), 16));
         let worker = Worker {
             store: store.clone(),
             runtime,
@@ -92,6 +94,7 @@ impl Rig {
             wake: wake.clone(),
             events: events_tx,
             senders,
+            calls,
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {

@@ -15,6 +15,7 @@ mod plugins;
 pub(crate) mod routing;
 pub mod state_view;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub struct CallOutcome {
     pub sent: Vec<Envelope>,
     /// The batch's state, with this call's writes if it succeeded.
     pub state: BatchState,
+    /// The state keys the call read (past its own writes).
+    pub read: HashSet<String>,
 }
 
 /// The engine, the linker and the limits every call runs under.
@@ -132,6 +135,11 @@ impl Runtime {
             .consume_fuel(cfg.fuel > 0)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // Wasmtime makes an error on every store's drop, and with
+        // RUST_BACKTRACE set each one captures a native backtrace: about
+        // 30 us a message. The host prints these errors' messages, never
+        // their backtraces (a guest's own wasm backtrace is kept).
+        wasmtime::error::disable_backtrace();
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
@@ -210,10 +218,12 @@ impl Runtime {
             }),
         };
         let ok = result.is_ok();
+        let (state, read) = data.state.finish(ok);
         CallOutcome {
             result,
             sent: if ok { data.sent } else { Vec::new() },
-            state: data.state.finish(ok),
+            state,
+            read,
         }
     }
 }

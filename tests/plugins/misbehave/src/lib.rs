@@ -30,6 +30,7 @@ numbered!(
     TestSpin = "test.Spin",
     TestMemBomb = "test.MemBomb",
     TestReject = "test.Reject",
+    TestLeak = "test.Leak",
 );
 
 /// Body of `test.Flaky`: fails while the envelope's attempts are below `fail_times`.
@@ -225,8 +226,39 @@ pub fn slow(ctx: &mut Context, msg: TestSlow) -> Result<(), HandleError> {
     Ok(())
 }
 
+/// Calls of `test.Leak` this instance has seen (a static in linear memory).
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What `test.Leak` writes over its heap before it returns.
+const MARK: u8 = 0xA5;
+/// Heap `test.Leak` checks and marks: past the pages the pool keeps resident.
+const LEAK_HEAP: usize = 2 << 20;
+
+/// Fails if anything of an earlier message's instance is visible: a static
+/// counter not at zero, or a zeroed allocation holding the mark an earlier
+/// call left (a fresh memory hands out zeroed pages without writing them,
+/// so stale pages would show). Then leaves both behind for the next call.
+pub fn leak(_ctx: &mut Context, msg: TestLeak) -> Result<(), HandleError> {
+    let before = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if before != 0 {
+        return Err(HandleError::Reject(format!(
+            "test.Leak {}: the static counter reads {before}, not 0",
+            msg.n
+        )));
+    }
+    let mut heap = black_box(vec![0u8; LEAK_HEAP]);
+    if let Some(at) = heap.iter().position(|b| *b != 0) {
+        return Err(HandleError::Reject(format!(
+            "test.Leak {}: a fresh allocation holds {:#x} at byte {at}",
+            msg.n, heap[at]
+        )));
+    }
+    heap.fill(MARK);
+    black_box(&heap);
+    Ok(())
+}
+
 jasper_guest::handlers!(
-    ok, panic, spin, mem_bomb, reject, flaky, forward, flood, sink, blob, slow
+    ok, panic, spin, mem_bomb, reject, flaky, forward, flood, sink, blob, slow, leak
 );
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ build:
 
 test: plugins build
 	$(CARGO) test --release --no-fail-fast
-	$(CARGO) test --release -p orders -p audit
+	$(CARGO) test --release -p orders -p audit -p misbehave
 
 # The release profile for clippy too: its build scripts and proc macros are the
 # ones `make build` compiles, so lint and test share them.

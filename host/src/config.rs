@@ -114,6 +114,9 @@ pub struct HandlingConfig {
     pub keep_handled_ms: u64,
     /// Default 100.
     pub poll_interval_ms: u64,
+    /// Batches in hand at once: with 2 (the default) the next batch is
+    /// handled while the one before commits; 1 runs one batch at a time.
+    pub batches_in_flight: u32,
 }
 
 /// `[durability]`
@@ -214,6 +217,7 @@ impl Default for HandlingConfig {
             retry_delay_ms: 100,
             keep_handled_ms: 86_400_000,
             poll_interval_ms: 100,
+            batches_in_flight: 2,
         }
     }
 }
@@ -345,6 +349,12 @@ impl Config {
         at_least("handling.max_attempts", u64::from(h.max_attempts), 1)?;
         // Zero intervals would make timers spin (or panic in tokio).
         at_least("handling.poll_interval_ms", h.poll_interval_ms, 1)?;
+        if !(1..=8).contains(&h.batches_in_flight) {
+            return Err((
+                "handling.batches_in_flight",
+                format!("must be between 1 and 8, got {}", h.batches_in_flight),
+            ));
+        }
         let d = &self.durability;
         at_least("durability.heartbeat_ms", d.heartbeat_ms, 1)?;
         at_least("durability.cleanup_interval_ms", d.cleanup_interval_ms, 1)?;
@@ -537,6 +547,7 @@ max_attempts = 5
 retry_delay_ms = 7
 keep_handled_ms = 0
 poll_interval_ms = 20
+batches_in_flight = 1
 [durability]
 heartbeat_ms = 500
 stale_after_ms = 2000
@@ -581,6 +592,7 @@ max_connections = 8
                 retry_delay_ms: 7,
                 keep_handled_ms: 0,
                 poll_interval_ms: 20,
+                batches_in_flight: 1,
             },
             durability: DurabilityConfig {
                 heartbeat_ms: 500,
@@ -649,6 +661,14 @@ max_connections = 8
             ("[plugins]\nmemory_mb = 1", "plugins.memory_mb"),
             ("[plugins]\ndeadline_ms = 0", "plugins.deadline_ms"),
             ("[plugins]\nmax_in_flight = 0", "plugins.max_in_flight"),
+            (
+                "[handling]\nbatches_in_flight = 0",
+                "handling.batches_in_flight",
+            ),
+            (
+                "[handling]\nbatches_in_flight = 9",
+                "handling.batches_in_flight",
+            ),
             ("[plugins]\nmax_state_keys = 0", "plugins.max_state_keys"),
             ("[plugins]\nmax_state_bytes = 0", "plugins.max_state_bytes"),
             ("[plugins]\nmax_sends = 0", "plugins.max_sends"),

@@ -130,7 +130,6 @@ impl Host {
         }
         let worker = Worker {
             store: store.clone(),
-            runtime: runtime.clone(),
             plugins: plugins.clone(),
             config: config.handling.clone(),
             node_id,

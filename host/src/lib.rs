@@ -82,4 +82,5 @@ pub fn join_causes(parts: impl IntoIterator<Item = String>) -> String {
     out
 }
 pub use envelope::Envelope;
+pub use handling::BatchEvent;
 pub use host::Host;

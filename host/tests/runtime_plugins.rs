@@ -1,6 +1,8 @@
 //! The runtime against real plugins (built by `make plugins`): loading a
-//! folder with broken files, how each kind of misbehaviour ends a call, and
-//! the per-message bounds on what a handler makes the host hold.
+//! folder with broken files, how each kind of misbehaviour ends a call, the
+//! per-message bounds on what a handler makes the host hold, that nothing
+//! of one call's instance shows in the next, and that handlers run at once
+//! (calls of a batch, batches overlapping) end as if run one after another.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -367,5 +369,116 @@ async fn messages_past_a_bound_are_dead_lettered_at_once_and_the_rest_of_their_b
     .await;
     assert_eq!(again.error_kind, "limit", "{again:?}");
     assert!(state("flood/2/0").await.is_none());
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_sees_nothing_of_an_earlier_instance_even_with_calls_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    let rt = Arc::new(Runtime::new(&PluginsConfig::default()).unwrap());
+    let plugin = Arc::new(rt.load_plugin(&wasm("misbehave")).await.unwrap());
+    // test.Leak fails if its static counter is not 0 or a fresh allocation
+    // holds what an earlier call wrote; each call leaves both behind. Four
+    // at a time, so pool slots are reused by calls on other threads.
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let (rt, plugin, store) = (rt.clone(), plugin.clone(), store.clone());
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let body = serde_json::to_vec(&json!({"n": t * 100 + i})).unwrap();
+                    let mut env = Envelope::new("test.Leak", body);
+                    env.destination = Some("local://misbehave".into());
+                    let view =
+                        StateView::new(store.clone(), plugin.name.clone(), Default::default());
+                    let out = rt
+                        .handle(&plugin, &env, Arc::new(Default::default()), view)
+                        .await;
+                    assert!(out.result.is_ok(), "call {t}/{i}: {:?}", out.result);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// `count` messages `test.Slow` (no sleep) per tag, interleaved, in the
+/// inbox before a host with `config` starts; returns the host once all are
+/// handled.
+async fn slow_counts_handled(config: jasper_host::Config, tags: &[(u64, usize)]) -> Host {
+    let store = store::open(&config.storage).await.unwrap();
+    store.migrate().await.unwrap();
+    let longest = tags.iter().map(|t| t.1).max().unwrap_or(0);
+    let mut rows = Vec::new();
+    for i in 0..longest {
+        for (n, count) in tags {
+            if i < *count {
+                let body = serde_json::to_vec(&json!({"n": n, "ms": 0})).unwrap();
+                let mut env = Envelope::new("test.Slow", body);
+                env.destination = Some("local://misbehave".into());
+                rows.push(local_row(&env));
+            }
+        }
+    }
+    store.insert_incoming(&rows).await.unwrap();
+    let total = rows.len() as i64;
+    let host = Host::start(config).await.unwrap();
+    common::wait_for("every test.Slow handled", Duration::from_secs(60), || {
+        let store = host.store.clone();
+        async move {
+            store
+                .counts()
+                .await
+                .ok()
+                .filter(|c| c.handled == total && c.incoming == 0)
+        }
+    })
+    .await;
+    host
+}
+
+async fn slow_count(host: &Host, n: u64) -> u64 {
+    let v = host
+        .store
+        .read_state("misbehave", &format!("slow/{n}"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("slow/{n} never written"));
+    serde_json::from_slice(&v.value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_batch_run_at_once_and_a_shared_key_counts_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_with(dir.path(), &["misbehave"]);
+    config.handling.batch_size = 500;
+    // One batch: 80 messages adding one to slow/1, between 80 with keys of
+    // their own. Run at once, the slow/1 ones read what earlier ones of the
+    // batch wrote and are run again in batch order; the others are not.
+    let mut tags = vec![(1, 80)];
+    tags.extend((100..180).map(|n| (n, 1)));
+    let host = slow_counts_handled(config, &tags).await;
+    assert_eq!(slow_count(&host, 1).await, 80);
+    for n in 100..180 {
+        assert_eq!(slow_count(&host, n).await, 1, "slow/{n}");
+    }
+    let dead = host.store.dead_letters(10).await.unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_batches_on_one_hot_key_count_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_with(dir.path(), &["misbehave"]);
+    // 30 batches of 20 on one key, two in hand at a time: a batch handled
+    // while the one before commits reads a stale count, goes stale at its
+    // turn and runs again.
+    config.handling.batch_size = 20;
+    config.handling.batches_in_flight = 2;
+    let host = slow_counts_handled(config, &[(7, 600)]).await;
+    assert_eq!(slow_count(&host, 7).await, 600);
     host.shutdown().await.unwrap();
 }

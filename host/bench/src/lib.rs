@@ -93,27 +93,64 @@ pub async fn commit_probe(backend: &Backend, schema: &str, secs: f64) -> anyhow:
     }
 }
 
-/// Wait (polling, up to 600 s) until `store` counts `messages` handled rows;
-/// the error names `what` and how far it got.
+/// Wait (up to 600 s) until `messages` are handled by `hosts`: counted from
+/// the batches they announce as committed (no query, so the database does
+/// only the hosts' work), checked against the store's counts every 250 ms
+/// (for batches committed before the subscription). The error names `what`
+/// and how far it got.
 pub async fn wait_handled(
     store: &dyn MessageStore,
+    hosts: &[&jasper_host::Host],
     messages: usize,
     what: &str,
 ) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::broadcast::error::RecvError;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let more = Arc::new(tokio::sync::Notify::new());
+    let counters: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let (mut events, seen, more) = (h.subscribe(), Arc::clone(&seen), Arc::clone(&more));
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) => {
+                            seen.fetch_add(e.handled.len(), Ordering::Relaxed);
+                            more.notify_one();
+                        }
+                        // The store's counts catch up.
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            })
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let c = store.counts().await?;
-        if c.handled as usize >= messages {
-            return Ok(());
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    let result = loop {
+        tokio::select! {
+            _ = more.notified() => {}
+            _ = check.tick() => match store.counts().await {
+                Ok(c) => {
+                    seen.fetch_max(c.handled as usize, Ordering::Relaxed);
+                    if Instant::now() > deadline {
+                        break Err(anyhow::anyhow!("{what}: only {} of {messages} handled after 600 s", c.handled));
+                    }
+                }
+                Err(e) => break Err(e.into()),
+            },
         }
-        if Instant::now() > deadline {
-            bail!(
-                "{what}: only {} of {messages} handled after 600 s",
-                c.handled
-            );
+        if seen.load(Ordering::Relaxed) >= messages {
+            break Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for c in counters {
+        c.abort();
     }
+    result
 }
 
 /// `n` inbox rows for the no-op plugin, 200-byte bodies.
@@ -134,4 +171,75 @@ pub async fn insert_all(store: &dyn MessageStore, rows: &[NewIncoming]) -> anyho
         store.insert_incoming(chunk).await?;
     }
     Ok(())
+}
+
+/// A benchmark binary's `main`: `--help` (or `-h`) prints `usage`; the body
+/// runs on a multi-thread runtime; an error ends it as one plain line on
+/// stderr (the error and its causes, never a backtrace, even with
+/// RUST_BACKTRACE set) with exit status 1, a bad argument with status 2.
+pub fn run<F>(usage: &str, body: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let name = std::env::args()
+        .next()
+        .and_then(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "jasper-bench".into());
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<BadArgument>() => {
+            eprintln!("{name}: {e}\n{usage}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command-line argument a benchmark cannot use (exit status 2).
+#[derive(Debug)]
+pub struct BadArgument(pub String);
+
+impl std::fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgument {}
+
+/// A bad argument as an error for `?`.
+pub fn bad(message: impl Into<String>) -> anyhow::Error {
+    BadArgument(message.into()).into()
+}
+
+/// The value after `flag`, parsed; `what` says what it takes ("a count").
+pub fn value<T: std::str::FromStr>(
+    args: &mut impl Iterator<Item = String>,
+    flag: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let raw = args
+        .next()
+        .ok_or_else(|| bad(format!("{flag} needs a value: {what}")))?;
+    raw.parse()
+        .map_err(|_| bad(format!("{flag} {raw:?}: expected {what}")))
 }

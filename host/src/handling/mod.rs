@@ -30,6 +30,7 @@
 //! the others no attempt; the claim takes at most one such row at a time.
 
 pub(crate) mod parallel;
+mod pipeline;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn};
 use uuid::Uuid;
 
@@ -51,12 +52,13 @@ use crate::envelope::now_ms;
 use crate::envelope::{Envelope, local_row};
 #[cfg(test)]
 use crate::paused::now_ms;
-use crate::runtime::{CallError, Plugin, Plugins, Runtime};
+use crate::runtime::{CallError, Plugin, Plugins};
 use crate::store::{
     ClaimedRow, CommitBatch, DeadLetter, Fence, MessageStore, NewIncoming, RetryMark, StoreError,
 };
 use crate::transport::{Outgoing, Senders};
 use parallel::{Call, Calls};
+use pipeline::Pipeline;
 use policy::{Disposition, Failure, decide};
 
 /// What handling one row came to: what its handler sent, or why it failed.
@@ -132,7 +134,6 @@ pub struct BatchEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct Worker {
     pub store: Arc<dyn MessageStore>,
-    pub runtime: Arc<Runtime>,
     pub plugins: Arc<Plugins>,
     pub config: HandlingConfig,
     pub node_id: i64,
@@ -186,19 +187,29 @@ fn memory_rows(batch: Vec<Envelope>) -> Vec<ClaimedRow> {
 }
 
 impl Worker {
-    /// Claim, handle and commit until `shutdown` turns true. The batch in hand
-    /// is finished first.
+    /// Claim, handle and commit until `shutdown` turns true. The batches in
+    /// hand are finished first.
+    ///
+    /// Up to `handling.batches_in_flight` batches are in hand at once, so one is
+    /// handled while the one before commits; they commit in the order they
+    /// were claimed (a later batch that read what an earlier one wrote goes
+    /// stale and runs again after it, so state sees them in order). A batch
+    /// holding a row whose earlier claim ended without an outcome runs alone.
+    /// When batches keep going stale on each other (one hot key), they run
+    /// one at a time for a while.
     pub(crate) async fn run(
         self,
         mut shutdown: watch::Receiver<bool>,
         mut memory: mpsc::Receiver<Vec<Envelope>>,
     ) {
         let mut db_backoff = Backoff::new(DB_BACKOFF_BASE, DB_BACKOFF_MAX);
+        let pipeline = Arc::new(Pipeline::new(self.config.batches_in_flight));
         // A claim that failed may still have taken rows (its answer was
         // lost): they are handed back before the next claim.
         let mut claim_unknown = false;
         loop {
             if *shutdown.borrow() {
+                pipeline.drain().await;
                 return;
             }
             if let Ok(batch) = memory.try_recv() {
@@ -206,6 +217,8 @@ impl Worker {
                 continue;
             }
             if claim_unknown {
+                // Not the rows of batches in hand.
+                let _all = pipeline.drain().await;
                 match self.store.release_claimed(self.node_id).await {
                     Ok(n) => {
                         if n > 0 {
@@ -223,6 +236,8 @@ impl Worker {
                     }
                 }
             }
+            // A slot for the next batch before claiming it.
+            let slot = pipeline.slot().await;
             let now = now_ms();
             let rows = match self
                 .store
@@ -236,11 +251,13 @@ impl Worker {
                 Err(e) => {
                     error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
                     claim_unknown = true;
+                    drop(slot);
                     pause(&mut shutdown, db_backoff.next_delay()).await;
                     continue;
                 }
             };
             if rows.is_empty() {
+                drop(slot);
                 let wait = self.idle_wait(now).await;
                 tokio::select! {
                     _ = self.wake.notified() => {}
@@ -255,15 +272,34 @@ impl Worker {
             // while running them leaves the others committed.
             let (fresh, earlier): (Vec<_>, Vec<_>) =
                 rows.into_iter().partition(|r| r.attempts == 0);
-            let mut report = self.handle_batch(&fresh, true, &mut shutdown).await;
-            report.add(self.handle_batch(&earlier, true, &mut shutdown).await);
-            debug!(claimed = n, ?report, "batch committed");
+            if !earlier.is_empty() || !pipeline.on() {
+                drop(slot);
+                let _all = pipeline.drain().await;
+                let mut report = self.handle_batch(&fresh, true, &mut shutdown, None).await;
+                report.add(self.handle_batch(&earlier, true, &mut shutdown, None).await);
+                pipeline.saw(&report);
+                debug!(claimed = n, ?report, "batch committed");
+                continue;
+            }
+            let (turn, after) = pipeline.next_turn();
+            let worker = self.clone();
+            let mut shutdown = shutdown.clone();
+            let pipeline = Arc::clone(&pipeline);
+            tokio::spawn(async move {
+                let report = worker
+                    .handle_batch(&fresh, true, &mut shutdown, Some(after))
+                    .await;
+                pipeline.saw(&report);
+                debug!(claimed = n, ?report, "batch committed");
+                drop(turn);
+                drop(slot);
+            });
         }
     }
 
     async fn handle_memory(&self, batch: Vec<Envelope>, shutdown: &mut watch::Receiver<bool>) {
         let rows = memory_rows(batch);
-        let report = self.handle_batch(&rows, false, shutdown).await;
+        let report = self.handle_batch(&rows, false, shutdown, None).await;
         debug!(received = rows.len(), ?report, "in-memory batch committed");
     }
 
@@ -283,11 +319,14 @@ impl Worker {
     /// state and lost rows are retried with backoff until they succeed or
     /// shutdown; claimed rows stay owned by this node, so a crash leaves
     /// them to recovery.
+    /// `after` resolves when the batch claimed before this one has
+    /// committed: this one's commit waits for it.
     pub(crate) async fn handle_batch(
         &self,
         rows: &[ClaimedRow],
         persisted: bool,
         shutdown: &mut watch::Receiver<bool>,
+        mut after: Option<oneshot::Receiver<()>>,
     ) -> BatchReport {
         let mut rows: Cow<'_, [ClaimedRow]> = Cow::Borrowed(rows);
         let mut done = BatchReport::default();
@@ -301,7 +340,7 @@ impl Worker {
                 done.reruns += reruns;
                 let (first, second) = rows.split_at(rows.len() / 2);
                 for half in [first, second] {
-                    done.add(Box::pin(self.handle_batch(half, persisted, shutdown)).await);
+                    done.add(Box::pin(self.handle_batch(half, persisted, shutdown, None)).await);
                 }
                 return done;
             }
@@ -312,6 +351,10 @@ impl Worker {
                 self.run_rows(&rows, persisted).await
             };
             report.reruns = reruns;
+            if let Some(before) = after.take() {
+                // Dropped or sent: either way the batch before is done.
+                let _ = before.await;
+            }
             match self.commit(&commit, rows.len(), shutdown).await {
                 CommitEnd::Done => {
                     if report.sent > 0 || report.retried > 0 || report.deferred > 0 {
@@ -606,7 +649,12 @@ impl Worker {
 
     /// The plugin that handles `env`, or what the row comes to without a
     /// handler call.
-    fn handler_of(&self, row: &ClaimedRow, env: &Envelope, now: i64) -> Result<Arc<Plugin>, Outcome> {
+    fn handler_of(
+        &self,
+        row: &ClaimedRow,
+        env: &Envelope,
+        now: i64,
+    ) -> Result<Arc<Plugin>, Outcome> {
         if env.is_expired(now) {
             info!("expired before it was handled (deliver_by passed); discarded");
             return Err(Ok(Vec::new()));

@@ -62,11 +62,18 @@ impl Calls {
 
     /// Run `calls` (in batch order) and return their outcomes in that order
     /// with the batch's state.
-    pub(super) async fn run(&self, calls: Vec<Call>, router: &Arc<Router>) -> (Vec<Done>, BatchState) {
+    pub(super) async fn run(
+        &self,
+        calls: Vec<Call>,
+        router: &Arc<Router>,
+    ) -> (Vec<Done>, BatchState) {
         let mut batch = BatchState::default();
         let mut groups: BTreeMap<Arc<str>, Vec<Call>> = BTreeMap::new();
         for call in calls {
-            groups.entry(call.plugin.name.clone()).or_default().push(call);
+            groups
+                .entry(call.plugin.name.clone())
+                .or_default()
+                .push(call);
         }
         let runs = groups
             .into_values()
@@ -157,7 +164,12 @@ impl Calls {
     /// Every call of `group` failed with a host fault (retried without an
     /// attempt counted): a call's task ended without an outcome, and the
     /// group's state went with it.
-    fn all_failed(&self, group: &[Call], batch: &BatchState, fault: &str) -> (Vec<Done>, BatchState) {
+    fn all_failed(
+        &self,
+        group: &[Call],
+        batch: &BatchState,
+        fault: &str,
+    ) -> (Vec<Done>, BatchState) {
         warn!(error = %fault, calls = group.len(), "a handler call ended without an outcome; its plugin's messages of this batch run again");
         let done = group
             .iter()

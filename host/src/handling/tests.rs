@@ -84,7 +84,6 @@ impl Rig {
         let calls = Arc::new(Calls::new(runtime.clone(), store.clone(), 16));
         let worker = Worker {
             store: store.clone(),
-            runtime,
             plugins: Arc::new(plugins),
             config: HandlingConfig {
                 poll_interval_ms,

@@ -226,7 +226,11 @@ mod tests {
         let (fa, read_a) = a.finish(true);
         let (fb, read_b) = b.finish(true);
         assert_eq!(read_a, ["k".to_string()].into());
-        assert_eq!(read_b, ["k".to_string()].into(), "its own write is not a read");
+        assert_eq!(
+            read_b,
+            ["k".to_string()].into(),
+            "its own write is not a read"
+        );
         let mut batch = batch;
         batch.absorb(fa);
         assert!(!batch.wrote_any("p", &read_b));
@@ -236,6 +240,9 @@ mod tests {
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].key, "own");
         assert_eq!(checks.len(), 1);
-        assert_eq!((checks[0].key.as_str(), checks[0].expected_version), ("k", 1));
+        assert_eq!(
+            (checks[0].key.as_str(), checks[0].expected_version),
+            ("k", 1)
+        );
     }
 }

@@ -1,8 +1,12 @@
 //! `jasper-bench`: durable local-queue throughput with a no-op plugin on each
 //! backend asked for, in one run, each beside a commit-rate probe of the same
 //! database taken in the same run (the disk's fsync rate swings a lot here,
-//! so only ratios mean something), and the cost of the Wasm call alone
-//! (fresh pooled instance + call).
+//! so only ratios mean something), each backend run twice: one handler call
+//! and one batch at a time (`plugins.max_in_flight = 1`,
+//! `handling.batches_in_flight = 1`: the path before issue 11, the baseline)
+//! and with the defaults (calls on every core, the next batch handled while
+//! one commits), with their ratio; then the cost of the Wasm call alone
+//! (fresh pooled instance + call), one at a time and many at once.
 //!
 //! Usage: `jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql]`
 //! (`make bench` builds the plugin and runs it). Server URLs come from
@@ -13,13 +17,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use jasper_bench::{backend, commit_probe, insert_all, noop_rows, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
 use jasper_host::envelope::Envelope;
-use jasper_host::runtime::Runtime;
 use jasper_host::runtime::state_view::{BatchState, StateView};
+use jasper_host::runtime::{Plugin, Runtime};
 use jasper_host::store::{self, MessageStore};
 
 struct Args {
@@ -27,6 +31,9 @@ struct Args {
     noop: PathBuf,
     backends: Vec<String>,
 }
+
+const USAGE: &str =
+    "usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql]";
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -37,19 +44,19 @@ fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
-            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
+            "--messages" => a.messages = jasper_bench::value(&mut it, "--messages", "a count")?,
+            "--noop" => a.noop = jasper_bench::value::<String>(&mut it, "--noop", "a path")?.into(),
             "--backends" => {
-                a.backends = it
-                    .next()
-                    .context("--backends sqlite,postgres,mysql")?
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
+                a.backends = jasper_bench::value::<String>(
+                    &mut it,
+                    "--backends",
+                    "a list like sqlite,postgres,mysql",
+                )?
+                .split(',')
+                .map(str::to_string)
+                .collect()
             }
-            other => bail!(
-                "unknown argument {other}; usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql]"
-            ),
+            other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
     }
     if !a.noop.exists() {
@@ -67,7 +74,31 @@ struct Figures {
     handled: f64,
 }
 
-async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> {
+/// How a host runs its handlers: one call and one batch at a time (the
+/// path before issue 11, kept as the baseline), or the defaults.
+#[derive(Clone, Copy)]
+enum Mode {
+    OneAtATime,
+    EveryCore,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::OneAtATime => "one call, one batch at a time",
+            Mode::EveryCore => "every core (defaults)",
+        }
+    }
+
+    fn apply(self, config: &mut Config) {
+        if let Mode::OneAtATime = self {
+            config.plugins.max_in_flight = 1;
+            config.handling.batches_in_flight = 1;
+        }
+    }
+}
+
+async fn run_backend(a: &Args, name: &str, mode: Mode) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins)?;
@@ -78,6 +109,7 @@ async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> 
     config.plugins.dir = plugins;
     config.handling.batch_size = 500;
     config.handling.poll_interval_ms = 10;
+    mode.apply(&mut config);
 
     let probe_before = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
     let store = store::open(&config.storage).await?;
@@ -89,63 +121,90 @@ async fn run_backend(a: &Args, name: &str) -> anyhow::Result<(Figures, Config)> 
 
     let t = Instant::now();
     let host = Host::start(config.clone()).await?;
-    wait_handled(&*store, a.messages, name).await?;
+    wait_handled(&*store, &[&host], a.messages, name).await?;
     let handled = a.messages as f64 / t.elapsed().as_secs_f64();
     host.shutdown().await?;
     store.drop_all().await?;
     let probe_after = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
+    let probe = (probe_before + probe_after) / 2.0;
     println!(
-        "  {name:<9} commit probe {probe_before:>6.0} /s before, {probe_after:>6.0} /s after; enqueue {enqueue:>7.0} msgs/s; handled {handled:>6.0} msgs/s = {:.1}x its commit probe",
-        handled / ((probe_before + probe_after) / 2.0)
+        "  {name:<9} {:<30} handled {handled:>7.0} msgs/s = {:>5.1}x its commit probe ({probe_before:.0} /s before, {probe_after:.0} /s after); enqueue {enqueue:.0} msgs/s",
+        mode.label(),
+        handled / probe
     );
-    Ok((
-        Figures {
-            probe: (probe_before + probe_after) / 2.0,
-            enqueue,
-            handled,
-        },
-        config,
-    ))
+    Ok(Figures {
+        probe,
+        enqueue,
+        handled,
+    })
 }
 
-/// The Wasm call alone: fresh pooled instance + call of the no-op handler.
-async fn wasm_call_us(config: &Config, store: Arc<dyn MessageStore>) -> anyhow::Result<f64> {
-    let runtime = Arc::new(Runtime::new(&config.plugins)?);
-    let plugin = runtime
-        .load_plugin(&config.plugins.dir.join("noop.wasm"))
-        .await?;
+/// The Wasm call alone: fresh pooled instance + call of the no-op handler,
+/// `calls` in all, `at_once` of them running at a time (each on its own
+/// task, so on every core). Returns the wall time per call in us.
+async fn wasm_call_us(
+    runtime: &Arc<Runtime>,
+    plugin: &Arc<Plugin>,
+    store: &Arc<dyn MessageStore>,
+    calls: usize,
+    at_once: usize,
+) -> anyhow::Result<f64> {
     let mut env = Envelope::new("bench.Noop", b"{\"pad\":\"x\"}".to_vec());
     env.destination = Some("local://noop".into());
-    let router = Arc::new(Default::default());
-    let calls = 20_000;
-    let mut state = BatchState::default();
+    let env = Arc::new(env);
     let t = Instant::now();
-    for _ in 0..calls {
-        let view = StateView::new(store.clone(), plugin.name.clone(), state);
-        let out = runtime
-            .handle(&plugin, &env, Arc::clone(&router), view)
-            .await;
-        state = out.state;
-        if let Err(e) = out.result {
-            bail!("noop handler failed: {e:?}");
-        }
+    let mut tasks = Vec::new();
+    for _ in 0..at_once {
+        let (runtime, plugin, store, env) = (
+            Arc::clone(runtime),
+            Arc::clone(plugin),
+            Arc::clone(store),
+            Arc::clone(&env),
+        );
+        let router = Arc::new(Default::default());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..calls / at_once {
+                let view =
+                    StateView::new(store.clone(), plugin.name.clone(), BatchState::default());
+                let out = runtime
+                    .handle(&plugin, &env, Arc::clone(&router), view)
+                    .await;
+                if let Err(e) = out.result {
+                    bail!("noop handler failed: {e:?}");
+                }
+            }
+            Ok(())
+        }));
     }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / calls as f64)
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / (calls / at_once * at_once) as f64)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    jasper_bench::run(USAGE, bench)
+}
+
+async fn bench() -> anyhow::Result<()> {
     let a = args()?;
     println!(
-        "jasper-bench: {} messages of 200 bytes per backend, no-op plugin, batch 500",
+        "jasper-bench: {} messages of 200 bytes per backend and mode, no-op plugin, batch 500",
         a.messages
     );
     let mut results = Vec::new();
     for name in &a.backends {
-        results.push((name.clone(), run_backend(&a, name).await?));
+        let base = run_backend(&a, name, Mode::OneAtATime).await?;
+        let every = run_backend(&a, name, Mode::EveryCore).await?;
+        println!(
+            "  {name:<9} every core / one at a time: {:.2}x the throughput ({:.2}x per commit of the probe)",
+            every.handled / base.handled,
+            (every.handled / every.probe) / (base.handled / base.probe),
+        );
+        results.push((name.clone(), every));
     }
-    if let Some((_, (first, _))) = results.first() {
-        for (name, (f, _)) in &results[1..] {
+    if let Some((_, first)) = results.first() {
+        for (name, f) in &results[1..] {
             println!(
                 "  {name} / {}: {:.2}x the throughput (commit probes {:.2}x, enqueue {:.2}x)",
                 a.backends[0],
@@ -157,20 +216,30 @@ async fn main() -> anyhow::Result<()> {
     }
     // The call cost, against a throwaway SQLite store (the no-op reads no state).
     let dir = tempfile::tempdir()?;
-    let mut config = Config::for_dir(dir.path());
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins)?;
-    std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
-    config.plugins.dir = plugins;
+    let config = Config::for_dir(dir.path());
     let store = store::open(&config.storage).await?;
-    let us = wasm_call_us(&config, store).await?;
+    let runtime = Arc::new(Runtime::new(&config.plugins)?);
+    let plugin = Arc::new(runtime.load_plugin(&a.noop).await?);
+    let calls = 20_000;
+    let one = wasm_call_us(&runtime, &plugin, &store, calls, 1).await?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let many = wasm_call_us(
+        &runtime,
+        &plugin,
+        &store,
+        calls,
+        config.plugins.max_in_flight,
+    )
+    .await?;
     let best = results
         .iter()
-        .map(|(_, (f, _))| f.handled)
+        .map(|(_, f)| f.handled)
         .fold(0.0_f64, f64::max);
     println!(
-        "  wasm call alone (fresh instance + call): {us:.1} us/msg = {:.0}% of the per-message time at the best throughput above",
-        us / (1e6 / best) * 100.0
+        "  wasm call alone (fresh instance + call): {one:.1} us/msg one at a time; {many:.1} us/msg wall with {} at once on {cores} cores = {:.2}x the calls per second; one call is {:.0}% of the per-message time at the best throughput above",
+        config.plugins.max_in_flight,
+        one / many,
+        one / (1e6 / best) * 100.0
     );
     Ok(())
 }

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use jasper_bench::{backend, commit_probe, insert_all, noop_rows, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
@@ -37,23 +37,26 @@ fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
-            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
-            "--backend" => a.backend = it.next().context("--backend postgres|mysql")?,
+            "--messages" => a.messages = jasper_bench::value(&mut it, "--messages", "a count")?,
+            "--noop" => a.noop = jasper_bench::value::<String>(&mut it, "--noop", "a path")?.into(),
+            "--backend" => {
+                a.backend = jasper_bench::value::<String>(&mut it, "--backend", "postgres|mysql")?
+            }
             "--hosts" => {
-                a.hosts = it
-                    .next()
-                    .context("--hosts 1,2,3")?
+                let raw: String = jasper_bench::value(&mut it, "--hosts", "counts like 1,2,3")?;
+                a.hosts = raw
                     .split(',')
                     .map(str::parse)
                     .collect::<Result<_, _>>()
-                    .context("--hosts takes counts like 1,2,3")?
+                    .map_err(|_| {
+                        jasper_bench::bad(format!("--hosts {raw:?}: expected counts like 1,2,3"))
+                    })?
             }
-            other => bail!("unknown argument {other}; {USAGE}"),
+            other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
     }
     if a.hosts.contains(&0) {
-        bail!("--hosts: a run needs at least one host; {USAGE}");
+        return Err(jasper_bench::bad("--hosts: a run needs at least one host"));
     }
     if !a.noop.exists() {
         bail!(
@@ -77,7 +80,8 @@ async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
         c.node.name = format!("bench-{i}");
         running.push(Host::start(c).await?);
     }
-    wait_handled(&*store, a.messages, &format!("{hosts} host(s)")).await?;
+    let all: Vec<&Host> = running.iter().collect();
+    wait_handled(&*store, &all, a.messages, &format!("{hosts} host(s)")).await?;
     let rate = a.messages as f64 / t.elapsed().as_secs_f64();
     for h in running {
         h.shutdown().await?;
@@ -86,8 +90,11 @@ async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    jasper_bench::run(USAGE, bench)
+}
+
+async fn bench() -> anyhow::Result<()> {
     let a = args()?;
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");

@@ -27,6 +27,8 @@ struct Args {
     url: String,
 }
 
+const USAGE: &str = "usage: jasper-rabbit-bench [--messages N] [--noop PATH] [--url AMQP_URL]";
+
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         messages: 20_000,
@@ -36,12 +38,10 @@ fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
-            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
-            "--url" => a.url = it.next().context("--url AMQP_URL")?,
-            other => bail!(
-                "unknown argument {other}; usage: jasper-rabbit-bench [--messages N] [--noop PATH] [--url AMQP_URL]"
-            ),
+            "--messages" => a.messages = jasper_bench::value(&mut it, "--messages", "a count")?,
+            "--noop" => a.noop = jasper_bench::value::<String>(&mut it, "--noop", "a path")?.into(),
+            "--url" => a.url = jasper_bench::value::<String>(&mut it, "--url", "AMQP_URL")?,
+            other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
     }
     if !a.noop.exists() {
@@ -140,8 +140,11 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
     Ok(rate)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    jasper_bench::run(USAGE, bench)
+}
+
+async fn bench() -> anyhow::Result<()> {
     let a = args()?;
     // Logs to stderr, `RUST_LOG` (default warn), to see what a slow run did.
     tracing_subscriber::fmt()

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use jasper_host::Host;
 use jasper_host::address::Destination;
 use jasper_host::config::{Config, ListenConfig, RouteConfig};
@@ -36,6 +36,8 @@ struct Args {
     noop: PathBuf,
 }
 
+const USAGE: &str = "usage: jasper-tcp-bench [--messages N] [--rate R] [--seconds S] [--noop PATH]";
+
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         messages: 20_000,
@@ -46,13 +48,11 @@ fn args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--messages" => a.messages = it.next().context("--messages N")?.parse()?,
-            "--rate" => a.rate = it.next().context("--rate R")?.parse()?,
-            "--seconds" => a.seconds = it.next().context("--seconds S")?.parse()?,
-            "--noop" => a.noop = it.next().context("--noop PATH")?.into(),
-            other => bail!(
-                "unknown argument {other}; usage: jasper-tcp-bench [--messages N] [--rate R] [--seconds S] [--noop PATH]"
-            ),
+            "--messages" => a.messages = jasper_bench::value(&mut it, "--messages", "a count")?,
+            "--rate" => a.rate = jasper_bench::value(&mut it, "--rate", "a rate per second")?,
+            "--seconds" => a.seconds = jasper_bench::value(&mut it, "--seconds", "seconds")?,
+            "--noop" => a.noop = jasper_bench::value::<String>(&mut it, "--noop", "a path")?.into(),
+            other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
     }
     if !a.noop.exists() {
@@ -249,8 +249,11 @@ async fn latency(args: &Args, scheme: &str) -> anyhow::Result<(f64, f64, f64, f6
     Ok((offered, pct(0.5), pct(0.99), lat[lat.len() - 1]))
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    jasper_bench::run(USAGE, bench)
+}
+
+async fn bench() -> anyhow::Result<()> {
     let a = args()?;
     // Logs to stderr, `RUST_LOG` (default warn), to see what a slow run did.
     tracing_subscriber::fmt()

@@ -269,6 +269,22 @@ mod tests {
     use jasper_guest::testing::TestContext;
 
     #[test]
+    fn leak_sees_what_an_earlier_call_in_the_same_instance_left() {
+        // Natively every call shares one process, as calls on one reused
+        // instance would: the second call must see the first's counter.
+        let mut ctx = TestContext::new();
+        ctx.deliver_raw(&HANDLERS, "test.Leak", br#"{"n":1}"#)
+            .unwrap();
+        let err = ctx
+            .deliver_raw(&HANDLERS, "test.Leak", br#"{"n":2}"#)
+            .unwrap_err();
+        assert!(
+            matches!(&err, HandleError::Reject(m) if m.contains("static counter reads 1")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn flaky_fails_then_records_attempts() {
         let mut ctx = TestContext::new();
         let body = br#"{"n":7,"fail_times":2}"#;

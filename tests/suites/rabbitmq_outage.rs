@@ -68,10 +68,15 @@ async fn broker_stopped_ten_seconds_then_back_loses_nothing() {
         pa_down.get("PlaceOrder", "handled"),
         pa_down.outgoing
     );
-    assert!(
-        pb_down.of_type("OrderPlaced") < BEFORE as i64,
-        "B had received every order sent so far before the outage: {pb_down:?}"
-    );
+    // Whether orders of the first part were still in flight when the broker
+    // went depends on the hosts' speed against `rabbitmqctl stop_app`'s
+    // (fast hosts drain 7,500 orders before it returns); the orders sent
+    // during the outage below are in flight either way.
+    if pb_down.of_type("OrderPlaced") >= BEFORE as i64 {
+        println!(
+            "[outage] every order of the first part had reached B before the broker stopped; only those sent during the outage are in flight"
+        );
+    }
     // The stream goes on: the rest reaches A during the outage.
     pair.a
         .send_file("PlaceOrder", &bodies(BEFORE..N))

@@ -82,8 +82,8 @@ pub struct PluginsConfig {
     pub deadline_ms: u64,
     /// Fuel per message, 0 = off (default).
     pub fuel: u64,
-    /// Sizes the instance pool (slots = 2 x this + 8, at most 1000), default 16.
-    /// Not a concurrency limit: the worker runs one handler at a time.
+    /// Handler calls at once (the calls of a batch run on every core), default
+    /// 16; also sizes the instance pool (slots = 2 x this + 8, at most 1000).
     pub max_in_flight: usize,
     /// Most distinct state keys one handling may write (put or delete),
     /// default 1000. Past it (and past the three below) the message goes

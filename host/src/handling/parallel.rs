@@ -102,13 +102,12 @@ impl Calls {
         let mut done = Vec::with_capacity(group.len());
         if group.len() == 1 || self.serial_now(&name) {
             for call in &group {
-                let out = self.call(call, state, router).await;
-                match out {
-                    Ok(out) => {
-                        state = out.state;
-                        done.push((call.index, out.result.map(|()| out.sent)));
+                match self.after(call, state, router).await {
+                    Ok((d, next)) => {
+                        state = next;
+                        done.push(d);
                     }
-                    Err(fault) => return self.all_failed(&group, batch, &fault),
+                    Err(fault) => return all_failed(&group, batch, &fault),
                 }
             }
             return (done, state);
@@ -122,18 +121,18 @@ impl Calls {
         for (call, run) in group.iter().zip(runs) {
             let out = match run.await {
                 Ok(out) => out,
-                Err(e) => return self.all_failed(&group, batch, &task_fault(&e)),
+                Err(e) => return all_failed(&group, batch, &task_fault(&e)),
             };
             if state.wrote_any(&name, &out.read) {
                 // It read what an earlier message of the batch wrote: run it
                 // again on the batch's state so far.
                 collided += 1;
-                match self.call(call, state, router).await {
-                    Ok(again) => {
-                        state = again.state;
-                        done.push((call.index, again.result.map(|()| again.sent)));
+                match self.after(call, state, router).await {
+                    Ok((d, next)) => {
+                        state = next;
+                        done.push(d);
                     }
-                    Err(fault) => return self.all_failed(&group, batch, &fault),
+                    Err(fault) => return all_failed(&group, batch, &fault),
                 }
             } else {
                 state.absorb(out.state);
@@ -161,32 +160,19 @@ impl Calls {
         }
     }
 
-    /// Every call of `group` failed with a host fault (retried without an
-    /// attempt counted): a call's task ended without an outcome, and the
-    /// group's state went with it.
-    fn all_failed(
-        &self,
-        group: &[Call],
-        batch: &BatchState,
-        fault: &str,
-    ) -> (Vec<Done>, BatchState) {
-        warn!(error = %fault, calls = group.len(), "a handler call ended without an outcome; its plugin's messages of this batch run again");
-        let done = group
-            .iter()
-            .map(|c| (c.index, Err(CallError::HostFault(fault.to_string()))))
-            .collect();
-        (done, batch.fork())
-    }
-
-    async fn call(
+    /// Run `call` on `state` (the batch's so far) and return its outcome
+    /// with the state it leaves; `Err` when its task ended without one.
+    async fn after(
         &self,
         call: &Call,
         state: BatchState,
         router: &Arc<Router>,
-    ) -> Result<CallOutcome, String> {
-        self.spawn(call, state, router)
+    ) -> Result<(Done, BatchState), String> {
+        let out = self
+            .spawn(call, state, router)
             .await
-            .map_err(|e| task_fault(&e))
+            .map_err(|e| task_fault(&e))?;
+        Ok(((call.index, out.result.map(|()| out.sent)), out.state))
     }
 
     /// Start `call` on its own task (any core), once a permit is free.
@@ -211,6 +197,18 @@ impl Calls {
             .instrument(call.span.clone()),
         )
     }
+}
+
+/// Every call of `group` failed with a host fault (retried without an
+/// attempt counted): a call's task ended without an outcome, and the
+/// group's state went with it.
+fn all_failed(group: &[Call], batch: &BatchState, fault: &str) -> (Vec<Done>, BatchState) {
+    warn!(error = %fault, calls = group.len(), "a handler call ended without an outcome; its plugin's messages of this batch run again");
+    let done = group
+        .iter()
+        .map(|c| (c.index, Err(CallError::HostFault(fault.to_string()))))
+        .collect();
+    (done, batch.fork())
 }
 
 fn task_fault(e: &tokio::task::JoinError) -> String {

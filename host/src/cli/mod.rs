@@ -3,6 +3,7 @@
 //! named; `main` prints them and exits non-zero.
 
 mod dead_letters;
+mod new;
 mod plugins;
 mod send;
 mod storage;
@@ -63,6 +64,9 @@ pub enum Command {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
     },
+    /// Make a new handler crate NAME: Cargo.toml, a handler with native
+    /// tests, and a jasper.toml to run it with (then follow the printed steps).
+    New(new::NewArgs),
     /// Inspect plugins.
     Plugins {
         #[command(subcommand)]
@@ -78,6 +82,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Storage { command } => storage::run(command).await,
         Command::DeadLetters { command } => dead_letters::run(command).await,
         Command::Plugins { command } => plugins::run(command).await,
+        Command::New(a) => new::new(&a),
     }
 }
 

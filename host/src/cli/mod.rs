@@ -5,6 +5,8 @@
 mod dead_letters;
 mod plugins;
 mod send;
+mod shown;
+mod state;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +60,7 @@ pub enum Command {
         #[command(subcommand)]
         command: storage::StorageCommand,
     },
-    /// List, replay or purge dead letters.
+    /// List, show, replay or purge dead letters.
     DeadLetters {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
@@ -67,6 +69,11 @@ pub enum Command {
     Plugins {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
+    },
+    /// Read handlers' committed state as JSON (get one key, list keys).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
 }
 
@@ -78,6 +85,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Storage { command } => storage::run(command).await,
         Command::DeadLetters { command } => dead_letters::run(command).await,
         Command::Plugins { command } => plugins::run(command).await,
+        Command::State { command } => state::run(command).await,
     }
 }
 

@@ -28,8 +28,8 @@ use uuid::Uuid;
 use crate::config::{Backend, StorageConfig};
 use crate::store::{
     Admin, ClaimedRow, CommitBatch, Counts, DeadLetter, DeadLetters, GroupCommit, Inbox,
-    InsertReport, MessageStore, NewIncoming, Nodes, Outbox, OutgoingRow, Selection, StateReader,
-    StateValue, StoreResult,
+    InsertReport, MessageStore, NewIncoming, Nodes, Outbox, OutgoingRow, Selection, StateEntry,
+    StateListing, StateReader, StateValue, StoreResult,
 };
 
 thread_local! {
@@ -161,6 +161,19 @@ impl StateReader for Frozen {
 }
 
 #[async_trait]
+impl StateListing for Frozen {
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>> {
+        let _hold = hold();
+        self.inner.list_state(plugin, prefix, limit).await
+    }
+}
+
+#[async_trait]
 impl Outbox for Frozen {
     async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>> {
         let _hold = hold();
@@ -177,6 +190,10 @@ impl DeadLetters for Frozen {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         let _hold = hold();
         self.inner.dead_letters(limit).await
+    }
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>> {
+        let _hold = hold();
+        self.inner.dead_letter(id).await
     }
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {
         let _hold = hold();

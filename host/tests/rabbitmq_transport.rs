@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{config_with, state_u64, wait_for};
 use futures::StreamExt;
 use jasper_host::config::{BindingConfig, ListenConfig, RouteConfig};
+use jasper_host::store::Selection;
 use jasper_host::{Config, Host};
 
 fn config(dir: &std::path::Path, plugins: &[&str]) -> Config {
@@ -284,12 +285,25 @@ async fn untyped_and_unknown_messages_are_dead_lettered_with_the_reason() {
     let unknown = dead.iter().find(|d| d.message_type == "Nobody").unwrap();
     assert!(unknown.error_message.contains("Nobody"), "{unknown:?}");
     assert_eq!(unknown.received_at, format!("rabbitmq://queue/{queue}"));
+    // A replay of a message without a type could only fail again; one no
+    // plugin handled may pass once a plugin is loaded.
+    assert!(!untyped.replayable, "{untyped:?}");
+    assert!(unknown.replayable, "{unknown:?}");
     // Acknowledged, so not redelivered: the queue is empty.
     wait_for("the queue drained", Duration::from_secs(10), || async {
         (client.queue_len(&queue).await == Some(0)).then_some(())
     })
     .await;
     assert_eq!(host.store.dead_letters(10).await.unwrap().len(), 2);
+    let replay_untyped = Selection::Ids(vec![untyped.id]);
+    assert_eq!(
+        host.store
+            .replay_dead_letters(&replay_untyped)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(host.store.dead_letter(untyped.id).await.unwrap().is_some());
     host.shutdown().await.unwrap();
     client.drop_all().await;
 }

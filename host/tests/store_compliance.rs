@@ -147,6 +147,8 @@ compliance!(
     migrate_is_idempotent_and_safe_when_two_hosts_start_together,
     a_missing_schema_is_named_with_the_command_that_creates_it,
     two_nodes_claiming_at_once_never_take_the_same_row,
+    state_lists_in_byte_order_and_a_prefix_matches_literally,
+    a_dead_letter_is_found_by_id_with_its_body,
 );
 
 fn row(dest: &str) -> NewIncoming {
@@ -712,4 +714,124 @@ async fn two_nodes_claiming_at_once_never_take_the_same_row(kind: Kind) {
     all.dedup();
     assert_eq!(n, all.len(), "a row was claimed by both nodes");
     assert_eq!(n, 600, "every row claimed once ({} + {})", a.len(), b.len());
+}
+
+/// `state list`: one plugin's keys only, in byte order on every backend
+/// (PostgreSQL's collation aside), under a prefix taken literally (`%`, `_`
+/// and `\\` are no wildcards, case counts), at most `limit` of them.
+async fn state_lists_in_byte_order_and_a_prefix_matches_literally(kind: Kind) {
+    let s = open(kind).await;
+    let keys = ["b", "a", "A", "a%", "a_b", "ab", "a\\x", "aé", "a%z"];
+    let mut writes: Vec<StateWrite> = keys
+        .iter()
+        .map(|k| StateWrite {
+            plugin: "p".into(),
+            key: (*k).into(),
+            value: Some(format!("\"{k}\"").into_bytes()),
+            expected_version: None,
+        })
+        .collect();
+    writes.push(StateWrite {
+        plugin: "q".into(),
+        key: "a".into(),
+        value: Some(b"other".to_vec()),
+        expected_version: None,
+    });
+    s.commit(&CommitBatch {
+        state_writes: writes,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A second version of one key.
+    s.commit(&CommitBatch {
+        state_writes: vec![blind_write("ab")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let listed = |prefix: &'static str, limit: usize| {
+        let s = &s;
+        async move {
+            s.list_state("p", prefix, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed("", 100).await,
+        ["A", "a", "a%", "a%z", "a\\x", "a_b", "ab", "aé", "b"],
+        "every key of p, byte-wise"
+    );
+    assert_eq!(
+        listed("a", 100).await,
+        ["a", "a%", "a%z", "a\\x", "a_b", "ab", "aé"]
+    );
+    assert_eq!(listed("a%", 100).await, ["a%", "a%z"], "% is literal");
+    assert_eq!(listed("a_", 100).await, ["a_b"], "_ is literal");
+    assert_eq!(listed("a\\", 100).await, ["a\\x"], "\\ is literal");
+    assert_eq!(listed("aé", 100).await, ["aé"]);
+    assert!(listed("c", 100).await.is_empty());
+    assert!(listed("ab_", 100).await.is_empty());
+    assert_eq!(listed("a", 2).await, ["a", "a%"], "the first `limit` keys");
+
+    let all = s.list_state("p", "a_", 10).await.unwrap();
+    assert_eq!(
+        (all[0].value.as_slice(), all[0].version),
+        (&b"\"a_b\""[..], 1)
+    );
+    let ab = s.list_state("p", "ab", 10).await.unwrap();
+    assert_eq!((ab[0].key.as_str(), ab[0].version), ("ab", 2));
+    let q = s.list_state("q", "", 10).await.unwrap();
+    assert_eq!(q.len(), 1, "only q's keys: {q:?}");
+    assert_eq!(q[0].value, b"other");
+    assert!(s.list_state("none", "", 10).await.unwrap().is_empty());
+}
+
+/// `dead-letters show`: one dead letter by id, with the stored envelope
+/// byte for byte; an unknown id is `None`.
+async fn a_dead_letter_is_found_by_id_with_its_body(kind: Kind) {
+    let s = open(kind).await;
+    let (a, b) = (row("local://a"), row("local://a"));
+    let dead = |r: &NewIncoming, replayable| DeadLetter {
+        id: r.id,
+        message_type: "T".into(),
+        received_at: "local://a".into(),
+        source: Some("src".into()),
+        error_kind: "bad-message".into(),
+        error_message: "why".into(),
+        failed_at: 5,
+        attempts: 0,
+        replayable,
+        body: r.body.clone(),
+    };
+    s.commit(&CommitBatch {
+        dead_letters: vec![dead(&a, true), dead(&b, false)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = s.dead_letter(b.id).await.unwrap().unwrap();
+    assert_eq!(got.id, b.id);
+    assert_eq!(got.body, b.body, "the stored envelope, byte for byte");
+    assert_eq!(
+        (
+            got.error_kind.as_str(),
+            got.replayable,
+            got.source.as_deref()
+        ),
+        ("bad-message", false, Some("src"))
+    );
+    assert!(s.dead_letter(Uuid::now_v7()).await.unwrap().is_none());
+    // A dead letter that is not replayable stays through a replay of it.
+    assert_eq!(
+        s.replay_dead_letters(&Selection::Ids(vec![b.id]))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(s.dead_letter(b.id).await.unwrap().is_some());
 }

@@ -10,6 +10,8 @@
 //! - The publishing host SIGKILLed twice with unconfirmed rows in its
 //!   outgoing table: every OrderPlaced arrives, the receiver handles each once.
 //! - A poison message: dead-lettered after `max_attempts`, the rest handled.
+//! - A message with no type: dead-lettered at receipt, not replayable (a
+//!   replay could only fail again), its body shown by `dead-letters list`.
 //! - A broker that hangs (both hosts behind a proxy that freezes): SIGTERM
 //!   stops them at once, and their next runs deliver every order once.
 //!
@@ -601,6 +603,80 @@ async fn a_poison_message_dead_letters_after_the_configured_attempts() {
     );
     assert_eq!(amqp.queue_info(&queue).await.unwrap(), Some((0, 1)));
     host.assert_alive("after the poison");
+    let st = host.stop();
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+    amqp.cleanup().await.unwrap();
+}
+
+/// A plain client's message with no type (no `type` property, no
+/// `message-type` header) can never be handled: it is dead-lettered at
+/// receipt as `bad-message` and not replayable, since a replay would only
+/// send the same typeless message round again; `dead-letters replay` leaves
+/// it where it is and says it replayed nothing. Its body is kept, and
+/// `dead-letters list --json` shows it (as text: it is not JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typeless_message_is_dead_lettered_as_not_replayable() {
+    let amqp = Amqp::connect().await;
+    let queue = unique_name("e2e-typeless");
+    amqp.own_queue(&queue);
+    let host = TestHost::new(&["misbehave"], common("t").listen(queue_uri(&queue)));
+    let db = host.db();
+    spawn_consuming(&host, &queue).await;
+    let typeless = lapin::BasicProperties::default()
+        .with_message_id("typeless-1".into())
+        .with_delivery_mode(2);
+    assert_eq!(
+        amqp.publish_to_queue(&queue, [(typeless, b"plain words".to_vec())])
+            .await,
+        1
+    );
+    host.wait_for(
+        "the typeless message in dead letters",
+        Duration::from_secs(60),
+        || db.progress(),
+        |p| p.dead_letters == 1,
+    )
+    .await;
+
+    let listed = |host: &TestHost| {
+        let out = host.cli(&["dead-letters", "list"], &["--json"]);
+        out.assert_success();
+        serde_json::from_str::<serde_json::Value>(out.stdout.trim()).unwrap()
+    };
+    let before = listed(&host);
+    let d = &before[0];
+    assert_eq!(before.as_array().map(Vec::len), Some(1), "{before}");
+    assert_eq!(d["error_kind"], "bad-message", "{d}");
+    assert_eq!(d["message_type"], "", "{d}");
+    assert_eq!(d["replayable"], false, "{d}");
+    assert!(
+        d["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no type")),
+        "{d}"
+    );
+    assert_eq!(d["message"]["body_encoding"], "text", "{d}");
+    assert_eq!(d["message"]["body"], "plain words", "{d}");
+
+    let id = d["id"].as_str().unwrap();
+    for selection in [&[][..], &["--id", id][..]] {
+        let out = host.cli(&["dead-letters", "replay"], selection);
+        out.assert_success();
+        assert!(
+            out.stdout.contains("replayed 0 dead letter(s)"),
+            "{selection:?}: {}",
+            out.stdout
+        );
+        assert_eq!(listed(&host), before, "still in dead letters, unchanged");
+    }
+    let p = db.progress().await.unwrap();
+    assert_eq!(
+        (p.dead_letters, p.incoming.values().sum::<i64>()),
+        (1, 0),
+        "nothing went back into the inbox: {p:?}"
+    );
+    host.assert_alive("after the typeless message");
     let st = host.stop();
     assert!(st.success(), "exit status after SIGTERM: {st}");
     assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));

@@ -6,6 +6,8 @@ mod dead_letters;
 mod new;
 mod plugins;
 mod send;
+mod shown;
+mod state;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -59,7 +61,7 @@ pub enum Command {
         #[command(subcommand)]
         command: storage::StorageCommand,
     },
-    /// List, replay or purge dead letters.
+    /// List, show, replay or purge dead letters.
     DeadLetters {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
@@ -72,6 +74,11 @@ pub enum Command {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
     },
+    /// Read handlers' committed state as JSON (get one key, list keys).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
+    },
 }
 
 /// Run one parsed command.
@@ -83,6 +90,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters { command } => dead_letters::run(command).await,
         Command::Plugins { command } => plugins::run(command).await,
         Command::New(a) => new::new(&a),
+        Command::State { command } => state::run(command).await,
     }
 }
 

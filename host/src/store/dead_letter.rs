@@ -34,7 +34,8 @@ pub enum DeadLetterKind {
     Host,
     /// No loaded plugin handles the message (or the named queue).
     NoHandler,
-    /// The message cannot be read: undecodable envelope, or no type.
+    /// The message cannot be read: undecodable envelope, or no type. Never
+    /// replayable: a replay would meet the same bytes.
     BadMessage,
     /// The peer has no such destination.
     UnknownDestination,
@@ -111,12 +112,19 @@ pub(crate) struct DeadLetterCause {
 
 impl DeadLetterCause {
     /// A message no handler ran: refused on receipt, or on its way out.
+    /// Replayable unless it cannot be read ([`DeadLetterKind::BadMessage`]):
+    /// a replay would put the same unreadable bytes back (an AMQP message
+    /// with no type is kept as an envelope of no type, which a replay
+    /// forwards to the broker again) and could only fail again. Other
+    /// refusals (no handler yet, a peer that refused) may pass once the
+    /// operator fixed the cause.
     pub(crate) fn unhandled(kind: DeadLetterKind, message: String) -> DeadLetterCause {
+        let replayable = kind != DeadLetterKind::BadMessage;
         DeadLetterCause {
             kind,
             message,
             attempts: 0,
-            replayable: true,
+            replayable,
         }
     }
 }
@@ -153,7 +161,23 @@ impl PartialEq<&str> for DeadLetterKind {
 
 #[cfg(test)]
 mod tests {
-    use super::DeadLetterKind;
+    use super::{DeadLetterCause, DeadLetterKind};
+
+    #[test]
+    fn an_unreadable_message_refused_on_receipt_is_not_replayable() {
+        let bad = DeadLetterCause::unhandled(DeadLetterKind::BadMessage, "no type".into());
+        assert!(!bad.replayable, "{bad:?}");
+        assert_eq!(bad.attempts, 0);
+        for kind in [
+            DeadLetterKind::NoHandler,
+            DeadLetterKind::Rejected,
+            DeadLetterKind::UnknownDestination,
+            DeadLetterKind::NoRoute,
+        ] {
+            let cause = DeadLetterCause::unhandled(kind, "why".into());
+            assert!(cause.replayable, "{cause:?}");
+        }
+    }
 
     #[test]
     fn every_kind_reads_back_from_its_stored_name() {

@@ -1,8 +1,8 @@
 //! The faces of the message store, one per kind of caller, as Wolverine's
 //! message store splits its own: the inbox (listeners, `send`, the worker's
 //! claims, the cleanup), the group commit and the state reads (the worker),
-//! the outbox (the sending agents and the relay), dead letters and admin (the
-//! CLI), nodes (durability). [`MessageStore`] is all of them at once: what a
+//! the outbox (the sending agents and the relay), dead letters, state listing
+//! and admin (the CLI), nodes (durability). [`MessageStore`] is all of them at once: what a
 //! backend implements and what [`super::open`] returns; a caller that needs
 //! one face holds that face (`Arc<dyn MessageStore>` upcasts to `Arc<dyn Outbox>`).
 //!
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::error::StoreResult;
 use super::rows::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, InsertReport, NewIncoming, OutgoingRow, Selection,
-    StateValue,
+    StateEntry, StateValue,
 };
 
 /// Messages to handle here: written by receivers, claimed by the worker,
@@ -57,6 +57,22 @@ pub trait StateReader: Send + Sync + Debug {
     async fn read_state(&self, plugin: &str, key: &str) -> StoreResult<Option<StateValue>>;
 }
 
+/// Committed handler state as an operator browses it (`state list`): apart
+/// from [`StateReader`], which a handler's state view holds and which needs
+/// no listing.
+#[async_trait]
+pub trait StateListing: Send + Sync + Debug {
+    /// Up to `limit` keys of `plugin` that start with `prefix` (taken
+    /// literally: no character is a wildcard; `""` matches every key), in
+    /// key order (byte-wise, on every backend).
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>>;
+}
+
 /// Messages for remote destinations, written by the group commit, taken by
 /// the sending agents and deleted once the peer confirmed them.
 #[async_trait]
@@ -73,6 +89,8 @@ pub trait Outbox: Send + Sync + Debug {
 pub trait DeadLetters: Send + Sync + Debug {
     /// Up to `limit` dead letters, oldest failure first.
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
+    /// The dead letter with this id, if there is one.
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>>;
     /// Move the selected replayable dead letters back to the inbox as fresh
     /// attempts (an id still in the inbox wins); returns how many went in.
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64>;
@@ -120,11 +138,11 @@ pub trait Admin: Send + Sync + Debug {
 /// The whole message store: every face. One implementation per backend (by
 /// implementing the faces; this trait comes with them).
 pub trait MessageStore:
-    Inbox + GroupCommit + StateReader + Outbox + DeadLetters + Nodes + Admin
+    Inbox + GroupCommit + StateReader + StateListing + Outbox + DeadLetters + Nodes + Admin
 {
 }
 
 impl<T> MessageStore for T where
-    T: Inbox + GroupCommit + StateReader + Outbox + DeadLetters + Nodes + Admin
+    T: Inbox + GroupCommit + StateReader + StateListing + Outbox + DeadLetters + Nodes + Admin
 {
 }

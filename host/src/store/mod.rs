@@ -1,10 +1,10 @@
 //! The message store: the narrow faces the host needs from its database
-//! (`faces`: inbox, group commit, state, outbox, dead letters, nodes, admin),
-//! the rows they carry (`rows`), and the backend chosen by the `[storage] url`
-//! scheme (`sqlite/`, `postgres/`, `mysql/`, each laid out the same way). The
-//! group commit and the maintenance sequences are written once (`commit`,
-//! `maintenance`) over per-backend steps; `shared` holds the helpers every
-//! backend uses. Owns no policy: what to retry or dead-letter is decided in
+//! (`faces`: inbox, group commit, state, state listing, outbox, dead letters,
+//! nodes, admin), the rows they carry (`rows`), and the backend chosen by the
+//! `[storage] url` scheme (`sqlite/`, `postgres/`, `mysql/`, each laid out the
+//! same way). The group commit and the maintenance sequences are written once
+//! (`commit`, `maintenance`) over per-backend steps; `shared` holds the
+//! helpers every backend uses. Owns no policy: what to retry or dead-letter is decided in
 //! `handling`; the store only makes it durable.
 
 mod commit;
@@ -25,11 +25,13 @@ use crate::config::{Backend, StorageConfig};
 
 pub(crate) use dead_letter::{DeadLetterCause, DeadLetterKind};
 pub use error::{StoreError, StoreResult};
-pub use faces::{Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader};
+pub use faces::{
+    Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateListing, StateReader,
+};
 pub use rows::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming,
     NewOutgoing, OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED,
-    Selection, StateCheck, StateValue, StateWrite,
+    Selection, StateCheck, StateEntry, StateValue, StateWrite,
 };
 pub(crate) use sqlite::SqliteStore;
 pub(crate) use timed::Timed;

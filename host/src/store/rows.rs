@@ -149,6 +149,14 @@ pub struct StateValue {
     pub version: i64,
 }
 
+/// One committed state key of a plugin, as `state list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: i64,
+}
+
 /// A state change in a group commit.
 #[derive(Debug, Clone)]
 pub struct StateWrite {

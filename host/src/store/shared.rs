@@ -14,7 +14,8 @@ use uuid::fmt::Hyphenated;
 use super::dead_letter::DeadLetterKind;
 use super::error::{StoreError, StoreResult};
 use super::rows::{
-    ClaimedRow, Counts, DeadLetter, FencedRow, NewIncoming, NewOutgoing, OutgoingRow, StateValue,
+    ClaimedRow, Counts, DeadLetter, FencedRow, NewIncoming, NewOutgoing, OutgoingRow, StateEntry,
+    StateValue,
 };
 
 /// Rows per multi-row statement or inlined id list (SQLite and MySQL).
@@ -344,6 +345,20 @@ pub(crate) fn state_value(row: Option<impl Columns>) -> StoreResult<Option<State
     .transpose()
 }
 
+/// `key, value, version` of listed state rows, in the order given.
+pub(crate) fn state_entries<R: Columns>(rows: &[R]) -> StoreResult<Vec<StateEntry>> {
+    let op = "list state";
+    rows.iter()
+        .map(|r| {
+            Ok(StateEntry {
+                key: r.text(0, op)?,
+                value: r.bytes(1, op)?,
+                version: r.int(2, op)?,
+            })
+        })
+        .collect()
+}
+
 /// The five counts of `storage counts`, in [`Counts`] field order.
 pub(crate) fn counts(row: &impl Columns) -> StoreResult<Counts> {
     let op = "counts";
@@ -384,6 +399,11 @@ pub(crate) fn outgoing_in_order<R: Columns>(rows: &[R]) -> StoreResult<Vec<Outgo
     let mut out = rows.iter().map(outgoing).collect::<StoreResult<Vec<_>>>()?;
     out.sort_by_key(|r| r.id);
     Ok(out)
+}
+
+/// The one dead letter a lookup by id found, if any.
+pub(crate) fn one_dead_letter<R: Columns>(row: Option<R>) -> StoreResult<Option<DeadLetter>> {
+    row.as_ref().map(dead_letter).transpose()
 }
 
 /// Dead letters as listed.

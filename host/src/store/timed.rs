@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use super::error::{StoreError, StoreResult};
 use super::faces::{
-    Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader,
+    Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateListing, StateReader,
 };
 use super::rows::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, InsertReport, NewIncoming, OutgoingRow, Selection,
-    StateValue,
+    StateEntry, StateValue,
 };
 
 /// How long a call past its deadline may still finish.
@@ -111,6 +111,19 @@ impl StateReader for Timed {
 }
 
 #[async_trait]
+impl StateListing for Timed {
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>> {
+        self.within("list state", self.inner.list_state(plugin, prefix, limit))
+            .await
+    }
+}
+
+#[async_trait]
 impl Outbox for Timed {
     async fn claim_outgoing(&self, node_id: i64, limit: usize) -> StoreResult<Vec<OutgoingRow>> {
         self.within("claim outgoing", self.inner.claim_outgoing(node_id, limit))
@@ -126,6 +139,10 @@ impl Outbox for Timed {
 impl DeadLetters for Timed {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         self.within("list dead letters", self.inner.dead_letters(limit))
+            .await
+    }
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>> {
+        self.within("show dead letter", self.inner.dead_letter(id))
             .await
     }
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

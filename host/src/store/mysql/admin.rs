@@ -1,6 +1,6 @@
 //! The schema of the MySQL/MariaDB store (create, rebuild, drop, check,
-//! script), run under a named lock, and the whole-store commands (counts,
-//! clear).
+//! script), run under a named lock, the whole-store commands (counts, clear)
+//! and the operator's state listing.
 
 use async_trait::async_trait;
 use sqlx::mysql::MySqlConnection;
@@ -8,10 +8,10 @@ use sqlx::{AssertSqlSafe, Connection};
 
 use super::MysqlStore;
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::faces::Admin;
+use crate::store::faces::{Admin, StateListing};
 use crate::store::maintenance;
-use crate::store::rows::{Counts, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED};
-use crate::store::shared;
+use crate::store::rows::{Counts, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, StateEntry};
+use crate::store::shared::{self, db_count};
 
 /// How long a migration waits for another host's migration (seconds).
 const DDL_LOCK_WAIT: i64 = 30;
@@ -128,5 +128,31 @@ impl Admin for MysqlStore {
 
     async fn clear(&self) -> StoreResult<()> {
         maintenance::clear(self).await
+    }
+}
+
+#[async_trait]
+impl StateListing for MysqlStore {
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>> {
+        // Keys are VARBINARY: LEFT and LENGTH count bytes, `>=` and ORDER BY
+        // compare bytes, and no character of the prefix is a wildcard (no
+        // LIKE). `key >= prefix` starts the primary-key range.
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT CAST(`key` AS CHAR CHARACTER SET utf8mb4), value, version FROM {} \
+             WHERE plugin = ? AND `key` >= ? AND LEFT(`key`, LENGTH(?)) = ? \
+             ORDER BY `key` LIMIT ?",
+            self.t.state
+        )))
+        .bind(plugin.as_bytes())
+        .bind(prefix.as_bytes())
+        .bind(prefix.as_bytes())
+        .bind(prefix.as_bytes())
+        .bind(db_count(limit));
+        shared::state_entries(&shared::fetch_all(&self.pool, query, "list state").await?)
     }
 }

@@ -1,5 +1,5 @@
-//! Dead letters in the MySQL/MariaDB store: list, replay into the inbox
-//! (locking the dead letters first), purge.
+//! Dead letters in the MySQL/MariaDB store: list, look one up, replay into
+//! the inbox (locking the dead letters first), purge.
 
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
@@ -23,6 +23,18 @@ impl DeadLetters for MysqlStore {
         )))
         .bind(limit(limit_rows));
         shared::dead_letters(&shared::fetch_all(&self.pool, query, op).await?)
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>> {
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
+             FROM {} WHERE id = ?",
+            self.t.dead_letters
+        )))
+        .bind(id.hyphenated());
+        shared::one_dead_letter(
+            shared::fetch_optional(&self.pool, query, "show dead letter").await?,
+        )
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

@@ -1,6 +1,6 @@
 //! The schema of the PostgreSQL store (create what is missing, rebuild,
-//! drop, check, script), serialized across hosts by an advisory lock, and the
-//! whole-store commands (counts, clear).
+//! drop, check, script), serialized across hosts by an advisory lock, the
+//! whole-store commands (counts, clear) and the operator's state listing.
 
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
@@ -8,10 +8,10 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use super::schema::{self, Object, TABLES, ddl_lock_key};
 use super::{PostgresStore, q};
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::faces::Admin;
+use crate::store::faces::{Admin, StateListing};
 use crate::store::maintenance;
-use crate::store::rows::Counts;
-use crate::store::shared;
+use crate::store::rows::{Counts, StateEntry};
+use crate::store::shared::{self, db_count};
 
 /// The SQLSTATE of a database error, if it is one.
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -160,5 +160,21 @@ impl Admin for PostgresStore {
 
     async fn clear(&self) -> StoreResult<()> {
         maintenance::clear(self).await
+    }
+}
+
+#[async_trait]
+impl StateListing for PostgresStore {
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>> {
+        let query = q(&self.sql.list_state)
+            .bind(plugin)
+            .bind(prefix)
+            .bind(db_count(limit));
+        shared::state_entries(&shared::fetch_all(&self.pool, query, "list state").await?)
     }
 }

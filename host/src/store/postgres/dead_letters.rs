@@ -1,7 +1,8 @@
-//! Dead letters in the PostgreSQL store: list, replay into the inbox (one
-//! statement that moves them), purge.
+//! Dead letters in the PostgreSQL store: list, look one up, replay into the
+//! inbox (one statement that moves them), purge.
 
 use async_trait::async_trait;
+use uuid::Uuid;
 
 use super::{PostgresStore, q};
 use crate::store::error::StoreResult;
@@ -14,6 +15,13 @@ impl DeadLetters for PostgresStore {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         let query = q(&self.sql.dead_letters).bind(db_count(limit));
         shared::dead_letters(&shared::fetch_all(&self.pool, query, "list dead letters").await?)
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>> {
+        let query = q(&self.sql.dead_letter).bind(id);
+        shared::one_dead_letter(
+            shared::fetch_optional(&self.pool, query, "show dead letter").await?,
+        )
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

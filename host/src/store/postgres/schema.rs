@@ -246,6 +246,8 @@ pub(super) struct Statements {
     pub forget_dead_nodes: Arc<str>,
     pub counts: Arc<str>,
     pub dead_letters: Arc<str>,
+    pub dead_letter: Arc<str>,
+    pub list_state: Arc<str>,
     pub replay_all: Arc<str>,
     pub replay_ids: Arc<str>,
     pub purge_all: Arc<str>,
@@ -422,6 +424,17 @@ impl Statements {
             dead_letters: s(format!(
                 "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
                  FROM {dl} ORDER BY failed_at, id LIMIT $1"
+            )),
+            dead_letter: s(format!(
+                "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
+                 FROM {dl} WHERE id = $1"
+            )),
+            // starts_with, not LIKE: a prefix holding `%` or `_` is literal.
+            // COLLATE "C": byte order, as SQLite and MySQL sort keys, whatever
+            // the database's collation.
+            list_state: s(format!(
+                "SELECT key, value, version FROM {st} WHERE plugin = $1 AND starts_with(key, $2) \
+                 ORDER BY key COLLATE \"C\" LIMIT $3"
             )),
             replay_all: replay("replayable"),
             replay_ids: replay("replayable AND id = ANY($1::uuid[])"),

@@ -1,5 +1,5 @@
-//! The schema of the SQLite store (create, rebuild, drop, check, script) and
-//! the whole-store commands (counts, clear).
+//! The schema of the SQLite store (create, rebuild, drop, check, script), the
+//! whole-store commands (counts, clear) and the operator's state listing.
 
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
@@ -7,10 +7,10 @@ use sqlx::AssertSqlSafe;
 use super::SqliteStore;
 use crate::store::commit::CommitSteps;
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::faces::Admin;
+use crate::store::faces::{Admin, StateListing};
 use crate::store::maintenance;
-use crate::store::rows::{Counts, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED};
-use crate::store::shared;
+use crate::store::rows::{Counts, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED, StateEntry};
+use crate::store::shared::{self, db_count};
 
 impl SqliteStore {
     async fn exec_script(&self, statements: &[String], operation: &'static str) -> StoreResult<()> {
@@ -90,5 +90,29 @@ impl Admin for SqliteStore {
 
     async fn clear(&self) -> StoreResult<()> {
         maintenance::clear(self).await
+    }
+}
+
+#[async_trait]
+impl StateListing for SqliteStore {
+    async fn list_state(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StateEntry>> {
+        // substr, not LIKE: SQLite's LIKE has wildcards and ignores ASCII
+        // case. Keys are TEXT in the BINARY collation, so `key >= prefix`
+        // starts the primary-key range and the order is byte-wise.
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT key, value, version FROM {} \
+             WHERE plugin = ?1 AND key >= ?2 AND substr(key, 1, length(?2)) = ?2 \
+             ORDER BY key LIMIT ?3",
+            self.tables.state
+        )))
+        .bind(plugin)
+        .bind(prefix)
+        .bind(db_count(limit));
+        shared::state_entries(&shared::fetch_all(&self.pool, query, "list state").await?)
     }
 }

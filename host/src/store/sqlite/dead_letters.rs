@@ -1,7 +1,9 @@
-//! Dead letters in the SQLite store: list, replay into the inbox, purge.
+//! Dead letters in the SQLite store: list, look one up, replay into the
+//! inbox, purge.
 
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
+use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::store::commit::CommitSteps;
@@ -29,6 +31,18 @@ impl DeadLetters for SqliteStore {
         )))
         .bind(db_count(limit));
         shared::dead_letters(&shared::fetch_all(&self.pool, query, "list dead letters").await?)
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> StoreResult<Option<DeadLetter>> {
+        let query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, message_type, received_at, source, error_kind, error_message, failed_at, attempts, replayable, body \
+             FROM {} WHERE id = ?1",
+            self.tables.dead_letters
+        )))
+        .bind(id.hyphenated());
+        shared::one_dead_letter(
+            shared::fetch_optional(&self.pool, query, "show dead letter").await?,
+        )
     }
 
     async fn replay_dead_letters(&self, which: &Selection) -> StoreResult<u64> {

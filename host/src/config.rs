@@ -54,6 +54,11 @@ pub struct StorageConfig {
     pub url: String,
     /// Table prefix / schema name, default `jasper`. Used in SQL identifiers.
     pub schema: String,
+    /// How long `run` (and [`crate::Host::start`]) keeps trying, with
+    /// backoff, to reach a database that is not reachable yet (refused,
+    /// starting up, no connection slot), in ms, default 30000; 0 fails at
+    /// once. Errors waiting will not mend (a wrong password) fail at once.
+    pub connect_retry_ms: u64,
     /// The backend `url` resolves to (not a key in the file).
     #[serde(skip)]
     pub backend: Backend,
@@ -196,6 +201,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: "sqlite://jasper.db".to_owned(),
             schema: "jasper".to_owned(),
+            connect_retry_ms: 30_000,
             backend: Backend::default(),
         }
     }
@@ -501,6 +507,7 @@ mod tests {
         assert_eq!(c.node.name, "jasper");
         assert_eq!(c.storage.url, "sqlite://jasper.db");
         assert_eq!(c.storage.schema, "jasper");
+        assert_eq!(c.storage.connect_retry_ms, 30_000);
         assert_eq!(
             c.storage.backend,
             Backend::Sqlite {
@@ -549,6 +556,7 @@ name = "node-1"
 [storage]
 url = "sqlite://data/store.db"
 schema = "jasper_test"
+connect_retry_ms = 500
 [plugins]
 dir = "/opt/plugins"
 memory_mb = 128
@@ -590,6 +598,7 @@ max_connections = 8
             storage: StorageConfig {
                 url: "sqlite://data/store.db".into(),
                 schema: "jasper_test".into(),
+                connect_retry_ms: 500,
                 backend: Backend::Sqlite {
                     path: "/srv/jasper/data/store.db".into(),
                 },

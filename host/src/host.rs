@@ -50,12 +50,12 @@ impl Host {
     /// `.wasm` file at all is a forwarder's and starts.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let tcp = Arc::new(TcpSettings::from_config(&config.tcp)?);
-        let store = store::open_timed(
+        // A database not up yet is waited for (storage.connect_retry_ms).
+        let store = store::open_and_migrate(
             &config.storage,
             std::time::Duration::from_millis(config.durability.store_timeout_ms),
         )
         .await?;
-        store.migrate().await?;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let (mut plugins, errors) = runtime
             .load_dir(&config.plugins.dir)

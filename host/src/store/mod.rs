@@ -4,7 +4,8 @@
 //! scheme (`sqlite/`, `postgres/`, `mysql/`, each laid out the same way). The
 //! group commit and the maintenance sequences are written once (`commit`,
 //! `maintenance`) over per-backend steps; `shared` holds the helpers every
-//! backend uses. Owns no policy: what to retry or dead-letter is decided in
+//! backend uses; `reach` is the start-up's first contact, retried while the
+//! database is not up yet. Owns no policy: what to retry or dead-letter is decided in
 //! `handling`; the store only makes it durable.
 
 mod commit;
@@ -14,6 +15,7 @@ mod faces;
 mod maintenance;
 mod mysql;
 mod postgres;
+mod reach;
 mod rows;
 mod shared;
 mod sqlite;
@@ -26,6 +28,7 @@ use crate::config::{Backend, StorageConfig};
 pub(crate) use dead_letter::{DeadLetterCause, DeadLetterKind};
 pub use error::{StoreError, StoreResult};
 pub use faces::{Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateReader};
+pub(crate) use reach::open_and_migrate;
 pub use rows::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming,
     NewOutgoing, OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED,

@@ -92,6 +92,8 @@ fn transient(e: &sqlx::Error) -> bool {
     }
 }
 
+pub type StoreResult<T> = Result<T, StoreError>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +124,3 @@ mod tests {
         assert!(!StoreError::MissingSchema { target: "x".into() }.is_transient());
     }
 }
-
-pub type StoreResult<T> = Result<T, StoreError>;

@@ -243,7 +243,6 @@ impl Endpoint {
     }
 
     /// The plugin whose local queue this is, if it is one.
-    #[cfg(test)]
     pub(crate) fn local_plugin(&self) -> Option<&str> {
         match self {
             Endpoint::Local { plugin } => Some(plugin),
@@ -320,7 +319,6 @@ impl Destination {
     }
 
     /// The plugin whose local queue it names, if it is one.
-    #[cfg(test)]
     pub(crate) fn local_plugin(&self) -> Option<&str> {
         self.endpoint.as_ref().ok().and_then(Endpoint::local_plugin)
     }

@@ -54,6 +54,11 @@ pub struct StorageConfig {
     pub url: String,
     /// Table prefix / schema name, default `jasper`. Used in SQL identifiers.
     pub schema: String,
+    /// How long `run` (and [`crate::Host::start`]) keeps trying, with
+    /// backoff, to reach a database that is not reachable yet (refused,
+    /// starting up, no connection slot), in ms, default 30000; 0 fails at
+    /// once. Errors waiting will not mend (a wrong password) fail at once.
+    pub connect_retry_ms: u64,
     /// The backend `url` resolves to (not a key in the file).
     #[serde(skip)]
     pub backend: Backend,
@@ -117,6 +122,23 @@ pub struct HandlingConfig {
     /// Batches in hand at once: with 2 (the default) the next batch is
     /// handled while the one before commits; 1 runs one batch at a time.
     pub batches_in_flight: u32,
+    /// What becomes of a message a handler publishes (or schedules) that no
+    /// loaded plugin subscribes to and no `[[route]]` matches, default
+    /// `drop` (with a warning either way).
+    pub unrouted: Unrouted,
+}
+
+/// `handling.unrouted`: the fate of a published message nobody takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unrouted {
+    /// Logged (WARN, `event=unrouted`), counted and not kept: a handler may
+    /// publish events nobody listens to yet.
+    #[default]
+    Drop,
+    /// Logged, counted and kept in dead letters (kind `no-route`) in the
+    /// handler's commit; `dead-letters replay` publishes it again.
+    DeadLetter,
 }
 
 /// `[durability]`
@@ -179,6 +201,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: "sqlite://jasper.db".to_owned(),
             schema: "jasper".to_owned(),
+            connect_retry_ms: 30_000,
             backend: Backend::default(),
         }
     }
@@ -218,6 +241,7 @@ impl Default for HandlingConfig {
             keep_handled_ms: 86_400_000,
             poll_interval_ms: 100,
             batches_in_flight: 2,
+            unrouted: Unrouted::Drop,
         }
     }
 }
@@ -483,6 +507,7 @@ mod tests {
         assert_eq!(c.node.name, "jasper");
         assert_eq!(c.storage.url, "sqlite://jasper.db");
         assert_eq!(c.storage.schema, "jasper");
+        assert_eq!(c.storage.connect_retry_ms, 30_000);
         assert_eq!(
             c.storage.backend,
             Backend::Sqlite {
@@ -531,6 +556,7 @@ name = "node-1"
 [storage]
 url = "sqlite://data/store.db"
 schema = "jasper_test"
+connect_retry_ms = 500
 [plugins]
 dir = "/opt/plugins"
 memory_mb = 128
@@ -548,6 +574,7 @@ retry_delay_ms = 7
 keep_handled_ms = 0
 poll_interval_ms = 20
 batches_in_flight = 1
+unrouted = "dead-letter"
 [durability]
 heartbeat_ms = 500
 stale_after_ms = 2000
@@ -571,6 +598,7 @@ max_connections = 8
             storage: StorageConfig {
                 url: "sqlite://data/store.db".into(),
                 schema: "jasper_test".into(),
+                connect_retry_ms: 500,
                 backend: Backend::Sqlite {
                     path: "/srv/jasper/data/store.db".into(),
                 },
@@ -593,6 +621,7 @@ max_connections = 8
                 keep_handled_ms: 0,
                 poll_interval_ms: 20,
                 batches_in_flight: 1,
+                unrouted: Unrouted::DeadLetter,
             },
             durability: DurabilityConfig {
                 heartbeat_ms: 500,
@@ -636,6 +665,19 @@ max_connections = 8
         // A near miss of a bound key (the singular) is a typo, not a default.
         let msg = parse_error("[plugins]\nmax_state_key = 5\n");
         assert!(msg.contains("max_state_key"), "{msg}");
+    }
+
+    #[test]
+    fn unrouted_is_drop_or_dead_letter_and_anything_else_names_the_key() {
+        assert_eq!(parse("").unwrap().handling.unrouted, Unrouted::Drop);
+        let c = parse("[handling]\nunrouted = \"drop\"\n").unwrap();
+        assert_eq!(c.handling.unrouted, Unrouted::Drop);
+        let c = parse("[handling]\nunrouted = \"dead-letter\"\n").unwrap();
+        assert_eq!(c.handling.unrouted, Unrouted::DeadLetter);
+        let msg = parse_error("[handling]\nunrouted = \"bounce\"\n");
+        assert!(msg.contains("unrouted"), "{msg}");
+        assert!(msg.contains("bounce"), "{msg}");
+        assert!(msg.contains("dead-letter"), "the accepted values: {msg}");
     }
 
     #[test]

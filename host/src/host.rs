@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::durability;
 use crate::envelope::local_row;
 use crate::handling::parallel::Calls;
+use crate::handling::unrouted::UnroutedCount;
 use crate::handling::{BatchEvent, Worker};
 use crate::runtime::{Plugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
@@ -37,6 +38,7 @@ pub struct Host {
     wake: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    unrouted: UnroutedCount,
 }
 
 impl Host {
@@ -48,12 +50,12 @@ impl Host {
     /// `.wasm` file at all is a forwarder's and starts.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let tcp = Arc::new(TcpSettings::from_config(&config.tcp)?);
-        let store = store::open_timed(
+        // A database not up yet is waited for (storage.connect_retry_ms).
+        let store = store::open_and_migrate(
             &config.storage,
             std::time::Duration::from_millis(config.durability.store_timeout_ms),
         )
         .await?;
-        store.migrate().await?;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
         let (mut plugins, errors) = runtime
             .load_dir(&config.plugins.dir)
@@ -128,6 +130,7 @@ impl Host {
                 ),
             }
         }
+        let unrouted = UnroutedCount::default();
         let worker = Worker {
             store: store.clone(),
             plugins: plugins.clone(),
@@ -141,6 +144,7 @@ impl Host {
                 store.clone(),
                 config.plugins.max_in_flight,
             )),
+            unrouted: unrouted.clone(),
         };
         tasks.extend([
             tokio::spawn(worker.run(rx.clone(), memory_rx)),
@@ -172,12 +176,21 @@ impl Host {
             wake,
             shutdown,
             tasks,
+            unrouted,
         })
     }
 
     /// The sending agents (benchmarks hand them envelopes directly).
     pub fn senders(&self) -> &Arc<Senders> {
         &self.senders
+    }
+
+    /// How many messages handlers published (or scheduled) that no plugin
+    /// subscribes to and no route matches, since start: each was logged
+    /// (`event=unrouted`) and dropped or dead-lettered as `handling.unrouted`
+    /// says. Counted once its handler's batch committed.
+    pub fn unrouted_published(&self) -> u64 {
+        self.unrouted.get()
     }
 
     /// Committed batches, as they happen (for tracked sessions and tests).

@@ -35,6 +35,9 @@ pub struct Tracked {
     pub scheduled: Vec<Envelope>,
     /// Tracked messages moved to dead letters.
     pub dead_lettered: Vec<DeadLetter>,
+    /// Messages tracked handlers published that nobody takes (no
+    /// subscriber, no route): not waited for; see `handling.unrouted`.
+    pub unrouted: Vec<Envelope>,
 }
 
 impl Tracked {
@@ -119,12 +122,7 @@ impl TrackedSession<'_> {
             }
             let now = now_ms();
             for env in &event.sent {
-                let caused = env
-                    .causation_id
-                    .as_deref()
-                    .and_then(|c| Uuid::parse_str(c).ok())
-                    .is_some_and(|c| known.contains(&c));
-                if !caused {
+                if !caused_by(env, &known) {
                     continue;
                 }
                 known.insert(env.id);
@@ -135,6 +133,11 @@ impl TrackedSession<'_> {
                     pending.insert(env.id);
                 }
             }
+            for env in &event.unrouted {
+                if caused_by(env, &known) {
+                    out.unrouted.push(env.clone());
+                }
+            }
             for dead in &event.dead_lettered {
                 if pending.remove(&dead.id) {
                     out.dead_lettered.push(dead.clone());
@@ -143,4 +146,12 @@ impl TrackedSession<'_> {
         }
         Ok(out)
     }
+}
+
+/// Whether `env` was caused by one of the `known` messages.
+fn caused_by(env: &Envelope, known: &HashSet<Uuid>) -> bool {
+    env.causation_id
+        .as_deref()
+        .and_then(|c| Uuid::parse_str(c).ok())
+        .is_some_and(|c| known.contains(&c))
 }

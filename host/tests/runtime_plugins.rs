@@ -28,6 +28,7 @@ async fn temp_store(dir: &tempfile::TempDir) -> Arc<dyn MessageStore> {
         backend: jasper_host::config::Backend::Sqlite {
             path: dir.path().join("s.db"),
         },
+        ..Default::default()
     };
     let s = store::open(&cfg).await.unwrap();
     s.migrate().await.unwrap();

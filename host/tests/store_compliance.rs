@@ -92,6 +92,7 @@ fn config_for(kind: Kind, dir: &tempfile::TempDir) -> StorageConfig {
         url,
         schema,
         backend,
+        ..StorageConfig::default()
     }
 }
 

@@ -29,7 +29,13 @@ impl FreezingProxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream`
     /// (`host:port`), thawed. Runs on the caller's tokio runtime.
     pub async fn start(upstream: &str) -> std::io::Result<FreezingProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(0, upstream).await
+    }
+
+    /// [`FreezingProxy::start`] on a port chosen before (a server that comes
+    /// up late where a host already looks for it; see [`crate::free_port`]).
+    pub async fn start_on(port: u16, upstream: &str) -> std::io::Result<FreezingProxy> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let (frozen, rx) = watch::channel(false);
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -14,6 +14,7 @@
 //!   replay could only fail again), its body shown by `dead-letters list`.
 //! - A broker that hangs (both hosts behind a proxy that freezes): SIGTERM
 //!   stops them at once, and their next runs deliver every order once.
+//! - A clean SIGTERM with a listener and a route: exit 0, no ERROR logged.
 //!
 //! Each test has queues and exchanges of its own (a UUID in the name), deleted
 //! at the end pass or fail; each host its own SQLite db, so they run in
@@ -802,4 +803,60 @@ async fn hosts_stop_promptly_while_the_broker_hangs() {
     assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
     amqp.cleanup().await.unwrap();
     println!("[hung broker] {:.1?} in all", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 6. A clean SIGTERM closes the broker connections quietly
+// ---------------------------------------------------------------------------
+
+/// A host with a RabbitMQ listener and a RabbitMQ route, both connected
+/// (a PlaceOrder received, its OrderPlaced confirmed by the broker), stopped
+/// with SIGTERM: it exits 0 and logs no ERROR (it closes its connections on
+/// purpose; lapin used to log `Connection error` for the dropped ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_rabbitmq_listener_and_route_exits_cleanly_without_errors() {
+    let amqp = Amqp::connect().await;
+    let inbound = unique_name("e2e-quiet-in");
+    let outbound = unique_name("e2e-quiet-out");
+    amqp.declare_queue(&inbound).await;
+    amqp.own_queue(&outbound);
+    let host = TestHost::new(
+        &["orders"],
+        common("quiet")
+            .listen(queue_uri(&inbound))
+            .route("OrderPlaced", queue_uri(&outbound)),
+    );
+    let db = host.db();
+    let mark = host.log_mark();
+    spawn_consuming(&host, &inbound).await;
+    let body = serde_json::to_vec(&json!({"order_id": "q-1", "amount_cents": 100})).unwrap();
+    let sent = amqp
+        .publish_to_queue(&inbound, [(typed_message("PlaceOrder", "msg-q-1"), body)])
+        .await;
+    assert_eq!(sent, 1);
+    host.wait_for(
+        "the PlaceOrder handled and its OrderPlaced confirmed by the broker",
+        START_TIMEOUT,
+        || db.progress(),
+        |p| p.dead_letters > 0 || (p.get("PlaceOrder", "handled") == 1 && p.outgoing == 0),
+    )
+    .await;
+    assert_eq!(amqp.queue_len(&outbound).await.unwrap(), Some(1));
+
+    let status = host.stop();
+    let log = host.log_since(mark);
+    assert!(
+        status.success(),
+        "exit status {status}; log tail:\n{}",
+        host.log_tail(30)
+    );
+    assert!(log.contains("host stopped"), "{}", host.log_tail(30));
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a clean stop:\n{}",
+        errors.join("\n")
+    );
+    assert_eq!(db.progress().await.unwrap().dead_letters, 0);
+    amqp.cleanup().await.unwrap();
 }

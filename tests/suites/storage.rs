@@ -531,7 +531,13 @@ async fn unreachable(backend: Backend) {
     } else {
         needle
     };
-    let host = TestHost::new(&PLUGINS, HostConfig::new().storage(&url, "jasper"));
+    // `run` tries an unreachable server again for storage.connect_retry_ms
+    // (late_database.rs); a short one keeps this quick.
+    let config =
+        HostConfig::new()
+            .storage(&url, "jasper")
+            .set("storage", "connect_retry_ms", 300u64);
+    let host = TestHost::new(&PLUGINS, config);
     assert_all_fail(&host, backend, &[&needle], None);
 }
 

@@ -34,6 +34,7 @@ mod pipeline;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
+pub(crate) mod unrouted;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -46,7 +47,7 @@ use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
 use crate::backoff::{Backoff, Wake, jitter, pause};
-use crate::config::HandlingConfig;
+use crate::config::{HandlingConfig, Unrouted};
 #[cfg(not(test))]
 use crate::envelope::now_ms;
 use crate::envelope::{Envelope, local_row};
@@ -60,9 +61,21 @@ use crate::transport::{Outgoing, Senders};
 use parallel::{Call, Calls};
 use pipeline::Pipeline;
 use policy::{Disposition, Failure, decide};
+use unrouted::UnroutedCount;
 
 /// What handling one row came to: what its handler sent, or why it failed.
 type Outcome = Result<Vec<Envelope>, Failure>;
+
+/// A batch made ready to commit: the commit, what it counts, what observers
+/// are told, what leaves after it, and the messages published to nobody
+/// (reported once it is done).
+struct Prepared {
+    commit: CommitBatch,
+    report: BatchReport,
+    event: Option<BatchEvent>,
+    outgoing: Vec<Outgoing>,
+    unrouted: Vec<Envelope>,
+}
 
 /// The worker's wait after a failed claim or commit: doubling from 50 ms to 5 s.
 const DB_BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -128,6 +141,10 @@ pub struct BatchEvent {
     pub retried: Vec<Uuid>,
     /// Messages moved to dead letters.
     pub dead_lettered: Vec<DeadLetter>,
+    /// Messages their handlers published that no plugin subscribes to and
+    /// no route matches (no destination): dropped or, with `handling.unrouted
+    /// = "dead-letter"`, also in `dead_lettered`.
+    pub unrouted: Vec<Envelope>,
 }
 
 /// The message loop of one node.
@@ -145,6 +162,8 @@ pub(crate) struct Worker {
     pub senders: Arc<Senders>,
     /// How the handler calls of a batch run (at once, bounded).
     pub calls: Arc<Calls>,
+    /// Published messages nobody took (see `unrouted`).
+    pub unrouted: UnroutedCount,
 }
 
 /// Where a message a handler sent goes.
@@ -345,7 +364,13 @@ impl Worker {
                 return done;
             }
             let contended = reruns >= STALE_RERUNS_PER_MESSAGE;
-            let (commit, mut report, event, outgoing) = if contended {
+            let Prepared {
+                commit,
+                mut report,
+                event,
+                outgoing,
+                unrouted,
+            } = if contended {
                 self.put_back(&rows, persisted)
             } else {
                 self.run_rows(&rows, persisted).await
@@ -360,6 +385,7 @@ impl Worker {
                     if report.sent > 0 || report.retried > 0 || report.deferred > 0 {
                         self.wake.notify_one();
                     }
+                    unrouted::report(&unrouted, self.config.unrouted, &self.unrouted);
                     if !outgoing.is_empty() {
                         self.senders.dispatch(outgoing).await;
                     }
@@ -433,11 +459,7 @@ impl Worker {
 
     /// The commit that puts `rows` back for a little later without running
     /// them (their state stayed contended): not counted as an attempt.
-    fn put_back(
-        &self,
-        rows: &[ClaimedRow],
-        persisted: bool,
-    ) -> (CommitBatch, BatchReport, Option<BatchEvent>, Vec<Outgoing>) {
+    fn put_back(&self, rows: &[ClaimedRow], persisted: bool) -> Prepared {
         let delay = i64::try_from(jitter(CONTENDED_DELAY).as_millis()).unwrap_or(500);
         let execute_at = Some(now_ms().saturating_add(delay));
         let mut commit = CommitBatch {
@@ -470,7 +492,13 @@ impl Worker {
             deferred: rows.len(),
             ..BatchReport::default()
         };
-        (commit, report, None, Vec::new())
+        Prepared {
+            commit,
+            report,
+            event: None,
+            outgoing: Vec::new(),
+            unrouted: Vec::new(),
+        }
     }
 
     /// The fence a batch of claimed rows commits under; none for messages
@@ -484,11 +512,7 @@ impl Worker {
 
     /// Run every row's handler (at once where they can, see `parallel`) and
     /// gather the batch's commit.
-    async fn run_rows(
-        &self,
-        rows: &[ClaimedRow],
-        persisted: bool,
-    ) -> (CommitBatch, BatchReport, Option<BatchEvent>, Vec<Outgoing>) {
+    async fn run_rows(&self, rows: &[ClaimedRow], persisted: bool) -> Prepared {
         let now = now_ms();
         let mut envelopes: Vec<Option<Arc<Envelope>>> = Vec::with_capacity(rows.len());
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rows.len());
@@ -554,6 +578,7 @@ impl Worker {
             ..CommitBatch::default()
         };
         let mut report = BatchReport::default();
+        let mut unrouted_all = Vec::new();
         for ((row, outcome), envelope) in rows.iter().zip(outcomes).zip(envelopes) {
             let envelope = envelope.map(Arc::unwrap_or_clone);
             let result = outcome.unwrap_or_else(|| {
@@ -563,6 +588,7 @@ impl Worker {
             });
             match result {
                 Ok(sent) => {
+                    let (sent, unrouted) = unrouted::split(sent);
                     report.handled += 1;
                     report.sent += sent.len();
                     if persisted {
@@ -580,10 +606,21 @@ impl Worker {
                             }
                         }
                     }
+                    if self.config.unrouted == Unrouted::DeadLetter {
+                        for env in &unrouted {
+                            let dead = unrouted::dead_letter(env, now);
+                            if let Some(ev) = event.as_mut() {
+                                ev.dead_lettered.push(dead.clone());
+                            }
+                            commit.dead_letters.push(dead);
+                        }
+                    }
                     if let Some(ev) = event.as_mut() {
                         ev.handled.extend(envelope);
                         ev.sent.extend(sent);
+                        ev.unrouted.extend(unrouted.iter().cloned());
                     }
+                    unrouted_all.extend(unrouted);
                 }
                 Err(failure) => match decide(&failure, row.attempts, &self.config, now) {
                     Disposition::Retry {
@@ -644,7 +681,13 @@ impl Worker {
         let (writes, checks) = state.into_commit();
         commit.state_writes = writes;
         commit.state_checks = checks;
-        (commit, report, event, outgoing)
+        Prepared {
+            commit,
+            report,
+            event,
+            outgoing,
+            unrouted: unrouted_all,
+        }
     }
 
     /// The plugin that handles `env`, or what the row comes to without a
@@ -670,7 +713,9 @@ impl Worker {
                 forward.attempts = 0;
                 return Err(Ok(vec![forward]));
             }
-            Some(Err(_)) | None => {
+            // Published to nobody and replayed from dead letters.
+            None => return Err(self.publish_again(env)),
+            Some(Err(_)) => {
                 let msg = format!("destination {} is not a local queue", row.destination);
                 return Err(Err(Failure::NoHandler(msg)));
             }
@@ -687,5 +732,37 @@ impl Worker {
             return Err(Err(Failure::NoHandler(msg)));
         }
         Ok(Arc::clone(plugin))
+    }
+
+    /// A message once published to nobody (no destination), put back by
+    /// `dead-letters replay`: published now to whoever takes its type, each
+    /// copy with an id derived from its own (a rerun makes the same copies,
+    /// which the inbox dedupes). Still nobody: a `no-route` failure.
+    fn publish_again(&self, env: &Envelope) -> Outcome {
+        let destinations = self
+            .plugins
+            .router()
+            .publish_destinations(&env.message_type);
+        if destinations.is_empty() {
+            return Err(Failure::NoRoute(unrouted::no_route_message(
+                &env.message_type,
+            )));
+        }
+        info!(
+            copies = destinations.len(),
+            "a message published to nobody is published again"
+        );
+        Ok(destinations
+            .into_iter()
+            .map(|dest| {
+                let dest = Destination::from(dest);
+                let mut copy = env.clone();
+                copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
+                copy.destination = Some(dest);
+                copy.scheduled_at = None;
+                copy.attempts = 0;
+                copy
+            })
+            .collect())
     }
 }

@@ -21,6 +21,8 @@ pub(crate) enum Failure {
     Call(CallError),
     /// No loaded plugin takes this message.
     NoHandler(String),
+    /// A message published to nobody, replayed, and still nobody takes it.
+    NoRoute(String),
     /// The stored envelope cannot be decoded.
     BadMessage(String),
     /// Earlier attempts (this many) all ended without an outcome committing.
@@ -45,6 +47,7 @@ impl Failure {
             Failure::Call(CallError::Trap { kind, message }) => (trap_kind(*kind), message.clone()),
             Failure::Call(CallError::HostFault(m)) => (DeadLetterKind::Host, m.clone()),
             Failure::NoHandler(m) => (DeadLetterKind::NoHandler, m.clone()),
+            Failure::NoRoute(m) => (DeadLetterKind::NoRoute, m.clone()),
             Failure::BadMessage(m) => (DeadLetterKind::BadMessage, m.clone()),
             Failure::Crashed { attempts } => (
                 DeadLetterKind::Crashed,

@@ -94,6 +94,7 @@ impl Rig {
             events: events_tx,
             senders,
             calls,
+            unrouted: Default::default(),
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {

@@ -3,7 +3,8 @@
 //! (through the batch's [`StateView`]) and `log` (into `tracing`). Values from
 //! the guest are checked against fixed caps per item (one key, one value, one
 //! body) and against the call's totals ([`Usage`], see `bounds.rs`) before
-//! the host keeps them. A call past a total traps at once: the instance is
+//! the host keeps them. A publish nobody takes is kept with no destination
+//! (`handling` warns about it and drops or dead-letters it). A call past a total traps at once: the instance is
 //! discarded and nothing it wrote or sent is kept.
 
 use std::collections::BTreeMap;
@@ -115,9 +116,11 @@ impl HostState {
             .map_err(|e| self.past_bound(e))
     }
 
+    /// An envelope the current message causes; `destination` is `None` for a
+    /// publish nobody takes.
     fn new_envelope(
         &self,
-        destination: Destination,
+        destination: Option<Destination>,
         message_type: &str,
         body: Vec<u8>,
         options: &SendOptions,
@@ -127,7 +130,7 @@ impl HostState {
         if let Some(ct) = &options.content_type {
             env.content_type = ct.clone();
         }
-        env.destination = Some(destination);
+        env.destination = destination;
         env.source = Some(Endpoint::local(&*self.plugin).to_string());
         env.causation_id = self.origin.id.clone();
         env.correlation_id = options
@@ -172,13 +175,25 @@ impl HostState {
             return Ok(Err(e));
         }
         let destinations = self.router.publish_destinations(&message_type);
+        if destinations.is_empty() {
+            // Nobody takes it: kept with no destination (and counted as one
+            // copy, since the host holds it until the commit), so `handling`
+            // can warn, count and drop or dead-letter it as
+            // `handling.unrouted` says. The guest gets no id: nothing was sent.
+            if let Err(e) = self.usage.send(1, body.len()) {
+                return Err(self.past_bound(e));
+            }
+            let env = self.new_envelope(None, &message_type, body, &options, scheduled_at);
+            self.sent.push(env);
+            return Ok(Ok(Vec::new()));
+        }
         if let Err(e) = self.usage.send(destinations.len(), body.len()) {
             return Err(self.past_bound(e));
         }
         let mut ids = Vec::with_capacity(destinations.len());
         for dest in destinations {
             let env = self.new_envelope(
-                dest.into(),
+                Some(dest.into()),
                 &message_type,
                 body.clone(),
                 &options,
@@ -220,7 +235,7 @@ impl outbox::Host for HostState {
         if let Err(e) = self.usage.send(1, body.len()) {
             return Err(self.past_bound(e));
         }
-        let env = self.new_envelope(destination, &message_type, body, &options, None);
+        let env = self.new_envelope(Some(destination), &message_type, body, &options, None);
         let id = env.id.to_string();
         self.sent.push(env);
         Ok(Ok(id))
@@ -369,6 +384,39 @@ mod tests {
         let hit = hs.limit_hit.clone().unwrap();
         assert_eq!((hit.bound, hit.actual), (Bound::SendBytes, 120));
         assert!(hs.sent.is_empty());
+    }
+
+    #[test]
+    fn a_publish_or_schedule_nobody_takes_is_held_once_with_no_destination() {
+        let mut router = Router::default();
+        router.add("a", &["T".into()]);
+        let bounds = Bounds {
+            max_sends: 2,
+            ..Bounds::default()
+        };
+        let mut hs = host_state(router, bounds);
+        let ids = hs.publish("Nobody".into(), vec![1], options()).unwrap();
+        assert_eq!(ids.unwrap(), Vec::<String>::new(), "nothing was sent");
+        let ids = hs
+            .schedule("Later".into(), vec![2], ScheduleTime::At(5), options())
+            .unwrap();
+        assert_eq!(ids.unwrap(), Vec::<String>::new());
+        let held: Vec<_> = hs
+            .sent
+            .iter()
+            .map(|e| {
+                (
+                    e.message_type.as_str(),
+                    e.destination.is_none(),
+                    e.scheduled_at,
+                )
+            })
+            .collect();
+        assert_eq!(held, [("Nobody", true, None), ("Later", true, Some(5))]);
+        assert_eq!(hs.sent[0].source.as_deref(), Some("local://p"));
+        // Each is one copy the host holds until the commit.
+        let trap = hs.publish("Nobody".into(), vec![3], options()).unwrap_err();
+        assert!(trap.to_string().contains("plugins.max_sends = 2"), "{trap}");
     }
 
     #[test]

@@ -40,12 +40,87 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// At start-up the store stayed unreachable for `storage.connect_retry_ms`;
+    /// `last` is the last attempt's error.
+    #[error(
+        "the message store at {target} was not reachable: {attempts} attempt(s) in {waited_ms} ms (storage.connect_retry_ms = {limit_ms})"
+    )]
+    Unreachable {
+        target: String,
+        attempts: u32,
+        waited_ms: u64,
+        limit_ms: u64,
+        #[source]
+        last: Box<StoreError>,
+    },
 }
 
 impl StoreError {
     pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Database { operation, source }
     }
+
+    /// Whether waiting may mend it: the server cannot be reached, is still
+    /// starting, has no connection slot free, or did not answer in time. A
+    /// wrong password, a missing database or a bad URL is not.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Open { source, .. } | StoreError::Database { source, .. } => {
+                transient(source)
+            }
+            StoreError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATEs of a server that is up but cannot serve yet: starting up or
+/// shutting down (57P03, 57P01), too many connections (53300, MySQL 08004),
+/// connection failures (08001, 08006).
+const TRANSIENT_SQLSTATES: [&str; 6] = ["57P03", "57P01", "53300", "08004", "08001", "08006"];
+
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| TRANSIENT_SQLSTATES.contains(&c.as_ref())),
+        _ => false,
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_waiting_may_mend_is_transient() {
+        let refused = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            ))
+        };
+        let open = |source| StoreError::Open {
+            target: "postgres://u@h/db".into(),
+            source,
+        };
+        assert!(open(refused()).is_transient());
+        assert!(open(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(StoreError::db("migrate")(refused()).is_transient());
+        assert!(
+            StoreError::Timeout {
+                operation: "claim",
+                after_ms: 1
+            }
+            .is_transient()
+        );
+        assert!(!open(sqlx::Error::Configuration("bad url".into())).is_transient());
+        assert!(!StoreError::MissingSchema { target: "x".into() }.is_transient());
+    }
+}

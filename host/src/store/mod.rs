@@ -4,7 +4,8 @@
 //! `[storage] url` scheme (`sqlite/`, `postgres/`, `mysql/`, each laid out the
 //! same way). The group commit and the maintenance sequences are written once
 //! (`commit`, `maintenance`) over per-backend steps; `shared` holds the
-//! helpers every backend uses. Owns no policy: what to retry or dead-letter is decided in
+//! helpers every backend uses; `reach` is the start-up's first contact, retried
+//! while the database is not up yet. Owns no policy: what to retry or dead-letter is decided in
 //! `handling`; the store only makes it durable.
 
 mod commit;
@@ -14,6 +15,7 @@ mod faces;
 mod maintenance;
 mod mysql;
 mod postgres;
+mod reach;
 mod rows;
 mod shared;
 mod sqlite;
@@ -28,6 +30,7 @@ pub use error::{StoreError, StoreResult};
 pub use faces::{
     Admin, DeadLetters, GroupCommit, Inbox, MessageStore, Nodes, Outbox, StateListing, StateReader,
 };
+pub(crate) use reach::open_and_migrate;
 pub use rows::{
     ClaimedRow, CommitBatch, Counts, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming,
     NewOutgoing, OutgoingRow, RetryMark, STATUS_HANDLED, STATUS_INCOMING, STATUS_SCHEDULED,

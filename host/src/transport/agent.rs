@@ -61,12 +61,25 @@ impl Agent {
         }
     }
 
-    /// Send what arrives on `rx` until shutdown. Durable envelopes not sent
-    /// by then stay in the outgoing table for the next run.
+    /// Send what arrives on `rx` until shutdown, then close the link. Durable
+    /// envelopes not sent by then stay in the outgoing table for the next run.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
         mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.serve(&mut rx, &mut shutdown).await;
+        // Closed on purpose, not dropped: the peer (and the client library)
+        // see a clean close rather than a lost connection.
+        if let Some(mut link) = self.link.take() {
+            link.close().await;
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Vec<Outgoing>>,
+        shutdown: &mut watch::Receiver<bool>,
     ) {
         let peer = self.connector.peer().to_string();
         loop {
@@ -82,7 +95,7 @@ impl Agent {
                     _ = shutdown.changed() => return,
                 }
             }
-            self.fill(&mut rx).await;
+            self.fill(rx).await;
             let n = self.pending.len().min(self.cfg.batch_size);
             let batch: Vec<Outgoing> = self.pending.drain(..n).collect();
             let batch = self.drop_expired(batch).await;
@@ -111,10 +124,10 @@ impl Agent {
                         self.pending.push_front(o);
                     }
                     let wake = if self.failures >= self.cfg.breaker_failures {
-                        self.breaker(&mut rx, &mut shutdown).await
+                        self.breaker(rx, shutdown).await
                     } else {
                         let backoff = self.backoff();
-                        pause(&mut shutdown, backoff).await
+                        pause(shutdown, backoff).await
                     };
                     if let Wake::Shutdown = wake {
                         return;

@@ -122,6 +122,9 @@ pub(crate) trait Link: Send + Sync {
     async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError>;
     /// Check that the peer answers.
     async fn ping(&mut self) -> Result<(), LinkError>;
+    /// End the connection on purpose (at shutdown), within a short bound;
+    /// a link with nothing to say on closing just drops.
+    async fn close(&mut self) {}
 }
 
 /// Move outgoing envelopes that can never be delivered to dead letters, then

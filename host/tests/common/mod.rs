@@ -79,6 +79,7 @@ impl PgSchema {
             url: url.clone(),
             schema: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             backend: jasper_host::config::Backend::Postgres { url },
+            ..Default::default()
         })
     }
 }

@@ -18,16 +18,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, field, info, info_span, warn};
 
-use super::RabbitSettings;
 use super::mapping::from_amqp;
+use super::{RabbitSettings, close_quietly};
 use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::{Envelope, Limits, now_ms};
 use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
 use crate::transport::receive::Inbox;
 use crate::transport::{LinkError, Verdict};
-
-/// How long shutdown waits for the broker to confirm the connection's close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Start consuming `queue` until shutdown.
 pub(crate) fn start(
@@ -122,11 +119,8 @@ async fn consume(
         let first = tokio::select! {
             d = consumer.next() => d,
             _ = shutdown.changed() => {
-                // A broker that hangs never answers the close; shutdown
-                // does not wait for it (the connection ends with the
-                // process, and unacknowledged deliveries go back then).
-                let close = conn.close(200, ShortString::from("shutting down"));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                // Unacknowledged deliveries go back to the queue with it.
+                close_quietly(conn).await;
                 return Ok(());
             }
         };

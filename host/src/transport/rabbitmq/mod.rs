@@ -40,6 +40,21 @@ pub(crate) fn redacted(url: &str) -> String {
     }
 }
 
+/// How long closing a connection waits for the broker's answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Close `conn` on purpose (200, "shutting down"), waiting at most
+/// [`CLOSE_TIMEOUT`] for the broker: a broker that hangs never answers, and
+/// the connection then ends with the process. A connection already lost has
+/// nothing to close.
+pub(crate) async fn close_quietly(conn: Connection) {
+    if !conn.status().connected() {
+        return;
+    }
+    let close = conn.close(200, ShortString::from("shutting down"));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+}
+
 impl RabbitSettings {
     /// Open a connection and a channel.
     pub(crate) async fn open(&self) -> Result<(Connection, Channel), LinkError> {

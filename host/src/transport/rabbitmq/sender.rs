@@ -12,8 +12,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection};
 
-use super::RabbitSettings;
 use super::mapping::to_amqp;
+use super::{RabbitSettings, close_quietly};
 use crate::address::RabbitEndpoint;
 use crate::envelope::Envelope;
 use crate::transport::{Connector, Link, LinkError, Outgoing, Verdict};
@@ -86,14 +86,15 @@ pub(crate) struct RabbitLink {
     confirm_timeout: std::time::Duration,
 }
 
+/// A link dropped while the host runs (it failed; the agent connects
+/// again) closes in the background; at shutdown the agent closes it first
+/// ([`Link::close`]), since a task spawned then may never run.
 impl Drop for RabbitLink {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(async move {
-                let _ = conn.close(200, ShortString::from("bye")).await;
-            });
+            rt.spawn(close_quietly(conn));
         }
     }
 }
@@ -185,6 +186,12 @@ impl Link for RabbitLink {
             Ok(())
         } else {
             Err(LinkError("the channel is closed".into()))
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close_quietly(conn).await;
         }
     }
 }

@@ -30,7 +30,11 @@ fn run_ok(mut cmd: Command, dir: &Path, what: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -43,7 +47,10 @@ async fn the_readme_handler_path_builds_a_plugin_that_handles_a_message() {
     new.args(["new", "greeter"]);
     let printed = run_ok(new, work.path(), "jasper-host new greeter");
     let krate = work.path().join("greeter");
-    assert!(printed.contains("cargo build --release --target wasm32-wasip2"), "{printed}");
+    assert!(
+        printed.contains("cargo build --release --target wasm32-wasip2"),
+        "{printed}"
+    );
 
     // 2. cargo test: the handler's native tests run and pass.
     let mut test = cargo();
@@ -57,7 +64,11 @@ async fn the_readme_handler_path_builds_a_plugin_that_handles_a_message() {
     // 3. cargo build --release --target wasm32-wasip2: one component .wasm.
     let mut build = cargo();
     build.args(["build", "--release", "--target", "wasm32-wasip2"]);
-    run_ok(build, &krate, "cargo build --release --target wasm32-wasip2");
+    run_ok(
+        build,
+        &krate,
+        "cargo build --release --target wasm32-wasip2",
+    );
     let wasm = target_dir().join("handler-template/wasm32-wasip2/release/greeter.wasm");
     let size = fs::metadata(&wasm)
         .unwrap_or_else(|e| panic!("no {} after the build: {e}", wasm.display()))
@@ -79,8 +90,11 @@ async fn the_readme_handler_path_builds_a_plugin_that_handles_a_message() {
     // 5. jasper-host run, then jasper-host send: Greet and the Greeted it
     // published are handled, the count is in the plugin's state.
     host.spawn();
-    host.cli(&["send"], &["--type", "Greet", "--body", r#"{"name":"ann"}"#])
-        .assert_success();
+    host.cli(
+        &["send"],
+        &["--type", "Greet", "--body", r#"{"name":"ann"}"#],
+    )
+    .assert_success();
     let db = host.db();
     let p = host
         .wait_for(

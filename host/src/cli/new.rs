@@ -46,10 +46,10 @@ pub(crate) fn new(args: &NewArgs) -> anyhow::Result<()> {
         "  mkdir -p plugins && cp target/wasm32-wasip2/release/{}.wasm plugins/",
         args.name
     );
-    println!("  jasper-host run --config jasper.toml         # leave it running; in another shell:");
     println!(
-        "  jasper-host send --config jasper.toml --type Greet --body '{{\"name\":\"ann\"}}'"
+        "  jasper-host run --config jasper.toml         # leave it running; in another shell:"
     );
+    println!("  jasper-host send --config jasper.toml --type Greet --body '{{\"name\":\"ann\"}}'");
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::ConfigArg;
 use super::shown::MessageShown;
 use crate::envelope::Envelope;
-use crate::store::{self, DeadLetter, Selection};
+use crate::store::{DeadLetter, Selection};
 
 /// How much of a body the plain listing shows.
 const PREVIEW_CHARS: usize = 120;
@@ -105,9 +105,7 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
             json,
             limit,
         } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let list = store.dead_letters(limit).await?;
             let shown: Vec<Listed<'_>> = list.iter().map(Listed::of).collect();
             if json {
@@ -126,9 +124,7 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
             }
         }
         DeadLettersCommand::Show { config, id } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let Some(row) = store.dead_letter(id).await? else {
                 anyhow::bail!(
                     "no dead letter with id {id} (`dead-letters list` shows the ids there are)"
@@ -137,16 +133,12 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&Listed::of(&row))?);
         }
         DeadLettersCommand::Replay { config, ids } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let n = store.replay_dead_letters(&Selection::all_or(ids)).await?;
             println!("replayed {n} dead letter(s) into the inbox");
         }
         DeadLettersCommand::Purge { config, ids } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let n = store.purge_dead_letters(&Selection::all_or(ids)).await?;
             println!("purged {n} dead letter(s)");
         }

@@ -39,6 +39,17 @@ impl ConfigArg {
     pub(crate) fn load(&self) -> anyhow::Result<Config> {
         load_config(&self.config)
     }
+
+    /// The configured store, checked to hold the message tables: what every
+    /// command that reads or changes existing messages or state starts with.
+    pub(crate) async fn open_store(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::store::MessageStore>> {
+        let cfg = self.load()?;
+        let store = crate::store::open(&cfg.storage).await?;
+        store.check_schema().await?;
+        Ok(store)
+    }
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {

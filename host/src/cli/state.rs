@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use super::ConfigArg;
 use super::shown::{Encoding, Shown};
-use crate::store;
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
@@ -59,9 +58,7 @@ pub(crate) async fn run(cmd: StateCommand) -> anyhow::Result<()> {
             plugin,
             key,
         } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let found = store
                 .read_state(&plugin, &key)
                 .await
@@ -90,9 +87,7 @@ pub(crate) async fn run(cmd: StateCommand) -> anyhow::Result<()> {
             prefix,
             limit,
         } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let rows = store
                 .list_state(&plugin, &prefix, limit)
                 .await

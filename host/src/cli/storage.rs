@@ -36,9 +36,7 @@ pub enum StorageCommand {
 pub(crate) async fn run(cmd: StorageCommand) -> anyhow::Result<()> {
     match cmd {
         StorageCommand::Counts { config, json } => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let c = store.counts().await?;
             if json {
                 println!("{}", serde_json::to_string(&c)?);
@@ -62,16 +60,12 @@ pub(crate) async fn run(cmd: StorageCommand) -> anyhow::Result<()> {
             println!("wrote {}", file.display());
         }
         StorageCommand::Clear(config) => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             store.clear().await?;
             println!("cleared every persisted message");
         }
         StorageCommand::Release(config) => {
-            let cfg = config.load()?;
-            let store = store::open(&cfg.storage).await?;
-            store.check_schema().await?;
+            let store = config.open_store().await?;
             let n = store.release_all().await?;
             println!("released {n} message(s) to any node");
         }

@@ -14,6 +14,12 @@
 //! write: a commit whose outcome was unknown, tried again) and the commit is
 //! a success, or the rows another node took fail it with
 //! [`StoreError::Lost`].
+//!
+//! A batch whose every message was handled (the common case) needs no read:
+//! its fence and its handled marks are one statement that marks each row only
+//! where it is still held at its claim ([`CommitSteps::mark_held`]). All
+//! marked: the batch goes on. Fewer: the transaction is rolled back and the
+//! fence above runs to say why.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -25,7 +31,7 @@ use uuid::Uuid;
 use super::error::{StoreError, StoreResult};
 use super::faces::GroupCommit;
 use super::rows::{
-    CommitBatch, DeadLetter, Fence, FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark,
+    CommitBatch, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark,
     STATUS_HANDLED, STATUS_INCOMING, StateCheck, StateWrite,
 };
 use crate::backoff::Backoff;
@@ -128,6 +134,20 @@ pub(crate) trait CommitSteps: Send + Sized {
     async fn insert_incoming(&mut self, rows: &[NewIncoming]) -> StoreResult<InsertReport>;
     /// Mark inbox rows handled, kept until `keep_until`. Returns rows marked.
     async fn mark_handled(&mut self, keep_until: i64, ids: &[Uuid]) -> StoreResult<u64>;
+    /// The fence and the handled marks in one statement, where the backend
+    /// offers it: mark handled (kept until `keep_until`) each of `rows` that
+    /// `node_id` still holds at its claim (owner, status incoming, attempts
+    /// = claim), locking them, and return how many it marked. `None`: not
+    /// offered, the commit locks and reads the rows first
+    /// ([`CommitSteps::lock_claimed`]).
+    async fn mark_held(
+        &mut self,
+        _node_id: i64,
+        _keep_until: i64,
+        _rows: &[Held],
+    ) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
     /// Insert outgoing rows; an existing id is kept as it is.
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64>;
     /// Hand inbox rows back for another attempt (distinct ids). Returns rows updated.
@@ -148,9 +168,23 @@ async fn commit_batch<B: Transactional>(backend: &B, batch: &CommitBatch) -> Sto
     if batch.is_empty() {
         return Ok(());
     }
+    let marks_only_fenced = batch.fence.as_ref().and_then(|f| fenced_marks(f, batch));
     run_again(backend, || async {
         let mut tx = backend.begin_steps().await?;
-        if let Some(fence) = &batch.fence {
+        let mut marked = false;
+        if let (Some(fence), Some(keep_until)) = (&batch.fence, marks_only_fenced) {
+            match tx.mark_held(fence.node_id, keep_until, &fence.rows).await? {
+                Some(n) if n == len_u64(&fence.rows) => marked = true,
+                // Not every row is held at its claim: roll the marks back
+                // (dropping the transaction) and let the fence say why.
+                Some(_) => {
+                    drop(tx);
+                    tx = backend.begin_steps().await?;
+                }
+                None => {}
+            }
+        }
+        if let (Some(fence), false) = (&batch.fence, marked) {
             match check_fence(&mut tx, fence, batch).await? {
                 FenceCheck::Held => {}
                 // Dropping the transaction rolls it back: it wrote nothing.
@@ -158,10 +192,26 @@ async fn commit_batch<B: Transactional>(backend: &B, batch: &CommitBatch) -> Sto
                 FenceCheck::Lost(ids) => return Err(StoreError::Lost { ids }),
             }
         }
-        apply(&mut tx, batch).await?;
+        apply(&mut tx, batch, marked).await?;
         tx.finish().await
     })
     .await
+}
+
+/// When the fence's rows are exactly the batch's handled marks (distinct
+/// ids, one keep time: a batch whose every message was handled), the keep
+/// time: the fence and the marks can then be one statement
+/// ([`CommitSteps::mark_held`]).
+fn fenced_marks(fence: &Fence, batch: &CommitBatch) -> Option<i64> {
+    let (_, keep_until) = *batch.handled.first()?;
+    if fence.rows.len() != batch.handled.len()
+        || batch.handled.iter().any(|(_, k)| *k != keep_until)
+    {
+        return None;
+    }
+    let fenced: HashSet<Uuid> = fence.rows.iter().map(|h| h.id).collect();
+    let handled: HashSet<Uuid> = batch.handled.iter().map(|(id, _)| *id).collect();
+    (fenced.len() == fence.rows.len() && fenced == handled).then_some(keep_until)
 }
 
 /// What the fence found.
@@ -225,7 +275,9 @@ fn judge(fence: &Fence, found: &[FencedRow], batch: &CommitBatch) -> FenceCheck 
     FenceCheck::Lost(lost)
 }
 
-async fn apply<S: CommitSteps>(tx: &mut S, batch: &CommitBatch) -> StoreResult<()> {
+/// Write `batch` on `tx` (its handled marks too unless `marked`: written
+/// with the fence already).
+async fn apply<S: CommitSteps>(tx: &mut S, batch: &CommitBatch, marked: bool) -> StoreResult<()> {
     for (i, round) in rounds(&batch.state_writes).iter().enumerate() {
         let checks: &[StateCheck] = if i == 0 { &batch.state_checks } else { &[] };
         state_round(tx, checks, round).await?;
@@ -236,8 +288,10 @@ async fn apply<S: CommitSteps>(tx: &mut S, batch: &CommitBatch) -> StoreResult<(
     if !batch.new_incoming.is_empty() {
         tx.insert_incoming(&batch.new_incoming).await?;
     }
-    for (keep_until, ids) in by_keep(&batch.handled) {
-        tx.mark_handled(keep_until, &ids).await?;
+    if !marked {
+        for (keep_until, ids) in by_keep(&batch.handled) {
+            tx.mark_handled(keep_until, &ids).await?;
+        }
     }
     if !batch.outgoing.is_empty() {
         tx.insert_outgoing(&batch.outgoing).await?;
@@ -272,6 +326,19 @@ fn rounds(writes: &[StateWrite]) -> Vec<Vec<&StateWrite>> {
         *n += 1;
     }
     rounds
+}
+
+/// Held rows by the attempt count their claim left, ids sorted (normally one
+/// group: a batch's rows come from one claim): one fenced statement each.
+pub(crate) fn by_claim(rows: &[Held]) -> BTreeMap<u32, Vec<Uuid>> {
+    let mut by_claim: BTreeMap<u32, Vec<Uuid>> = BTreeMap::new();
+    for h in rows {
+        by_claim.entry(h.claim).or_default().push(h.id);
+    }
+    for ids in by_claim.values_mut() {
+        ids.sort_unstable();
+    }
+    by_claim
 }
 
 /// Handled ids by keep time: one statement per distinct keep window (normally one).

@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use super::MysqlStore;
 use super::schema::{Tables, chunks};
-use crate::store::commit::{CommitSteps, DeadLetterRow, StateKey, Versions};
+use crate::store::commit::{CommitSteps, DeadLetterRow, StateKey, Versions, by_claim};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, OWNED, Table};
 use crate::store::rows::{
-    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
+    FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
     STATUS_SCHEDULED, StateValue, StateWrite,
 };
 use crate::store::shared::{
@@ -236,6 +236,31 @@ impl CommitSteps for MysqlTx {
             n += exec(&mut self.tx, sql, "mark handled").await?;
         }
         Ok(n)
+    }
+
+    /// Rows are locked in id order as the update finds them; a row not held
+    /// at its claim is not changed (its status changes when it is, so the
+    /// rows affected are the rows marked).
+    async fn mark_held(
+        &mut self,
+        node_id: i64,
+        keep_until: i64,
+        rows: &[Held],
+    ) -> StoreResult<Option<u64>> {
+        let mut n = 0;
+        for (claim, ids) in by_claim(rows) {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE {} SET status = '{STATUS_HANDLED}', keep_until = {keep_until}, owner_id = 0 \
+                     WHERE id IN ({}) AND owner_id = {node_id} AND status = '{STATUS_INCOMING}' AND attempts = {claim} \
+                     ORDER BY id",
+                    self.t.incoming,
+                    inline_ids(chunk)
+                );
+                n += exec(&mut self.tx, sql, "fence and mark handled").await?;
+            }
+        }
+        Ok(Some(n))
     }
 
     /// An existing id is kept as it is (`ON DUPLICATE KEY UPDATE id = id`).

@@ -19,7 +19,7 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, Table};
 use crate::store::rows::{
-    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, StateValue, StateWrite,
+    FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark, StateValue, StateWrite,
 };
 use crate::store::shared::{self, run};
 
@@ -161,6 +161,22 @@ impl CommitSteps for PgTx {
     async fn mark_handled(&mut self, keep_until: i64, ids: &[Uuid]) -> StoreResult<u64> {
         let query = q(&self.sql.mark_handled).bind(keep_until).bind(ids);
         run(&mut *self.tx, query, "mark handled").await
+    }
+
+    async fn mark_held(
+        &mut self,
+        node_id: i64,
+        keep_until: i64,
+        rows: &[Held],
+    ) -> StoreResult<Option<u64>> {
+        let query = q(&self.sql.mark_held)
+            .bind(node_id)
+            .bind(keep_until)
+            .bind(col(rows, |h| h.id))
+            .bind(col(rows, |h| i64::from(h.claim)));
+        run(&mut *self.tx, query, "fence and mark handled")
+            .await
+            .map(Some)
     }
 
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64> {

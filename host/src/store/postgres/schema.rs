@@ -226,6 +226,7 @@ pub(super) struct Statements {
     pub read_state: Arc<str>,
     pub insert_incoming: Arc<str>,
     pub mark_handled: Arc<str>,
+    pub mark_held: Arc<str>,
     pub insert_outgoing: Arc<str>,
     pub retry: Arc<str>,
     pub delete_incoming: Arc<str>,
@@ -325,6 +326,13 @@ impl Statements {
             mark_handled: s(format!(
                 "UPDATE {inc} SET status = '{STATUS_HANDLED}', keep_until = $1, owner_id = 0 \
                  WHERE id = ANY($2::uuid[])"
+            )),
+            // The fence and the marks in one: each row still this claim's
+            // (a concurrent change is re-checked on the row's newest version).
+            mark_held: s(format!(
+                "UPDATE {inc} AS i SET status = '{STATUS_HANDLED}', keep_until = $2, owner_id = 0 \
+                 FROM unnest($3::uuid[], $4::bigint[]) AS h(id, attempts) \
+                 WHERE i.id = h.id AND i.owner_id = $1 AND i.status = '{STATUS_INCOMING}' AND i.attempts = h.attempts"
             )),
             insert_outgoing: s(format!(
                 "INSERT INTO {out} (id, owner_id, destination, deliver_by, attempts, message_type, body) \

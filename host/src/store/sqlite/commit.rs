@@ -15,13 +15,15 @@ use uuid::fmt::Hyphenated;
 
 use super::schema::{Sql, Tables};
 use super::{SqliteStore, q};
-use crate::store::commit::{CommitSteps, DeadLetterRow, StateKey, Versions, report_of};
+use crate::store::commit::{
+    CommitSteps, DeadLetterRow, StateKey, Versions, by_claim, report_of,
+};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, Table};
 use crate::store::rows::{
-    FencedRow, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, StateValue,
-    StateWrite,
+    FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED,
+    STATUS_INCOMING, StateValue, StateWrite,
 };
 use crate::store::shared::{self, CHUNK, incoming_values, inline_ids, outgoing_values, run};
 
@@ -165,6 +167,32 @@ impl CommitSteps for SqliteTx {
             n += run(&mut *self.tx, query, "mark handled").await?;
         }
         Ok(n)
+    }
+
+    /// The write lock is held already: the fenced update is the fence.
+    async fn mark_held(
+        &mut self,
+        node_id: i64,
+        keep_until: i64,
+        rows: &[Held],
+    ) -> StoreResult<Option<u64>> {
+        let mut n = 0;
+        for (claim, ids) in by_claim(rows) {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE {} SET status = '{STATUS_HANDLED}', keep_until = ?1, owner_id = 0 \
+                     WHERE id IN ({}) AND owner_id = ?2 AND status = '{STATUS_INCOMING}' AND attempts = ?3",
+                    self.tables.incoming,
+                    inline_ids(chunk)
+                );
+                let query = sqlx::query(AssertSqlSafe(sql))
+                    .bind(keep_until)
+                    .bind(node_id)
+                    .bind(i64::from(claim));
+                n += run(&mut *self.tx, query, "fence and mark handled").await?;
+            }
+        }
+        Ok(Some(n))
     }
 
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64> {

@@ -4,6 +4,8 @@
 //! against (the disk's fsync rate swings a lot here, so only ratios to a
 //! probe taken in the same run mean something).
 
+pub mod latency;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

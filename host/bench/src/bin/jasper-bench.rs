@@ -6,18 +6,22 @@
 //! `handling.batches_in_flight = 1`: the path before issue 11, the baseline)
 //! and with the defaults (calls on every core, the next batch handled while
 //! one commits), with their ratio; then the cost of the Wasm call alone
-//! (fresh pooled instance + call), one at a time and many at once.
+//! (fresh pooled instance + call), one at a time and many at once; and the
+//! latency from `Host::send` to handled at an offered rate (`--rate`,
+//! default 1,000/s, for `--seconds`, default 5) on each backend, p99 beside
+//! the time of one commit of the probe.
 //!
-//! Usage: `jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql]`
+//! Usage: `jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S]`
 //! (`make bench` builds the plugin and runs it). Server URLs come from
 //! `JASPER_BENCH_POSTGRES_URL` / `JASPER_BENCH_MYSQL_URL` (defaults: the local
 //! test servers); each run uses a schema of its own and drops it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
+use jasper_bench::latency::{Latency, offered_load, watch};
 use jasper_bench::{backend, commit_probe, insert_all, noop_rows, wait_handled};
 use jasper_host::Host;
 use jasper_host::config::Config;
@@ -30,16 +34,19 @@ struct Args {
     messages: usize,
     noop: PathBuf,
     backends: Vec<String>,
+    rate: u64,
+    seconds: u64,
 }
 
-const USAGE: &str =
-    "usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql]";
+const USAGE: &str = "usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S]";
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         messages: 20_000,
         noop: PathBuf::from("target/wasm32-wasip2/plugin/noop.wasm"),
         backends: vec!["sqlite".into()],
+        rate: 1000,
+        seconds: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,8 +63,13 @@ fn args() -> anyhow::Result<Args> {
                 .map(str::to_string)
                 .collect()
             }
+            "--rate" => a.rate = jasper_bench::value(&mut it, "--rate", "a rate per second")?,
+            "--seconds" => a.seconds = jasper_bench::value(&mut it, "--seconds", "seconds")?,
             other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
+    }
+    if a.rate == 0 || a.seconds == 0 {
+        return Err(jasper_bench::bad("--rate and --seconds must be at least 1"));
     }
     if !a.noop.exists() {
         bail!(
@@ -98,18 +110,24 @@ impl Mode {
     }
 }
 
-async fn run_backend(a: &Args, name: &str, mode: Mode) -> anyhow::Result<Figures> {
-    let dir = tempfile::tempdir()?;
-    let plugins = dir.path().join("plugins");
+/// A host's config on backend `name` with the no-op plugin, in `dir`.
+fn bench_config(a: &Args, name: &str, dir: &Path, mode: Mode) -> anyhow::Result<Config> {
+    let plugins = dir.join("plugins");
     std::fs::create_dir(&plugins)?;
     std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
-    let mut config = Config::for_dir(dir.path());
-    config.storage.backend = backend(name, dir.path())?;
+    let mut config = Config::for_dir(dir);
+    config.storage.backend = backend(name, dir)?;
     config.storage.schema = format!("bench{}", std::process::id());
     config.plugins.dir = plugins;
     config.handling.batch_size = 500;
     config.handling.poll_interval_ms = 10;
     mode.apply(&mut config);
+    Ok(config)
+}
+
+async fn run_backend(a: &Args, name: &str, mode: Mode) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let config = bench_config(a, name, dir.path(), mode)?;
 
     let probe_before = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
     let store = store::open(&config.storage).await?;
@@ -137,6 +155,36 @@ async fn run_backend(a: &Args, name: &str, mode: Mode) -> anyhow::Result<Figures
         enqueue,
         handled,
     })
+}
+
+/// Send → handled on backend `name` with the defaults, `Host::send` (one
+/// commit each) at `a.rate`/s for `a.seconds`, beside the time of one commit
+/// of the probe taken right before.
+async fn latency_backend(a: &Args, name: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = bench_config(a, name, dir.path(), Mode::EveryCore)?;
+    let probe = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
+    let store = store::open(&config.storage).await?;
+    store.rebuild().await?;
+    let host = Host::start(config).await?;
+    let w = watch(&host);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes();
+    let figures = offered_load(&host, &w, "bench.Noop", &body, a.rate, a.seconds, name).await;
+    drop(w);
+    host.shutdown().await?;
+    store.drop_all().await?;
+    let Latency {
+        offered,
+        p50,
+        p99,
+        max,
+    } = figures?;
+    let commit_ms = 1e3 / probe;
+    println!(
+        "  {name:<9} latency at {offered:.0} msgs/s offered (Host::send to handled, defaults): p50 {p50:.2} ms, p99 {p99:.2} ms = {:.1}x one commit of the probe ({commit_ms:.2} ms), max {max:.2} ms",
+        p99 / commit_ms
+    );
+    Ok(())
 }
 
 /// The Wasm call alone: fresh pooled instance + call of the no-op handler,
@@ -202,6 +250,9 @@ async fn bench() -> anyhow::Result<()> {
             (every.handled / every.probe) / (base.handled / base.probe),
         );
         results.push((name.clone(), every));
+    }
+    for name in &a.backends {
+        latency_backend(&a, name).await?;
     }
     if let Some((_, first)) = results.first() {
         for (name, f) in &results[1..] {

@@ -15,19 +15,17 @@
 //! Usage: `jasper-tcp-bench [--messages N] [--rate R] [--seconds S] [--noop PATH]`
 //! (`make bench` runs it after `jasper-bench`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use jasper_bench::latency::{Latency, offered_load, watch};
 use jasper_host::Host;
 use jasper_host::address::Destination;
 use jasper_host::config::{Config, ListenConfig, RouteConfig};
 use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::store::CommitBatch;
 use jasper_host::transport::Outgoing;
-use uuid::Uuid;
 
 struct Args {
     messages: usize,
@@ -78,56 +76,6 @@ fn host_config(dir: &Path, noop: Option<&Path>) -> anyhow::Result<Config> {
 
 fn body() -> Vec<u8> {
     format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes()
-}
-
-/// Counts what B handled, and when each id was handled.
-struct Watch {
-    handled: Arc<Mutex<HashMap<Uuid, Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn watch(b: &Host) -> Watch {
-    let mut rx = b.subscribe();
-    let handled = Arc::new(Mutex::new(HashMap::new()));
-    let h = handled.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let now = Instant::now();
-                    #[allow(clippy::unwrap_used)]
-                    let mut map = h.lock().unwrap();
-                    for e in &ev.handled {
-                        map.entry(e.id).or_insert(now);
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("watcher lagged by {n} events; figures would be wrong");
-                    std::process::exit(2);
-                }
-                Err(_) => return,
-            }
-        }
-    });
-    Watch { handled, task }
-}
-
-impl Watch {
-    #[allow(clippy::unwrap_used)]
-    fn count(&self) -> usize {
-        self.handled.lock().unwrap().len()
-    }
-
-    async fn until(&self, n: usize, what: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while self.count() < n {
-            if Instant::now() > deadline {
-                bail!("{what}: only {} of {n} handled after 600 s", self.count());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(())
-    }
 }
 
 /// Host B listening on `scheme`, host A routing bench.Noop to it.
@@ -181,7 +129,7 @@ async fn throughput(args: &Args, scheme: &str) -> anyhow::Result<f64> {
         }
     }
     let rate = args.messages as f64 / t.elapsed().as_secs_f64();
-    w.task.abort();
+    drop(w);
     a.shutdown().await?;
     b.shutdown().await?;
     Ok(rate)
@@ -205,48 +153,20 @@ async fn local_baseline(args: &Args) -> anyhow::Result<f64> {
     }
     w.until(args.messages, "local").await?;
     let rate = args.messages as f64 / t.elapsed().as_secs_f64();
-    w.task.abort();
+    drop(w);
     b.shutdown().await?;
     Ok(rate)
 }
 
 /// `Host::send` on A at `rate`/s for `seconds`; latencies to B's commit.
-async fn latency(args: &Args, scheme: &str) -> anyhow::Result<(f64, f64, f64, f64)> {
+async fn latency(args: &Args, scheme: &str) -> anyhow::Result<Latency> {
     let (a, b, _da, _db) = pair(args, scheme).await?;
     let w = watch(&b);
-    let n = (args.rate * args.seconds) as usize;
-    let mut sent_at = HashMap::with_capacity(n);
-    let start = Instant::now();
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let t = Instant::now();
-        let envs = a.send("bench.Noop", body(), None).await?;
-        for e in envs {
-            sent_at.insert(e.id, t);
-        }
-    }
-    let offered = n as f64 / start.elapsed().as_secs_f64();
-    w.until(n, scheme).await?;
-    #[allow(clippy::unwrap_used)]
-    let handled = w.handled.lock().unwrap().clone();
-    let mut lat: Vec<f64> = sent_at
-        .iter()
-        .filter_map(|(id, t)| {
-            handled
-                .get(id)
-                .map(|h| h.duration_since(*t).as_secs_f64() * 1e3)
-        })
-        .collect();
-    if lat.len() != n {
-        bail!("{scheme}: {} of {n} sends were matched at B", lat.len());
-    }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    w.task.abort();
+    let figures = offered_load(&a, &w, "bench.Noop", &body(), args.rate, args.seconds, scheme).await;
+    drop(w);
     a.shutdown().await?;
     b.shutdown().await?;
-    Ok((offered, pct(0.5), pct(0.99), lat[lat.len() - 1]))
+    figures
 }
 
 fn main() -> std::process::ExitCode {
@@ -285,7 +205,12 @@ async fn bench() -> anyhow::Result<()> {
         durable / tcp
     );
     for scheme in ["tcp", "durable"] {
-        let (offered, p50, p99, max) = latency(&a, scheme).await?;
+        let Latency {
+            offered,
+            p50,
+            p99,
+            max,
+        } = latency(&a, scheme).await?;
         println!(
             "  {scheme:<8} latency at {offered:.0} msgs/s offered (Host::send on A to handled on B): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
         );

@@ -144,6 +144,7 @@ compliance!(
     a_claim_takes_one_row_that_ended_without_an_outcome,
     a_fenced_commit_writes_nothing_for_rows_another_node_took,
     a_commit_tried_again_after_it_applied_is_not_applied_twice,
+    a_batch_of_handled_marks_tried_again_is_a_success_and_a_partial_hold_writes_nothing,
     clear_keeps_schema_and_state_and_rebuild_empties_everything,
     migrate_is_idempotent_and_safe_when_two_hosts_start_together,
     a_missing_schema_is_named_with_the_command_that_creates_it,
@@ -510,6 +511,73 @@ async fn a_commit_tried_again_after_it_applied_is_not_applied_twice(kind: Kind) 
     assert_eq!(s.read_state("p", "k").await.unwrap().unwrap().version, 1);
     let c = s.counts().await.unwrap();
     assert_eq!((c.incoming, c.scheduled, c.handled), (1, 1, 1));
+}
+
+/// The one-statement fence (a batch that only marks its rows handled):
+/// tried again after it applied, it succeeds and changes nothing; over one
+/// row held and one another node took, nothing is marked.
+async fn a_batch_of_handled_marks_tried_again_is_a_success_and_a_partial_hold_writes_nothing(
+    kind: Kind,
+) {
+    let s = open(kind).await;
+    let rows = [
+        row("local://a"),
+        row("local://a"),
+        row("local://a"),
+        row("local://a"),
+    ];
+    s.insert_incoming(&rows).await.unwrap();
+    s.register_node(1, "zombie", 1_000).await.unwrap();
+    s.register_node(2, "live", 9_000).await.unwrap();
+    let first = s.claim_incoming(1, 0, 2).await.unwrap();
+    let batch = CommitBatch {
+        fence: fenced(1, &first),
+        handled: first.iter().map(|r| (r.id, 10_000)).collect(),
+        ..Default::default()
+    };
+    s.commit(&batch).await.unwrap();
+    s.commit(&batch).await.unwrap();
+    let c = s.counts().await.unwrap();
+    assert_eq!((c.incoming, c.handled), (2, 2));
+    // Node 1 claims the other two, goes silent; node 2 releases them and
+    // takes one back.
+    let last = s.claim_incoming(1, 0, 10).await.unwrap();
+    assert_eq!(last.len(), 2);
+    assert_eq!(s.release_dead_nodes(2, 5_000).await.unwrap(), 2);
+    let taken = s.claim_incoming(2, 0, 1).await.unwrap();
+    // Node 2 holds one of them and marks it through the one-statement fence
+    // with a row it does not hold: nothing is marked.
+    let other = last.iter().find(|r| r.id != taken[0].id).unwrap().clone();
+    let mixed = CommitBatch {
+        fence: fenced(2, &[taken[0].clone(), other.clone()]),
+        handled: vec![(taken[0].id, 10_000), (other.id, 10_000)],
+        ..Default::default()
+    };
+    assert!(
+        matches!(s.commit(&mixed).await, Err(StoreError::Lost { ids }) if ids == vec![other.id])
+    );
+    let c = s.counts().await.unwrap();
+    assert_eq!(
+        (c.incoming, c.handled),
+        (2, 2),
+        "nothing of the mixed batch is marked"
+    );
+    // Node 1's batch of both: both lost.
+    let zombie = CommitBatch {
+        fence: fenced(1, &last),
+        handled: last.iter().map(|r| (r.id, 10_000)).collect(),
+        ..Default::default()
+    };
+    assert!(matches!(s.commit(&zombie).await, Err(StoreError::Lost { ids }) if ids.len() == 2));
+    // Node 2 marks the row it holds.
+    s.commit(&CommitBatch {
+        fence: fenced(2, &taken),
+        handled: vec![(taken[0].id, 10_000)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.counts().await.unwrap().handled, 3);
 }
 
 async fn clear_keeps_schema_and_state_and_rebuild_empties_everything(kind: Kind) {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use jasper_host::Host;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
@@ -90,7 +92,7 @@ pub struct Latency {
 }
 
 /// `Host::send` of `message_type` on `sender`, one message every
-/// 1/`rate` s for `seconds`, each timed from just before its send to the
+/// 1/`rate` s for `seconds` (sends overlap when one takes longer), each timed from just before its send to the
 /// moment `at` saw it handled.
 pub async fn offered_load(
     sender: &Host,
@@ -105,17 +107,33 @@ pub async fn offered_load(
     if n == 0 {
         bail!("{what}: no messages to send at {rate}/s for {seconds} s");
     }
+    // Each send at its due time, whether or not the ones before it are done
+    // (a send is a commit: one that waits must not lower the offered rate).
     let mut sent_at = Vec::with_capacity(n);
+    let mut sending = FuturesUnordered::new();
     let start = Instant::now();
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let t = Instant::now();
-        for e in sender.send(message_type, body.to_vec(), None).await? {
-            sent_at.push((e.id, t));
+    let mut next = 0;
+    let mut last_issued = start;
+    while next < n || !sending.is_empty() {
+        let due = start + Duration::from_secs_f64(next as f64 / rate as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()), if next < n => {
+                next += 1;
+                last_issued = Instant::now();
+                sending.push(async {
+                    let t = Instant::now();
+                    (t, sender.send(message_type, body.to_vec(), None).await)
+                });
+            }
+            Some((t, sent)) = sending.next(), if !sending.is_empty() => {
+                for e in sent? {
+                    sent_at.push((e.id, t));
+                }
+            }
         }
     }
-    let offered = n as f64 / start.elapsed().as_secs_f64();
+    // Sends issued per second, from the first to the last.
+    let offered = (n - 1).max(1) as f64 / last_issued.duration_since(start).as_secs_f64().max(1e-9);
     at.until(sent_at.len(), what).await?;
     let mut ms: Vec<f64> = sent_at
         .iter()

@@ -31,8 +31,8 @@ use uuid::Uuid;
 use super::error::{StoreError, StoreResult};
 use super::faces::GroupCommit;
 use super::rows::{
-    CommitBatch, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark,
-    STATUS_HANDLED, STATUS_INCOMING, StateCheck, StateWrite,
+    CommitBatch, DeadLetter, Fence, FencedRow, Held, InsertReport, NewIncoming, NewOutgoing,
+    RetryMark, STATUS_HANDLED, STATUS_INCOMING, StateCheck, StateWrite,
 };
 use crate::backoff::Backoff;
 

@@ -162,7 +162,16 @@ async fn local_baseline(args: &Args) -> anyhow::Result<f64> {
 async fn latency(args: &Args, scheme: &str) -> anyhow::Result<Latency> {
     let (a, b, _da, _db) = pair(args, scheme).await?;
     let w = watch(&b);
-    let figures = offered_load(&a, &w, "bench.Noop", &body(), args.rate, args.seconds, scheme).await;
+    let figures = offered_load(
+        &a,
+        &w,
+        "bench.Noop",
+        &body(),
+        args.rate,
+        args.seconds,
+        scheme,
+    )
+    .await;
     drop(w);
     a.shutdown().await?;
     b.shutdown().await?;

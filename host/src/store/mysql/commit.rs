@@ -19,8 +19,8 @@ use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, OWNED, Table};
 use crate::store::rows::{
-    FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED, STATUS_INCOMING,
-    STATUS_SCHEDULED, StateValue, StateWrite,
+    FencedRow, Held, InsertReport, NewIncoming, NewOutgoing, RetryMark, STATUS_HANDLED,
+    STATUS_INCOMING, STATUS_SCHEDULED, StateValue, StateWrite,
 };
 use crate::store::shared::{
     self, CHUNK, Columns, incoming_values, inline_ids, outgoing_values, run,

@@ -15,9 +15,7 @@ use uuid::fmt::Hyphenated;
 
 use super::schema::{Sql, Tables};
 use super::{SqliteStore, q};
-use crate::store::commit::{
-    CommitSteps, DeadLetterRow, StateKey, Versions, by_claim, report_of,
-};
+use crate::store::commit::{CommitSteps, DeadLetterRow, StateKey, Versions, by_claim, report_of};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::faces::StateReader;
 use crate::store::maintenance::{MaintenanceSteps, NodeSweep, Table};

@@ -127,20 +127,27 @@ impl Inbox {
                 subs
             }
         };
-        Ok(destinations
-            .into_iter()
-            .enumerate()
-            .map(|(k, dest)| {
-                let mut copy = env.clone();
-                let dest = Destination::from(dest);
-                if k > 0 {
-                    // Derived, so a resent envelope dedupes in every copy.
-                    copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
-                }
-                copy.attempts = 0;
-                copy.destination = Some(dest);
-                copy
-            })
-            .collect())
+        // The last copy is the envelope itself: one destination, no clone.
+        let base = env.id;
+        let last = destinations.len().saturating_sub(1);
+        let mut original = Some(env);
+        let mut copies = Vec::with_capacity(destinations.len());
+        for (k, dest) in destinations.into_iter().enumerate() {
+            let copy = if k == last {
+                original.take()
+            } else {
+                original.clone()
+            };
+            let Some(mut copy) = copy else { break };
+            let dest = Destination::from(dest);
+            if k > 0 {
+                // Derived, so a resent envelope dedupes in every copy.
+                copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+            }
+            copy.attempts = 0;
+            copy.destination = Some(dest);
+            copies.push(copy);
+        }
+        Ok(copies)
     }
 }

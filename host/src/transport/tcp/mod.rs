@@ -27,6 +27,8 @@ pub struct TcpSettings {
     pub tls_connector: Option<tokio_rustls::TlsConnector>,
     pub tls_server_name: Option<String>,
     pub limits: FrameLimits,
+    /// Received batches of one connection committed together, at most.
+    pub batches_per_commit: usize,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub frame_timeout: Duration,
@@ -107,6 +109,7 @@ impl TcpSettings {
                     ..Limits::default()
                 },
             },
+            batches_per_commit: cfg.batches_per_commit.max(1),
             max_connections: cfg.max_connections,
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
             frame_timeout: Duration::from_millis(cfg.frame_timeout_ms),

@@ -118,6 +118,11 @@ pub struct TcpConfig {
     /// Batches of one connection that arrived together written to the inbox
     /// in one transaction, default 8; 1 commits each batch alone.
     pub batches_per_commit: usize,
+    /// A `durable://` listener claims the rows it writes for this node in the
+    /// same transaction and hands them to the worker once committed (when
+    /// it has room), sparing the worker a claim; default true. `false`: the
+    /// worker claims them from the inbox like any other row.
+    pub hand_to_worker: bool,
 }
 
 impl Default for TcpConfig {
@@ -138,6 +143,7 @@ impl Default for TcpConfig {
             max_frame_bytes: 64 << 20,
             max_batch: 10_000,
             batches_per_commit: 8,
+            hand_to_worker: true,
         }
     }
 }

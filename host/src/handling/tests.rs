@@ -95,6 +95,7 @@ impl Rig {
             senders,
             calls,
             unrouted: Default::default(),
+            handoff: super::handoff::Handoff::new(super::handoff::HANDOFF_BATCHES),
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {

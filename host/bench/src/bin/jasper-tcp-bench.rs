@@ -13,10 +13,12 @@
 //!   mark; p50 / p99 / max.
 //! - `durable://` is measured twice per rep, in the same run: as configured
 //!   by default (several batches unanswered per connection, the receiver
-//!   committing the batches that arrived together at once, confirmed rows
-//!   deleted off the send path) and the previous way (`[sending]
-//!   batches_in_flight = 1`, `[tcp] batches_per_commit = 1`: one batch at a
-//!   time), and the figure is the ratio of the two.
+//!   committing the batches that arrived together at once and handing the
+//!   rows to its worker, confirmed rows deleted off the send path) and the
+//!   previous way (`[sending] batches_in_flight = 1`, `[tcp]
+//!   batches_per_commit = 1`, `hand_to_worker = false`: one batch at a
+//!   time, claimed by B's worker from its inbox), and the figure is the
+//!   ratio of the two.
 //!
 //! While a throughput run is timed nothing queries the stores: B's handled
 //! messages are counted from its batch events, and A's outgoing table is
@@ -172,6 +174,7 @@ async fn pair(
     });
     if mode == Mode::Previous {
         cb.tcp.batches_per_commit = 1;
+        cb.tcp.hand_to_worker = false;
     }
     let b = Host::start(cb).await?;
     let mut ca = host_config(da.path(), None)?;
@@ -348,7 +351,7 @@ async fn bench() -> anyhow::Result<()> {
     let (durable, previous) = (median(|r| r.0), median(|r| r.1));
     println!(
         "  durable:// {durable:>7.0} msgs/s = {:.2}x the previous durable:// ({previous:.0} msgs/s: \
-         batches_in_flight = 1, batches_per_commit = 1), {:.2}x the local-queue baseline, {:.2}x tcp:// \
+         batches_in_flight = 1, batches_per_commit = 1, hand_to_worker = false), {:.2}x the local-queue baseline, {:.2}x tcp:// \
          (medians of {} reps)",
         durable / previous,
         durable / base,

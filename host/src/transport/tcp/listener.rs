@@ -4,7 +4,8 @@
 //! `durable://`) and pings with pongs. Batches of one connection that
 //! arrived together (a sender has several unanswered) are committed in one
 //! transaction, up to `[tcp] batches_per_commit`, and then each is
-//! acknowledged in order. A peer that breaks the protocol is told why and
+//! acknowledged in order; the rows are claimed for this node as they are
+//! written and handed to the worker (`[tcp] hand_to_worker`). A peer that breaks the protocol is told why and
 //! disconnected; the other connections go on.
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::TcpSettings;
 use super::conn::{Conn, ConnError};
 use crate::address::TcpEndpoint;
 use crate::envelope::{CodecError, Envelope};
-use crate::transport::receive::Inbox;
+use crate::transport::receive::{Inbox, Keep};
 use crate::transport::wire::{self, Frame, Verdict};
 
 /// A listener bound to its address.
@@ -116,7 +117,7 @@ enum GroupEnd {
 async fn receive_group(
     conn: &mut Conn,
     inbox: &Inbox,
-    durable: bool,
+    keep: Keep,
     uri: &str,
     group: Vec<(u64, Vec<Result<Envelope, CodecError>>)>,
 ) -> Result<(), GroupEnd> {
@@ -129,7 +130,7 @@ async fn receive_group(
         entries.extend(e);
     }
     let verdicts = match inbox
-        .receive(entries, durable)
+        .receive_as(entries, keep)
         .instrument(span.clone())
         .await
     {
@@ -181,6 +182,11 @@ async fn serve(
         }
     };
     debug!("peer authenticated");
+    let keep = match (durable, settings.hand_to_worker) {
+        (false, _) => Keep::Memory,
+        (true, false) => Keep::Inbox,
+        (true, true) => Keep::Handed,
+    };
     // A frame read while a group of batches was gathered, handled next.
     let mut next = None;
     loop {
@@ -212,7 +218,7 @@ async fn serve(
                         }
                     }
                 }
-                match receive_group(&mut conn, &inbox, durable, uri, group).await {
+                match receive_group(&mut conn, &inbox, keep, uri, group).await {
                     Ok(()) => {}
                     Err(GroupEnd::Refused(reason)) => {
                         conn.fail(&reason).await;

@@ -80,9 +80,16 @@ impl Handoff {
         Some(Room(Arc::clone(self)))
     }
 
-    /// The oldest batch handed over.
-    pub(crate) fn take(&self) -> Option<Vec<ClaimedRow>> {
-        self.lock().queue.pop_front()
+    /// The oldest rows handed over, at most `max` (the rest of their batch
+    /// stays first in line).
+    pub(crate) fn take(&self, max: usize) -> Option<Vec<ClaimedRow>> {
+        let mut s = self.lock();
+        let mut rows = s.queue.pop_front()?;
+        if rows.len() > max.max(1) {
+            let rest = rows.split_off(max.max(1));
+            s.queue.push_front(rest);
+        }
+        Some(rows)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -136,8 +143,13 @@ mod tests {
             h.room().is_none(),
             "a handed batch holds its room until taken"
         );
-        let taken = h.take().unwrap();
-        assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), first_ids);
+        // In pieces of at most `max`, in order.
+        let taken: Vec<Uuid> = [h.take(1).unwrap(), h.take(5).unwrap()]
+            .concat()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(taken, first_ids);
         let c = h.room().unwrap();
         drop(c);
         // `b` is still out: close waits for it.
@@ -151,10 +163,10 @@ mod tests {
         b.hand(rows(1));
         closing.await.unwrap();
         assert_eq!(
-            h.take().unwrap().len(),
+            h.take(5).unwrap().len(),
             1,
             "what was handed stays to be taken"
         );
-        assert!(h.take().is_none() && h.is_empty());
+        assert!(h.take(5).is_none() && h.is_empty());
     }
 }

@@ -238,7 +238,7 @@ impl Worker {
                 pipeline.drain().await;
                 // What was handed over is in hand: run before stopping.
                 self.handoff.close().await;
-                while let Some(rows) = self.handoff.take() {
+                while let Some(rows) = self.handoff.take(self.config.batch_size) {
                     self.handle_batch(&rows, true, &mut shutdown, None).await;
                 }
                 return;
@@ -273,7 +273,7 @@ impl Worker {
             let handed = if claim_turn {
                 None
             } else {
-                self.handoff.take()
+                self.handoff.take(self.config.batch_size)
             };
             claim_turn = handed.is_some();
             let rows = match handed {

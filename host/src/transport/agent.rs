@@ -219,9 +219,21 @@ impl Agent {
             if failure.is_none()
                 && let Some(expected) = in_flight.front().map(|(b, _)| b.len())
             {
+                // While the window has room, what arrives meanwhile may
+                // make a full batch to send before this answer comes.
                 let answer = tokio::select! {
-                    r = self.finish(expected) => r,
+                    r = self.finish(expected) => Some(r),
+                    got = rx.recv(), if in_flight.len() < window => match got {
+                        Some(items) => {
+                            self.pending.extend(items);
+                            None
+                        }
+                        None => break 'serve,
+                    },
                     _ = shutdown.changed() => break 'serve,
+                };
+                let Some(answer) = answer else {
+                    continue 'serve;
                 };
                 match answer {
                     Ok(verdicts) => {
@@ -278,6 +290,7 @@ impl Agent {
     }
 
     /// The verdicts on the oldest unanswered batch, of `expected` envelopes.
+    /// Cancel-safe: the answer not read yet is read by the next call.
     async fn finish(&mut self, expected: usize) -> Result<Vec<Verdict>, LinkError> {
         let Some(link) = self.link.as_mut() else {
             return Err(LinkError("no link".into()));

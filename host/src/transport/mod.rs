@@ -131,7 +131,8 @@ pub(crate) trait Link: Send + Sync {
         Err(LinkError("this link sends one batch at a time".into()))
     }
     /// The verdicts on the oldest batch [`Link::start`] sent and not
-    /// answered yet.
+    /// answered yet. Cancel-safe: the agent stops waiting when more
+    /// envelopes arrive, and calls it again.
     async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
         Err(LinkError("this link sends one batch at a time".into()))
     }

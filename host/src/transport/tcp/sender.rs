@@ -136,11 +136,15 @@ impl Link for TcpLink {
         Ok(())
     }
 
+    /// Cancel-safe: a frame is taken off the connection whole or not at all
+    /// (`Conn::recv`), and the batch stays unanswered until its ack is read.
     async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
-        let Some(seq) = self.unanswered.pop_front() else {
+        let Some(&seq) = self.unanswered.front() else {
             return Err(LinkError("no batch is waiting for an answer".into()));
         };
-        match self.answer(seq).await? {
+        let answer = self.answer(seq).await?;
+        self.unanswered.pop_front();
+        match answer {
             Frame::Ack { verdicts, .. } => Ok(verdicts),
             other => Err(LinkError(format!(
                 "expected an ack, got {}",

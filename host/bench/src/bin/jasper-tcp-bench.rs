@@ -342,7 +342,7 @@ async fn bench() -> anyhow::Result<()> {
         let mut v: Vec<f64> = runs.iter().map(pick).collect();
         v.sort_by(f64::total_cmp);
         let mid = v.len() / 2;
-        if v.len() % 2 == 0 {
+        if v.len().is_multiple_of(2) {
             (v[mid - 1] + v[mid]) / 2.0
         } else {
             v[mid]

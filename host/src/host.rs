@@ -14,6 +14,7 @@ use crate::address::{Destination, Endpoint, RabbitEndpoint};
 use crate::config::Config;
 use crate::durability;
 use crate::envelope::local_row;
+use crate::handling::handoff::{HANDOFF_BATCHES, Handoff};
 use crate::handling::parallel::Calls;
 use crate::handling::unrouted::UnroutedCount;
 use crate::handling::{BatchEvent, Worker};
@@ -99,11 +100,14 @@ impl Host {
             rx.clone(),
         ));
         let (memory_tx, memory_rx) = mpsc::channel(MEMORY_QUEUE_BATCHES);
+        let handoff = Handoff::new(HANDOFF_BATCHES);
         let inbox = Inbox {
             store: store.clone(),
             plugins: plugins.clone(),
             wake: wake.clone(),
             memory: memory_tx,
+            handoff: handoff.clone(),
+            node_id,
         };
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
@@ -145,6 +149,7 @@ impl Host {
                 config.plugins.max_in_flight,
             )),
             unrouted: unrouted.clone(),
+            handoff,
         };
         tasks.extend([
             tokio::spawn(worker.run(rx.clone(), memory_rx)),

@@ -1304,3 +1304,85 @@ async fn under_the_memory_limit() {
     );
     println!("a 4 GiB frame was refused without allocating");
 }
+
+/// Not hostile, but seen the same way: a client with several batches
+/// unanswered (as a sender with `batches_in_flight` > 1 has) gets them
+/// committed in one inbox transaction (one `receive_batch` span) and an
+/// answer for each, in the order sent, a bad envelope refused alone, and
+/// the pong of a ping sent behind them after their acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sent_back_to_back_commit_together_and_are_acknowledged_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_b(dir.path(), TcpConfig::default()).await;
+    let listener = b.listeners[0].clone();
+    let (mut s, peer) = raw_connect(&b).await;
+    raw_handshake(&mut s, None).await;
+    let (two, three) = (order(2).encode(), order(3).encode());
+    let frames = [
+        batch_frame(1, 0..2),
+        wire::encode_batch(2, &[&two, b"garbage", &three]),
+        batch_frame(3, 4..6),
+        wire::encode_ping(4),
+    ];
+    // One write: the listener finds them all at hand.
+    s.write_all(&frames.concat()).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let len = wire::frame_len(read_array::<4>(&mut s).await, 1 << 20).unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        answers.push(wire::decode_frame(&body, &FrameLimits::default()).unwrap());
+    }
+    let ok = Verdict::Accepted;
+    assert_eq!(
+        answers[0],
+        Frame::Ack {
+            seq: 1,
+            verdicts: vec![ok.clone(), ok.clone()]
+        }
+    );
+    let Frame::Ack { seq: 2, verdicts } = &answers[1] else {
+        panic!("expected the ack of batch 2: {answers:?}");
+    };
+    assert_eq!(verdicts.len(), 3);
+    assert_eq!((&verdicts[0], &verdicts[2]), (&ok, &ok));
+    assert!(
+        matches!(&verdicts[1], Verdict::Rejected(r) if r.contains("the envelope cannot be decoded")),
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        answers[2],
+        Frame::Ack {
+            seq: 3,
+            verdicts: vec![ok.clone(), ok]
+        }
+    );
+    assert_eq!(answers[3], Frame::Pong { seq: 4 });
+    expect_handled(&b, 6).await;
+    // One inbox commit for the three batches.
+    let peer = peer.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let commits = loop {
+        let log =
+            String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let commits: Vec<String> = log
+            .lines()
+            .filter(|l| has_field(l, "peer", &peer) && has_field(l, "listener", &listener))
+            .filter_map(|l| match span_event(l) {
+                Some(("receive_batch", fields, "close")) => Some(fields.to_string()),
+                _ => None,
+            })
+            .collect();
+        if !commits.is_empty() || Instant::now() > deadline {
+            break commits;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert!(
+        has_field(&commits[0], "batches", "3") && has_field(&commits[0], "size", "7"),
+        "{commits:?}"
+    );
+    drop(s);
+    b.shutdown().await.unwrap();
+}

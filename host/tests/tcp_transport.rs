@@ -12,6 +12,9 @@ use std::time::Duration;
 use common::{config_with as config, state_u64, wait_for};
 use jasper_host::Host;
 use jasper_host::config::{ListenConfig, RouteConfig};
+use jasper_host::transport::tcp::TcpSettings;
+use jasper_host::transport::tcp::conn::Conn;
+use jasper_host::transport::wire::{self, Frame, Verdict};
 use serde_json::json;
 
 /// Host B (audit) listening on `scheme://127.0.0.1:0`, host A (orders)
@@ -215,6 +218,94 @@ async fn messages_wait_for_a_peer_that_comes_later() {
         (a.store.counts().await.unwrap().outgoing == 0).then_some(())
     })
     .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A's sender has several batches unanswered when the receiver is lost: it
+/// answered the first, read two more and died without answering them. The
+/// answered batch is not sent again; every other message reaches the real
+/// B, which comes up on the same port later, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_lost_with_batches_in_flight_loses_nothing() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = format!("durable://{}", fake.local_addr().unwrap());
+    let mut a = config(da.path(), &["orders"]);
+    a.sending.batch_size = 10;
+    a.sending.batches_in_flight = 4;
+    a.route.push(RouteConfig {
+        message_type: "OrderPlaced".into(),
+        to: peer.parse().unwrap(),
+    });
+    let a = Host::start(a).await.unwrap();
+    const N: u64 = 200;
+    for i in 0..N {
+        let body = json!({"order_id": format!("o-{i}"), "amount_cents": 100 + i, "remind_after_ms": 3_600_000});
+        a.send("PlaceOrder", serde_json::to_vec(&body).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(30), fake.accept())
+        .await
+        .expect("A connected")
+        .unwrap();
+    let mut conn = Conn::accept(stream, TcpSettings::plain()).await.unwrap();
+    let mut batches = Vec::new();
+    // Three batches arrive although the first is not answered yet.
+    while batches.len() < 3 {
+        match conn.recv(Duration::from_secs(30)).await.unwrap() {
+            Some(Frame::Batch { seq, entries }) => batches.push((seq, entries)),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+    let (seq, first) = &batches[0];
+    conn.send(&wire::encode_ack(
+        *seq,
+        &vec![Verdict::Accepted; first.len()],
+    ))
+    .await
+    .unwrap();
+    let answered: Vec<String> = first
+        .iter()
+        .map(|e| {
+            let body: serde_json::Value =
+                serde_json::from_slice(&e.as_ref().unwrap().body).unwrap();
+            body["order_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Lost, two batches or more unanswered.
+    drop(conn);
+    drop(fake);
+    let mut b = config(db.path(), &["audit"]);
+    b.listen.push(ListenConfig {
+        uri: peer.parse().unwrap(),
+    });
+    let b = Host::start(b).await.unwrap();
+    let expected = N - answered.len() as u64;
+    wait_for(
+        "every unanswered OrderPlaced handled on B",
+        Duration::from_secs(60),
+        || async { (state_u64(&b, "audit", "count").await >= expected).then_some(()) },
+    )
+    .await;
+    wait_for("A's outgoing empty", Duration::from_secs(10), || async {
+        (a.store.counts().await.unwrap().outgoing == 0).then_some(())
+    })
+    .await;
+    for i in 0..N {
+        let id = format!("o-{i}");
+        let want = u64::from(!answered.contains(&id));
+        assert_eq!(
+            state_u64(&b, "audit", &format!("seen/{id}")).await,
+            want,
+            "{id} (answered by the lost receiver: {answered:?})"
+        );
+    }
+    assert_eq!(state_u64(&b, "audit", "count").await, expected);
+    let cb = b.store.counts().await.unwrap();
+    assert_eq!(cb.handled, expected as i64, "{cb:?}");
+    assert_eq!(a.store.counts().await.unwrap().dead_letters, 0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -39,6 +39,10 @@ pub struct SendingConfig {
     pub batch_size: usize,
     /// How long a batch waits for more envelopes once it has one, default 2 ms.
     pub batch_window_ms: u64,
+    /// Batches sent to one `tcp://` or `durable://` peer before the first
+    /// is acknowledged, default 4, so the link is busy while the peer
+    /// commits; 1 waits for each acknowledgement before the next batch.
+    pub batches_in_flight: usize,
     /// Connecting and authenticating, default 5000.
     pub connect_timeout_ms: u64,
     /// Waiting for the peer's acknowledgement of a batch, default 30000.
@@ -64,6 +68,7 @@ impl Default for SendingConfig {
         SendingConfig {
             batch_size: 500,
             batch_window_ms: 2,
+            batches_in_flight: 4,
             connect_timeout_ms: 5000,
             ack_timeout_ms: 30_000,
             retry_delay_ms: 100,
@@ -110,6 +115,14 @@ pub struct TcpConfig {
     pub max_frame_bytes: u32,
     /// Most envelopes per received batch, default 10000.
     pub max_batch: usize,
+    /// Batches of one connection that arrived together written to the inbox
+    /// in one transaction, default 8; 1 commits each batch alone.
+    pub batches_per_commit: usize,
+    /// A `durable://` listener claims the rows it writes for this node in the
+    /// same transaction and hands them to the worker once committed (when
+    /// it has room), sparing the worker a claim; default true. `false`: the
+    /// worker claims them from the inbox like any other row.
+    pub hand_to_worker: bool,
 }
 
 impl Default for TcpConfig {
@@ -129,6 +142,8 @@ impl Default for TcpConfig {
             idle_timeout_ms: 300_000,
             max_frame_bytes: 64 << 20,
             max_batch: 10_000,
+            batches_per_commit: 8,
+            hand_to_worker: true,
         }
     }
 }
@@ -253,6 +268,10 @@ pub(super) fn validate(
         }
     };
     positive("sending.batch_size", sending.batch_size as u64)?;
+    positive(
+        "sending.batches_in_flight",
+        sending.batches_in_flight as u64,
+    )?;
     positive("sending.connect_timeout_ms", sending.connect_timeout_ms)?;
     positive("sending.ack_timeout_ms", sending.ack_timeout_ms)?;
     positive("sending.retry_delay_ms", sending.retry_delay_ms)?;
@@ -267,6 +286,7 @@ pub(super) fn validate(
     positive("tcp.frame_timeout_ms", tcp.frame_timeout_ms)?;
     positive("tcp.idle_timeout_ms", tcp.idle_timeout_ms)?;
     positive("tcp.max_batch", tcp.max_batch as u64)?;
+    positive("tcp.batches_per_commit", tcp.batches_per_commit as u64)?;
     if tcp.max_frame_bytes < 1024 {
         return Err((
             "tcp.max_frame_bytes".into(),

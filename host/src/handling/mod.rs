@@ -29,6 +29,7 @@
 //! rest of their batch has committed, so a crash while running them costs
 //! the others no attempt; the claim takes at most one such row at a time.
 
+pub(crate) mod handoff;
 pub(crate) mod parallel;
 mod pipeline;
 pub(crate) mod policy;
@@ -164,6 +165,8 @@ pub(crate) struct Worker {
     pub calls: Arc<Calls>,
     /// Published messages nobody took (see `unrouted`).
     pub unrouted: UnroutedCount,
+    /// Rows listeners claimed for this node as they wrote them (see `handoff`).
+    pub handoff: Arc<handoff::Handoff>,
 }
 
 /// Where a message a handler sent goes.
@@ -226,9 +229,18 @@ impl Worker {
         // A claim that failed may still have taken rows (its answer was
         // lost): they are handed back before the next claim.
         let mut claim_unknown = false;
+        // Handed rows first, but a claim at least every other batch, so the
+        // rows waiting in the inbox (retries, scheduled ones, what found no
+        // room in the hand-off) keep moving.
+        let mut claim_turn = false;
         loop {
             if *shutdown.borrow() {
                 pipeline.drain().await;
+                // What was handed over is in hand: run before stopping.
+                self.handoff.close().await;
+                while let Some(rows) = self.handoff.take(self.config.batch_size) {
+                    self.handle_batch(&rows, true, &mut shutdown, None).await;
+                }
                 return;
             }
             if let Ok(batch) = memory.try_recv() {
@@ -258,25 +270,37 @@ impl Worker {
             // A slot for the next batch before claiming it.
             let slot = pipeline.slot().await;
             let now = now_ms();
-            let rows = match self
-                .store
-                .claim_incoming(self.node_id, now, self.config.batch_size)
-                .await
-            {
-                Ok(rows) => {
-                    db_backoff.reset();
-                    rows
-                }
-                Err(e) => {
-                    error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
-                    claim_unknown = true;
-                    drop(slot);
-                    pause(&mut shutdown, db_backoff.next_delay()).await;
-                    continue;
-                }
+            let handed = if claim_turn {
+                None
+            } else {
+                self.handoff.take(self.config.batch_size)
+            };
+            claim_turn = handed.is_some();
+            let rows = match handed {
+                Some(rows) => rows,
+                None => match self
+                    .store
+                    .claim_incoming(self.node_id, now, self.config.batch_size)
+                    .await
+                {
+                    Ok(rows) => {
+                        db_backoff.reset();
+                        rows
+                    }
+                    Err(e) => {
+                        error!(error = %crate::error_chain(&e), "claiming messages failed; retrying");
+                        claim_unknown = true;
+                        drop(slot);
+                        pause(&mut shutdown, db_backoff.next_delay()).await;
+                        continue;
+                    }
+                },
             };
             if rows.is_empty() {
                 drop(slot);
+                if !self.handoff.is_empty() {
+                    continue;
+                }
                 let wait = self.idle_wait(now).await;
                 tokio::select! {
                     _ = self.wake.notified() => {}

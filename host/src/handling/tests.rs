@@ -95,6 +95,7 @@ impl Rig {
             senders,
             calls,
             unrouted: Default::default(),
+            handoff: super::handoff::Handoff::new(super::handoff::HANDOFF_BATCHES),
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {
@@ -220,4 +221,96 @@ async fn a_scheduled_message_wakes_the_worker_at_its_time_and_not_before() {
     // One claim at start (nothing due), the next at the scheduled time.
     assert_eq!(rig.claims_since(t0)[..2], [(0, Some(0)), (5000, Some(1))]);
     rig.stop().await;
+}
+
+/// The receiving side of a `durable://` listener over the rig's store,
+/// handing what it writes to the rig's worker.
+fn listener_inbox(rig: &Rig) -> crate::transport::receive::Inbox {
+    crate::transport::receive::Inbox {
+        store: rig.store.clone(),
+        plugins: rig.worker.plugins.clone(),
+        wake: rig.wake.clone(),
+        memory: mpsc::channel(1).0,
+        handoff: rig.worker.handoff.clone(),
+        node_id: rig.worker.node_id,
+    }
+}
+
+fn noops(n: usize) -> Vec<Envelope> {
+    (0..n)
+        .map(|_| Envelope::new("bench.Noop", b"{}".to_vec()))
+        .collect()
+}
+
+async fn receive_handed(inbox: &crate::transport::receive::Inbox, envs: &[Envelope]) {
+    let verdicts = inbox
+        .receive_as(
+            envs.iter().cloned().map(Ok).collect(),
+            crate::transport::receive::Keep::Handed,
+        )
+        .await
+        .unwrap();
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| *v == crate::transport::Verdict::Accepted)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_a_listener_hands_over_run_without_a_claim_and_the_inbox_still_gets_its_turn() {
+    // Polling far apart: only wakes move the worker.
+    let mut rig = Rig::new(60_000).await;
+    let inbox = listener_inbox(&rig);
+    let t0 = rig.start();
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(rig.claims_since(t0), [(0, Some(0))]);
+
+    let first = noops(3);
+    receive_handed(&inbox, &first).await;
+    let (_, event) = rig.next_event().await;
+    let ids = |envs: &[Envelope]| envs.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(handled_ids(&event), ids(&first));
+    // No claim took them: every claim since came back empty.
+    tokio::time::sleep(ms(10)).await;
+    assert!(
+        rig.claims_since(t0).iter().all(|c| c.1 == Some(0)),
+        "{:?}",
+        rig.claims_since(t0)
+    );
+
+    // A row waiting in the inbox unclaimed is not held back by the rows
+    // handed over after it: it runs next.
+    let waiting = rig.insert(None).await;
+    let (second, third) = (noops(2), noops(2));
+    receive_handed(&inbox, &second).await;
+    receive_handed(&inbox, &third).await;
+    let mut order = Vec::new();
+    while order.len() < 5 {
+        order.extend(handled_ids(&rig.next_event().await.1));
+    }
+    assert_eq!(order[..2], ids(&second));
+    assert_eq!(order[2], waiting);
+    assert_eq!(order[3..], ids(&third));
+    let c = rig.store.counts().await.unwrap();
+    assert_eq!((c.handled, c.incoming), (8, 0), "{c:?}");
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_handed_over_when_shutdown_comes_are_run_before_the_worker_stops() {
+    let mut rig = Rig::new(60_000).await;
+    let inbox = listener_inbox(&rig);
+    rig.start();
+    tokio::time::sleep(ms(10)).await;
+    let envs = noops(4);
+    receive_handed(&inbox, &envs).await;
+    // Before the worker took them.
+    rig.shutdown.send(true).unwrap();
+    let (_, event) = rig.next_event().await;
+    assert_eq!(handled_ids(&event).len(), 4);
+    let store = rig.store.clone();
+    rig.stop().await;
+    let c = store.counts().await.unwrap();
+    assert_eq!((c.handled, c.incoming), (4, 0), "{c:?}");
 }

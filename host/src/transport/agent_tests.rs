@@ -35,6 +35,11 @@ enum Call {
     Ping {
         ok: bool,
     },
+    /// A batch sent without waiting for its answer (a link with a window);
+    /// its answer is reported as a `Send` when the agent takes it.
+    Start {
+        ids: Vec<Uuid>,
+    },
 }
 
 /// How the fake peer answers the next batch.
@@ -64,6 +69,8 @@ struct Script {
 struct FakePeer {
     script: Arc<Mutex<Script>>,
     calls: mpsc::UnboundedSender<(Instant, Call)>,
+    /// Batches a link may have unanswered (1: `send` only).
+    window: usize,
 }
 
 impl FakePeer {
@@ -88,17 +95,26 @@ impl Connector for FakePeer {
 
     async fn connect(&self) -> Result<Box<dyn Link>, LinkError> {
         self.report(Call::Connect);
-        Ok(Box::new(FakeLink { peer: self.clone() }))
+        Ok(Box::new(FakeLink {
+            peer: self.clone(),
+            unanswered: VecDeque::new(),
+        }))
+    }
+
+    fn window(&self) -> usize {
+        self.window
     }
 }
 
 struct FakeLink {
     peer: FakePeer,
+    /// Batches started and not answered yet, oldest first.
+    unanswered: VecDeque<Vec<Outgoing>>,
 }
 
-#[async_trait]
-impl Link for FakeLink {
-    async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
+impl FakeLink {
+    /// The scripted answer to `batch`, reported as a `Send`.
+    async fn answer(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
         let ids: Vec<Uuid> = batch.iter().map(|o| o.id).collect();
         let reply = {
             let mut s = self.peer.script.lock().unwrap();
@@ -116,6 +132,34 @@ impl Link for FakeLink {
             Reply::Fail => Err(LinkError("connection reset by fake peer".into())),
             Reply::Hang => std::future::pending().await,
         }
+    }
+}
+
+#[async_trait]
+impl Link for FakeLink {
+    async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
+        self.answer(batch).await
+    }
+
+    async fn start(&mut self, batch: &[Outgoing]) -> Result<(), LinkError> {
+        assert!(
+            self.unanswered.len() < self.peer.window,
+            "more batches unanswered than the window"
+        );
+        self.peer.report(Call::Start { ids: ids(batch) });
+        self.unanswered.push_back(batch.to_vec());
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
+        let batch = self
+            .unanswered
+            .front()
+            .cloned()
+            .expect("a batch awaits its answer");
+        let answer = self.answer(&batch).await;
+        self.unanswered.pop_front();
+        answer
     }
 
     async fn ping(&mut self) -> Result<(), LinkError> {
@@ -152,12 +196,18 @@ fn ms(n: u64) -> Duration {
 
 impl Rig {
     async fn start(cfg: SendingConfig) -> Rig {
+        Rig::start_with_window(cfg, 1).await
+    }
+
+    /// Against a peer whose links take up to `window` batches unanswered.
+    async fn start_with_window(cfg: SendingConfig, window: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = paused::sqlite(dir.path()).await;
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let peer = FakePeer {
             script: Arc::default(),
             calls: calls_tx,
+            window,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -536,4 +586,90 @@ async fn shutdown_ends_an_open_breaker_at_once() {
     assert_eq!(Instant::now(), asked);
     let no_ping = rig.calls.try_recv();
     assert!(no_ping.is_err(), "no ping after shutdown: {no_ping:?}");
+}
+
+fn started(items: &[Outgoing]) -> Call {
+    Call::Start { ids: ids(items) }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_keeps_batches_unanswered_and_a_lost_peer_gets_every_unanswered_one_again() {
+    let mut rig = Rig::start_with_window(
+        SendingConfig {
+            batch_size: 2,
+            batch_window_ms: 0,
+            retry_delay_ms: 100,
+            ..SendingConfig::default()
+        },
+        3,
+    )
+    .await;
+    let items: Vec<Outgoing> = (0..10).map(|_| outgoing(true, None)).collect();
+    rig.persist(&items).await;
+    // The first batch is accepted; the peer is lost before answering the second.
+    rig.peer.reply([Reply::Accept, Reply::Fail]);
+    rig.queue(&items);
+    let b = |i: usize| &items[2 * i..2 * i + 2];
+    assert_eq!(
+        rig.calls(7).await,
+        vec![
+            (ms(0), Call::Connect),
+            // Three batches out before any answer.
+            (ms(0), started(b(0))),
+            (ms(0), started(b(1))),
+            (ms(0), started(b(2))),
+            (ms(0), sent(b(0))),
+            // An answer makes room for the next.
+            (ms(0), started(b(3))),
+            (ms(0), failed(b(1))),
+        ]
+    );
+    // Every batch not answered goes again, in order, after the backoff; the
+    // accepted one does not.
+    assert_eq!(
+        rig.calls(9).await,
+        vec![
+            (ms(100), Call::Connect),
+            (ms(100), started(b(1))),
+            (ms(100), started(b(2))),
+            (ms(100), started(b(3))),
+            (ms(100), sent(b(1))),
+            (ms(100), started(b(4))),
+            (ms(100), sent(b(2))),
+            (ms(100), sent(b(3))),
+            (ms(100), sent(b(4))),
+        ]
+    );
+    // Each row deleted once accepted: none is left, none was sent twice after
+    // its acceptance.
+    rig.wait_outgoing_rows(0).await;
+    rig.quiet_for(ms(10_000)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_window_a_short_batch_waits_for_the_answers_before_it() {
+    let mut rig = Rig::start_with_window(
+        SendingConfig {
+            batch_size: 4,
+            batch_window_ms: 0,
+            ..SendingConfig::default()
+        },
+        4,
+    )
+    .await;
+    let items = volatile(6);
+    rig.queue(&items);
+    // The full batch leaves, the short one only once the peer answered:
+    // while a batch is unanswered, more may still join it.
+    assert_eq!(
+        rig.calls(5).await,
+        vec![
+            (ms(0), Call::Connect),
+            (ms(0), started(&items[..4])),
+            (ms(0), sent(&items[..4])),
+            (ms(0), started(&items[4..])),
+            (ms(0), sent(&items[4..])),
+        ]
+    );
+    rig.quiet_for(ms(10_000)).await;
 }

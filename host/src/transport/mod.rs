@@ -113,6 +113,11 @@ pub(crate) trait Connector: Send + Sync + std::fmt::Debug {
     fn peer(&self) -> &str;
     /// Connect and authenticate.
     async fn connect(&self) -> Result<Box<dyn Link>, LinkError>;
+    /// Batches its links may have unanswered at once ([`Link::start`] and
+    /// [`Link::finish`]); 1: [`Link::send`] only, one at a time.
+    fn window(&self) -> usize {
+        1
+    }
 }
 
 /// One open connection to a peer.
@@ -120,6 +125,17 @@ pub(crate) trait Connector: Send + Sync + std::fmt::Debug {
 pub(crate) trait Link: Send + Sync {
     /// Send a batch; the peer's verdict per envelope, in order.
     async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError>;
+    /// Send a batch without waiting for its answer (links of a connector
+    /// with a [`Connector::window`] over 1).
+    async fn start(&mut self, _batch: &[Outgoing]) -> Result<(), LinkError> {
+        Err(LinkError("this link sends one batch at a time".into()))
+    }
+    /// The verdicts on the oldest batch [`Link::start`] sent and not
+    /// answered yet. Cancel-safe: the agent stops waiting when more
+    /// envelopes arrive, and calls it again.
+    async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
+        Err(LinkError("this link sends one batch at a time".into()))
+    }
     /// Check that the peer answers.
     async fn ping(&mut self) -> Result<(), LinkError>;
     /// End the connection on purpose (at shutdown), within a short bound;
@@ -241,6 +257,7 @@ impl Senders {
                         self.tcp.clone(),
                         std::time::Duration::from_millis(self.config.connect_timeout_ms),
                         std::time::Duration::from_millis(self.config.ack_timeout_ms),
+                        self.config.batches_in_flight,
                     )),
                     Endpoint::Rabbit(r) => Arc::new(rabbitmq::sender::RabbitConnector::new(
                         peer.clone(),

@@ -3,8 +3,11 @@
 //! the destination names) and either committed to the inbox in one
 //! transaction (`durable://`: the acknowledgement waits for it) or queued
 //! in memory for the worker (`tcp://`). Returns a verdict per envelope; a
-//! duplicate id is accepted and dropped by the inbox.
+//! duplicate id is accepted and dropped by the inbox. A listener may have
+//! the rows claimed for this node in the same transaction and handed to the
+//! worker at once (`handling::handoff`), when the worker has room for them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc};
@@ -14,8 +17,9 @@ use uuid::Uuid;
 use super::wire::Verdict;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{CodecError, Envelope, local_row, now_ms};
+use crate::handling::handoff::Handoff;
 use crate::runtime::Plugins;
-use crate::store::{MessageStore, StoreError};
+use crate::store::{ClaimedRow, MessageStore, NewIncoming, StoreError};
 
 /// Capacity of the in-memory queue of `tcp://` messages (batches).
 pub(crate) const MEMORY_QUEUE_BATCHES: usize = 64;
@@ -40,6 +44,22 @@ pub(crate) struct Inbox {
     pub wake: Arc<Notify>,
     /// The worker's in-memory queue (`tcp://` listeners).
     pub memory: mpsc::Sender<Vec<Envelope>>,
+    /// Rows claimed as they are written, for the worker ([`Keep::Handed`]).
+    pub handoff: Arc<Handoff>,
+    /// This node: the owner of rows claimed as they are written.
+    pub node_id: i64,
+}
+
+/// Where a listener keeps what it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// The worker's in-memory queue (`tcp://`).
+    Memory,
+    /// The inbox, for the worker to claim (`durable://`).
+    Inbox,
+    /// The inbox, claimed for this node in the same transaction and handed
+    /// to the worker once committed, when it has room; else as `Inbox`.
+    Handed,
 }
 
 impl Inbox {
@@ -48,6 +68,16 @@ impl Inbox {
         &self,
         entries: Vec<Result<Envelope, CodecError>>,
         durable: bool,
+    ) -> Result<Vec<Verdict>, ReceiveError> {
+        let keep = if durable { Keep::Inbox } else { Keep::Memory };
+        self.receive_as(entries, keep).await
+    }
+
+    /// [`Inbox::receive`], kept as `keep` says.
+    pub(crate) async fn receive_as(
+        &self,
+        entries: Vec<Result<Envelope, CodecError>>,
+        keep: Keep,
     ) -> Result<Vec<Verdict>, ReceiveError> {
         let now = now_ms();
         let mut verdicts = Vec::with_capacity(entries.len());
@@ -74,14 +104,46 @@ impl Inbox {
         if accepted.is_empty() {
             return Ok(verdicts);
         }
-        if durable {
-            let rows: Vec<_> = accepted.iter().map(local_row).collect();
+        if keep != Keep::Memory {
+            let room = match keep {
+                Keep::Handed => self.handoff.room(),
+                _ => None,
+            };
+            let mut rows: Vec<_> = accepted.iter().map(local_row).collect();
+            if room.is_some() {
+                // Claimed as the worker's claim would: owned, this attempt
+                // counted (the fence of its commit). Scheduled rows wait.
+                for r in rows.iter_mut().filter(|r| r.execute_at.is_none()) {
+                    r.owner_id = self.node_id;
+                    r.attempts = 1;
+                }
+            }
             let report = self.store.insert_incoming(&rows).await?;
             if !report.duplicates.is_empty() {
                 debug!(
                     duplicates = report.duplicates.len(),
                     "received messages already in the inbox; dropped"
                 );
+            }
+            if let Some(room) = room {
+                // The rows inserted, once each, as a claim would return
+                // them (a second copy of an id in the batch is a duplicate).
+                let mut inserted = inserted_ids(&rows, &report.duplicates);
+                let claimed = rows
+                    .into_iter()
+                    .filter(|r| {
+                        r.owner_id == self.node_id
+                            && inserted.as_mut().is_none_or(|ids| ids.remove(&r.id))
+                    })
+                    .map(|r| ClaimedRow {
+                        id: r.id,
+                        attempts: 0,
+                        claim: 1,
+                        destination: r.destination,
+                        body: r.body,
+                    })
+                    .collect();
+                room.hand(claimed);
             }
             self.wake.notify_one();
         } else {
@@ -127,20 +189,51 @@ impl Inbox {
                 subs
             }
         };
-        Ok(destinations
-            .into_iter()
-            .enumerate()
-            .map(|(k, dest)| {
-                let mut copy = env.clone();
-                let dest = Destination::from(dest);
-                if k > 0 {
-                    // Derived, so a resent envelope dedupes in every copy.
-                    copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
-                }
-                copy.attempts = 0;
-                copy.destination = Some(dest);
-                copy
-            })
-            .collect())
+        // The last copy is the envelope itself: one destination, no clone.
+        let base = env.id;
+        let last = destinations.len().saturating_sub(1);
+        let mut original = Some(env);
+        let mut copies = Vec::with_capacity(destinations.len());
+        for (k, dest) in destinations.into_iter().enumerate() {
+            let copy = if k == last {
+                original.take()
+            } else {
+                original.clone()
+            };
+            let Some(mut copy) = copy else { break };
+            let dest = Destination::from(dest);
+            if k > 0 {
+                // Derived, so a resent envelope dedupes in every copy.
+                copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+            }
+            copy.attempts = 0;
+            copy.destination = Some(dest);
+            copies.push(copy);
+        }
+        Ok(copies)
     }
+}
+
+/// The ids of `rows` an insert that reported `duplicates` wrote; `None`:
+/// every row (no duplicate, so no id twice either).
+fn inserted_ids(rows: &[NewIncoming], duplicates: &[Uuid]) -> Option<HashSet<Uuid>> {
+    if duplicates.is_empty() {
+        return None;
+    }
+    let mut copies: HashMap<Uuid, usize> = HashMap::new();
+    for r in rows {
+        *copies.entry(r.id).or_default() += 1;
+    }
+    for d in duplicates {
+        if let Some(n) = copies.get_mut(d) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    Some(
+        copies
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, _)| id)
+            .collect(),
+    )
 }

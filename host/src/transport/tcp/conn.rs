@@ -1,12 +1,17 @@
 //! One authenticated TCP connection of the built-in transport: TLS (when
 //! configured), the handshake on both sides, and frames read under the
 //! idle and per-frame time limits. Nothing past the handshake messages is
-//! decoded before the peer proved itself.
+//! decoded before the peer proved itself. Frames are read through a buffer
+//! (a read takes whatever has arrived), so frames a peer sent back to back
+//! are at hand together: [`Conn::recv_ready`] gives the next one without
+//! waiting, which is how a listener commits several batches at once.
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::TcpSettings;
 use crate::transport::wire::{
@@ -94,10 +99,19 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// Bytes asked of the socket per read when the size of what comes next is
+/// not known yet.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// A connection past its handshake.
 pub struct Conn {
     io: Box<dyn Io>,
     settings: std::sync::Arc<TcpSettings>,
+    /// Bytes read and not yet returned as frames: `buf[pos..]`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// When the first byte of the frame in `buf[pos..]` arrived.
+    frame_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -168,10 +182,7 @@ impl Conn {
             io.write_all(&accept.encode()).await?;
             io.flush().await?;
             verdict?;
-            Ok(Conn {
-                io,
-                settings: settings.clone(),
-            })
+            Ok(Conn::new(io, settings.clone()))
         })
         .await
     }
@@ -208,10 +219,7 @@ impl Conn {
             let mut accept = [0u8; SERVER_ACCEPT_LEN];
             read_exact_or_closed(&mut io, &mut accept).await?;
             wire::check_server_accept(&accept, &server, &client_nonce, settings.secret.as_ref())?;
-            Ok(Conn {
-                io,
-                settings: settings.clone(),
-            })
+            Ok(Conn::new(io, settings.clone()))
         })
         .await
     }
@@ -225,35 +233,114 @@ impl Conn {
 
     /// The next frame. `Ok(None)`: the peer closed cleanly between frames.
     /// Waits up to `idle` for its first byte, then up to the frame timeout
-    /// for the rest; the length is checked before the body is allocated.
+    /// for the rest; the length is checked before room for the body is
+    /// made. Cancel-safe: bytes read stay in the buffer.
     pub async fn recv(&mut self, idle: Duration) -> Result<Option<Frame>, ConnError> {
-        let mut prefix = [0u8; FRAME_HEADER_LEN];
-        let first = tokio::time::timeout(idle, self.io.read(&mut prefix[..1]))
-            .await
-            .map_err(|_| ConnError::Timeout(Stage::Idle))??;
-        if first == 0 {
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return Ok(Some(frame));
+            }
+            let started = self.frame_started;
+            let read = match started {
+                None => tokio::time::timeout(idle, self.read_more())
+                    .await
+                    .map_err(|_| ConnError::Timeout(Stage::Idle))?,
+                Some(at) => {
+                    tokio::time::timeout_at(at + self.settings.frame_timeout, self.read_more())
+                        .await
+                        .map_err(|_| ConnError::Timeout(Stage::Frame))?
+                }
+            };
+            if read? == 0 {
+                return match started {
+                    None => Ok(None),
+                    Some(_) => Err(ConnError::Wire(WireError::Truncated(
+                        "a frame (the peer closed the connection in the middle of it)",
+                    ))),
+                };
+            }
+            if started.is_none() {
+                self.frame_started = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The next frame if it has arrived whole, without waiting: from the
+    /// buffer, or from what the socket holds right now. `Ok(None)` when it
+    /// has not (or the peer closed: the next [`Conn::recv`] says so).
+    pub fn recv_ready(&mut self) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return Ok(Some(frame));
+            }
+            let was_empty = self.pos == self.buf.len();
+            match self.read_more().now_or_never() {
+                Some(Ok(0)) | None => return Ok(None),
+                Some(Ok(_)) => {
+                    if was_empty {
+                        self.frame_started = Some(Instant::now());
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn new(io: Box<dyn Io>, settings: std::sync::Arc<TcpSettings>) -> Conn {
+        Conn {
+            io,
+            settings,
+            buf: Vec::new(),
+            pos: 0,
+            frame_started: None,
+        }
+    }
+
+    /// A whole frame from the buffer, if it holds one; the length prefix is
+    /// checked as soon as it is there.
+    fn take_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        let have = &self.buf[self.pos..];
+        let Some(prefix) = have.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = wire::frame_len(*prefix, self.settings.limits.max_frame)?;
+        let end = FRAME_HEADER_LEN + len;
+        if have.len() < end {
             return Ok(None);
         }
-        let settings = self.settings.clone();
-        let io = &mut self.io;
-        within(settings.frame_timeout, Stage::Frame, async move {
-            let mid_frame = |e| match e {
-                ConnError::Closed => ConnError::Wire(WireError::Truncated(
-                    "a frame (the peer closed the connection in the middle of it)",
-                )),
-                e => e,
-            };
-            read_exact_or_closed(io, &mut prefix[1..])
-                .await
-                .map_err(mid_frame)?;
-            let len = wire::frame_len(prefix, settings.limits.max_frame)?;
-            let mut body = vec![0u8; len];
-            read_exact_or_closed(io, &mut body)
-                .await
-                .map_err(mid_frame)?;
-            Ok(Some(wire::decode_frame(&body, &settings.limits)?))
-        })
-        .await
+        let frame = wire::decode_frame(&have[FRAME_HEADER_LEN..end], &self.settings.limits)?;
+        self.pos += end;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.frame_started = None;
+        } else {
+            // The next frame's first bytes came with this one.
+            self.frame_started = Some(Instant::now());
+        }
+        Ok(Some(frame))
+    }
+
+    /// Read what has arrived into the buffer (at least one byte, or 0 at
+    /// the end of the stream). Room is made for the rest of the frame when
+    /// its (checked) length is known, else for [`READ_CHUNK`] bytes.
+    async fn read_more(&mut self) -> Result<usize, ConnError> {
+        if self.pos > 0 {
+            // Only part of one frame is left here: moving it is cheap.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let want = match self.buf.first_chunk::<FRAME_HEADER_LEN>() {
+            Some(prefix) => {
+                let len = wire::frame_len(*prefix, self.settings.limits.max_frame)?;
+                (FRAME_HEADER_LEN + len)
+                    .saturating_sub(self.buf.len())
+                    .max(1)
+            }
+            None => READ_CHUNK,
+        };
+        self.buf.reserve(want);
+        Ok(self.io.read_buf(&mut self.buf).await?)
     }
 
     /// Tell the peer why the connection ends (best effort) and close it.
@@ -271,5 +358,88 @@ async fn read_exact_or_closed(io: &mut Box<dyn Io>, buf: &mut [u8]) -> Result<()
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
         Err(e) => Err(ConnError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+
+    fn pair() -> (tokio::io::DuplexStream, Conn) {
+        let (peer, ours) = tokio::io::duplex(1 << 20);
+        (peer, Conn::new(Box::new(ours), TcpSettings::plain()))
+    }
+
+    #[tokio::test]
+    async fn frames_sent_back_to_back_are_at_hand_together_and_half_a_frame_is_not() {
+        let (mut peer, mut conn) = pair();
+        let e = Envelope::new("A", b"{}".to_vec()).encode();
+        assert_eq!(conn.recv_ready().unwrap(), None, "nothing sent yet");
+        let fourth = wire::encode_batch(4, &[&e]);
+        let half = fourth.len() / 2;
+        peer.write_all(
+            &[
+                wire::encode_batch(1, &[&e]),
+                wire::encode_batch(2, &[&e, &e]),
+                wire::encode_ping(3),
+                fourth[..half].to_vec(),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+        let first = conn.recv(Duration::from_secs(5)).await.unwrap();
+        assert!(
+            matches!(first, Some(Frame::Batch { seq: 1, .. })),
+            "{first:?}"
+        );
+        let second = conn.recv_ready().unwrap();
+        assert!(
+            matches!(&second, Some(Frame::Batch { seq: 2, entries }) if entries.len() == 2),
+            "{second:?}"
+        );
+        assert_eq!(conn.recv_ready().unwrap(), Some(Frame::Ping { seq: 3 }));
+        assert_eq!(conn.recv_ready().unwrap(), None, "half a frame");
+        peer.write_all(&fourth[half..]).await.unwrap();
+        let fourth = conn.recv_ready().unwrap();
+        assert!(
+            matches!(fourth, Some(Frame::Batch { seq: 4, .. })),
+            "{fourth:?}"
+        );
+        drop(peer);
+        assert_eq!(conn.recv_ready().unwrap(), None);
+        assert_eq!(conn.recv(Duration::from_secs(5)).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_begun_must_end_within_the_frame_timeout_and_before_the_stream_does() {
+        let frame = wire::encode_ping(1);
+        let (mut peer, mut conn) = pair();
+        peer.write_all(&frame[..3]).await.unwrap();
+        let t = Instant::now();
+        let err = conn.recv(Duration::from_secs(3600)).await.unwrap_err();
+        assert!(matches!(err, ConnError::Timeout(Stage::Frame)), "{err:?}");
+        assert_eq!(t.elapsed(), TcpSettings::plain().frame_timeout);
+
+        // Idle: nothing of a frame yet.
+        let (_peer, mut conn) = pair();
+        let t = Instant::now();
+        let err = conn.recv(Duration::from_secs(7)).await.unwrap_err();
+        assert!(matches!(err, ConnError::Timeout(Stage::Idle)), "{err:?}");
+        assert_eq!(t.elapsed(), Duration::from_secs(7));
+
+        // Cut off: the rest of the frame never comes.
+        let (mut peer, mut conn) = pair();
+        peer.write_all(&frame[..FRAME_HEADER_LEN + 2])
+            .await
+            .unwrap();
+        drop(peer);
+        let err = conn.recv(Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            matches!(err, ConnError::Wire(WireError::Truncated(_))),
+            "{err:?}"
+        );
     }
 }

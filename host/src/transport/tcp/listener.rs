@@ -1,8 +1,12 @@
 //! A `tcp://` or `durable://` listener: accepts connections up to the
 //! configured limit, authenticates each before reading any frame, then
 //! answers batches with acknowledgements (after the inbox commit for
-//! `durable://`) and pings with pongs. A peer that breaks the protocol is
-//! told why and disconnected; the other connections go on.
+//! `durable://`) and pings with pongs. Batches of one connection that
+//! arrived together (a sender has several unanswered) are committed in one
+//! transaction, up to `[tcp] batches_per_commit`, and then each is
+//! acknowledged in order; the rows are claimed for this node as they are
+//! written and handed to the worker (`[tcp] hand_to_worker`). A peer that breaks the protocol is told why and
+//! disconnected; the other connections go on.
 
 use std::sync::Arc;
 
@@ -14,7 +18,8 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 use super::TcpSettings;
 use super::conn::{Conn, ConnError};
 use crate::address::TcpEndpoint;
-use crate::transport::receive::Inbox;
+use crate::envelope::{CodecError, Envelope};
+use crate::transport::receive::{Inbox, Keep};
 use crate::transport::wire::{self, Frame, Verdict};
 
 /// A listener bound to its address.
@@ -99,6 +104,68 @@ async fn accept_loop(
     }
 }
 
+/// Why a connection ends after a group of batches.
+enum GroupEnd {
+    /// The inbox failed: the peer is told so.
+    Refused(String),
+    /// The acks could not be sent.
+    Lost,
+}
+
+/// Store or queue a group of batches of one connection in one go, then
+/// acknowledge each, in order.
+async fn receive_group(
+    conn: &mut Conn,
+    inbox: &Inbox,
+    keep: Keep,
+    uri: &str,
+    group: Vec<(u64, Vec<Result<Envelope, CodecError>>)>,
+) -> Result<(), GroupEnd> {
+    let size: usize = group.iter().map(|(_, e)| e.len()).sum();
+    let span = info_span!("receive_batch", listener = %uri, size, batches = group.len(), ack = field::Empty);
+    let mut answers = Vec::with_capacity(group.len());
+    let mut entries = Vec::with_capacity(size);
+    for (seq, e) in group {
+        answers.push((seq, e.len()));
+        entries.extend(e);
+    }
+    let verdicts = match inbox
+        .receive_as(entries, keep)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            span.record("ack", "none");
+            error!(error = %crate::error_chain(&e), "a received batch could not be stored; no ack, the sender will send it again");
+            return Err(GroupEnd::Refused(format!(
+                "the receiver could not store the batch: {e}"
+            )));
+        }
+    };
+    let refused = verdicts.iter().filter(|v| **v != Verdict::Accepted).count();
+    span.record(
+        "ack",
+        if refused == 0 {
+            "received".to_string()
+        } else {
+            format!("received, {refused} refused")
+        },
+    );
+    let mut acks = Vec::new();
+    let mut rest = verdicts.as_slice();
+    for (seq, n) in answers {
+        let (mine, after) = rest.split_at(n.min(rest.len()));
+        acks.extend_from_slice(&wire::encode_ack(seq, mine));
+        rest = after;
+    }
+    if let Err(e) = conn.send(&acks).await {
+        warn!(error = %crate::error_chain(&e), "sending an ack failed; closing");
+        return Err(GroupEnd::Lost);
+    }
+    Ok(())
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     settings: Arc<TcpSettings>,
@@ -115,13 +182,23 @@ async fn serve(
         }
     };
     debug!("peer authenticated");
+    let keep = match (durable, settings.hand_to_worker) {
+        (false, _) => Keep::Memory,
+        (true, false) => Keep::Inbox,
+        (true, true) => Keep::Handed,
+    };
+    // A frame read while a group of batches was gathered, handled next.
+    let mut next = None;
     loop {
-        let frame = tokio::select! {
-            f = conn.recv(settings.idle_timeout) => f,
-            _ = shutdown.changed() => {
-                conn.fail("the host is shutting down").await;
-                return;
-            }
+        let frame = match next.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                f = conn.recv(settings.idle_timeout) => f,
+                _ = shutdown.changed() => {
+                    conn.fail("the host is shutting down").await;
+                    return;
+                }
+            },
         };
         match frame {
             Ok(None) => {
@@ -129,34 +206,25 @@ async fn serve(
                 return;
             }
             Ok(Some(Frame::Batch { seq, entries })) => {
-                let span = info_span!("receive_batch", listener = %uri, size = entries.len(), ack = field::Empty);
-                let result = inbox
-                    .receive(entries, durable)
-                    .instrument(span.clone())
-                    .await;
-                match result {
-                    Ok(verdicts) => {
-                        let refused = verdicts.iter().filter(|v| **v != Verdict::Accepted).count();
-                        span.record(
-                            "ack",
-                            if refused == 0 {
-                                "received".to_string()
-                            } else {
-                                format!("received, {refused} refused")
-                            },
-                        );
-                        if let Err(e) = conn.send(&wire::encode_ack(seq, &verdicts)).await {
-                            warn!(error = %crate::error_chain(&e), "sending an ack failed; closing");
-                            return;
+                // The batches that arrived behind this one commit with it.
+                let mut group = vec![(seq, entries)];
+                while group.len() < settings.batches_per_commit {
+                    match conn.recv_ready() {
+                        Ok(Some(Frame::Batch { seq, entries })) => group.push((seq, entries)),
+                        Ok(None) => break,
+                        other => {
+                            next = Some(other);
+                            break;
                         }
                     }
-                    Err(e) => {
-                        span.record("ack", "none");
-                        error!(error = %crate::error_chain(&e), "a received batch could not be stored; no ack, the sender will send it again");
-                        conn.fail(&format!("the receiver could not store the batch: {e}"))
-                            .await;
+                }
+                match receive_group(&mut conn, &inbox, keep, uri, group).await {
+                    Ok(()) => {}
+                    Err(GroupEnd::Refused(reason)) => {
+                        conn.fail(&reason).await;
                         return;
                     }
+                    Err(GroupEnd::Lost) => return,
                 }
             }
             Ok(Some(Frame::Ping { seq })) => {

@@ -27,6 +27,10 @@ pub struct TcpSettings {
     pub tls_connector: Option<tokio_rustls::TlsConnector>,
     pub tls_server_name: Option<String>,
     pub limits: FrameLimits,
+    /// Received batches of one connection committed together, at most.
+    pub batches_per_commit: usize,
+    /// `durable://` rows claimed as they are written and handed to the worker.
+    pub hand_to_worker: bool,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub frame_timeout: Duration,
@@ -107,6 +111,8 @@ impl TcpSettings {
                     ..Limits::default()
                 },
             },
+            batches_per_commit: cfg.batches_per_commit.max(1),
+            hand_to_worker: cfg.hand_to_worker,
             max_connections: cfg.max_connections,
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms),
             frame_timeout: Duration::from_millis(cfg.frame_timeout_ms),

@@ -1,7 +1,9 @@
 //! The TCP transport's side of the shared sending agent: a [`Connector`]
 //! that opens an authenticated connection to one peer, and a [`Link`] that
-//! sends one batch frame at a time and waits for its acknowledgement.
+//! sends batch frames and takes their acknowledgements in order, with up to
+//! `[sending] batches_in_flight` of them unanswered at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +23,17 @@ pub(crate) struct TcpConnector {
     settings: Arc<TcpSettings>,
     connect_timeout: Duration,
     ack_timeout: Duration,
+    window: usize,
 }
 
 impl TcpConnector {
+    /// `window`: batches unanswered at once (1: one at a time).
     pub(crate) fn new(
         endpoint: TcpEndpoint,
         settings: Arc<TcpSettings>,
         connect_timeout: Duration,
         ack_timeout: Duration,
+        window: usize,
     ) -> TcpConnector {
         TcpConnector {
             peer: endpoint.peer_uri(),
@@ -36,6 +41,7 @@ impl TcpConnector {
             settings,
             connect_timeout,
             ack_timeout,
+            window: window.max(1),
         }
     }
 }
@@ -50,6 +56,10 @@ impl Connector for TcpConnector {
         &self.peer
     }
 
+    fn window(&self) -> usize {
+        self.window
+    }
+
     async fn connect(&self) -> Result<Box<dyn Link>, LinkError> {
         let conn = Conn::connect(
             &self.endpoint.addr,
@@ -62,16 +72,20 @@ impl Connector for TcpConnector {
             conn,
             seq: 0,
             ack_timeout: self.ack_timeout,
+            unanswered: VecDeque::new(),
         }))
     }
 }
 
-/// One connection; one batch in flight at a time.
+/// One connection. The listener answers in the order it was sent to, so
+/// the answers are matched to `unanswered` front to back.
 #[derive(Debug)]
 pub(crate) struct TcpLink {
     conn: Conn,
     seq: u64,
     ack_timeout: Duration,
+    /// Sequence numbers of the batches sent and not answered yet, oldest first.
+    unanswered: VecDeque<u64>,
 }
 
 impl TcpLink {
@@ -106,6 +120,11 @@ fn describe(f: &Frame) -> String {
 #[async_trait]
 impl Link for TcpLink {
     async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
+        self.start(batch).await?;
+        self.finish().await
+    }
+
+    async fn start(&mut self, batch: &[Outgoing]) -> Result<(), LinkError> {
         self.seq += 1;
         let seq = self.seq;
         let bodies: Vec<&[u8]> = batch.iter().map(|o| o.body.as_slice()).collect();
@@ -113,7 +132,19 @@ impl Link for TcpLink {
             .send(&wire::encode_batch(seq, &bodies))
             .await
             .map_err(link_err)?;
-        match self.answer(seq).await? {
+        self.unanswered.push_back(seq);
+        Ok(())
+    }
+
+    /// Cancel-safe: a frame is taken off the connection whole or not at all
+    /// (`Conn::recv`), and the batch stays unanswered until its ack is read.
+    async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
+        let Some(&seq) = self.unanswered.front() else {
+            return Err(LinkError("no batch is waiting for an answer".into()));
+        };
+        let answer = self.answer(seq).await?;
+        self.unanswered.pop_front();
+        match answer {
             Frame::Ack { verdicts, .. } => Ok(verdicts),
             other => Err(LinkError(format!(
                 "expected an ack, got {}",

@@ -140,6 +140,33 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
     Ok(rate)
 }
 
+/// Wait until the host has relayed `n`: handled (counted from the batches
+/// it announces, so no query competes with it), then every output in
+/// `out_q` and no outgoing row left (checked every 5 ms from then on: the
+/// confirms and deletes trail the last commit by a few milliseconds).
+async fn relayed(host: &Host, conn: &Connection, out_q: &str, n: usize) -> anyhow::Result<()> {
+    jasper_bench::wait_handled(&*host.store, &[host], n, "jasper-host relay").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = queue_len(conn, out_q).await? as usize;
+        if out >= n {
+            let c = host.store.counts().await?;
+            if c.outgoing == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{out} relayed, but {} outgoing rows left after 60 s",
+                    c.outgoing
+                );
+            }
+        } else if Instant::now() > deadline {
+            bail!("all {n} handled, but only {out} in {out_q} after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn main() -> std::process::ExitCode {
     jasper_bench::run(USAGE, bench)
 }
@@ -200,18 +227,7 @@ async fn bench() -> anyhow::Result<()> {
     // timed from a declared queue.
     let host = Host::start(config).await?;
     let t = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let out = queue_len(&conn, &out_q).await? as usize;
-        let c = host.store.counts().await?;
-        if out >= a.messages && c.outgoing == 0 && c.handled as usize >= a.messages {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {out} of {} relayed after 600 s ({c:?})", a.messages);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    relayed(&host, &conn, &out_q, a.messages).await?;
     let host_rate = a.messages as f64 / t.elapsed().as_secs_f64();
     host.shutdown().await?;
     for q in [&raw_q, &in_q, &out_q] {

@@ -154,8 +154,9 @@ impl Default for TcpConfig {
 pub struct RabbitConfig {
     /// AMQP URL, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
-    /// Unacknowledged deliveries per listener, default 500; also the most a
-    /// listener writes to the inbox in one transaction.
+    /// Unacknowledged deliveries per listener, default 500. A listener
+    /// writes at most half of it to the inbox in one transaction, so the
+    /// next batch arrives while one commits.
     pub prefetch: u16,
     /// How long a listener waits for a batch to fill, default 5 ms.
     pub batch_window_ms: u64,

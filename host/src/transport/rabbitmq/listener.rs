@@ -1,16 +1,20 @@
 //! A RabbitMQ listener (`rabbitmq://queue/NAME`): consumes with a prefetch
-//! window, gathers deliveries into batches (by count and a short window),
-//! hands each batch to the shared inbox in one transaction, dead-letters in
-//! the store what no plugin here can take (no type, unknown type), and only
-//! then acknowledges the batch to the broker with one `multiple` ack. If the
-//! inbox cannot be written the batch is nacked back to the queue. A lost
-//! connection or channel is re-opened with backoff; unacknowledged
-//! deliveries return to the queue, and the inbox drops the copies.
+//! window, gathers deliveries into batches (at most half the prefetch; the
+//! next batch gathers while one is stored, and waits a short window only
+//! when none is), hands each batch to the shared inbox in one transaction,
+//! dead-letters in the store what no plugin here can take (no type, unknown
+//! type), and only then acknowledges the batch to the broker with one
+//! `multiple` ack. If the inbox cannot be written the batch is nacked back
+//! to the queue. A lost connection or channel is re-opened with backoff;
+//! unacknowledged deliveries return to the queue, and the inbox drops the
+//! copies.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -111,64 +115,109 @@ async fn consume(
     };
     // Consuming again: the next loss starts the backoff from the bottom.
     *consumed = true;
-    info!(listener = %uri, prefetch = settings.config.prefetch, "consuming");
     let window = Duration::from_millis(settings.config.batch_window_ms);
-    let max = usize::from(settings.config.prefetch);
+    let max = batch_limit(settings.config.prefetch);
+    info!(listener = %uri, prefetch = settings.config.prefetch, batch = max, "consuming");
     let limits = Limits::default();
+    // The next batch gathers while one is stored (the prefetch holds two),
+    // and is stored as soon as that one is acknowledged: under load each
+    // batch is what arrived meanwhile, so no time goes to the window.
+    let mut gathered: Vec<Delivery> = Vec::with_capacity(max);
+    let mut full_at = tokio::time::Instant::now();
+    let mut storing = None;
     loop {
-        let first = tokio::select! {
-            d = consumer.next() => d,
+        if storing.is_none()
+            && !gathered.is_empty()
+            && (gathered.len() >= max || tokio::time::Instant::now() >= full_at)
+        {
+            let batch = std::mem::replace(&mut gathered, Vec::with_capacity(max));
+            storing = Some(Box::pin(store_batch(batch, &ch, uri, inbox, &limits)));
+        }
+        tokio::select! {
+            d = consumer.next(), if gathered.len() < max => {
+                if gathered.is_empty() {
+                    full_at = tokio::time::Instant::now() + window;
+                }
+                gathered.push(next_delivery(d)?);
+            }
+            stored = in_progress(&mut storing) => {
+                storing = None;
+                stored?;
+            }
+            _ = tokio::time::sleep_until(full_at), if storing.is_none() && !gathered.is_empty() => {}
             _ = shutdown.changed() => {
-                // Unacknowledged deliveries go back to the queue with it.
+                // The batch being stored is acknowledged first; what was
+                // gathered since goes back to the queue with the connection.
+                if let Some(s) = storing.take() {
+                    s.await?;
+                }
                 close_quietly(conn).await;
                 return Ok(());
             }
-        };
-        let mut batch = vec![next_delivery(first)?];
-        let deadline = tokio::time::sleep(window);
-        tokio::pin!(deadline);
-        while batch.len() < max {
-            tokio::select! {
-                d = consumer.next() => batch.push(next_delivery(d)?),
-                _ = &mut deadline => break,
-            }
         }
-        let span =
-            info_span!("receive_batch", listener = %uri, size = batch.len(), ack = field::Empty);
-        let outcome = take_batch(&batch, uri, inbox, &limits)
-            .instrument(span.clone())
-            .await;
-        let Some(last) = batch.last().map(|d| d.delivery_tag) else {
-            continue;
-        };
-        match outcome {
-            Ok(refused) => {
-                span.record(
-                    "ack",
-                    if refused == 0 {
-                        "ack".to_string()
-                    } else {
-                        format!("ack, {refused} dead-lettered")
+    }
+}
+
+/// Most deliveries in one inbox transaction: half the prefetch, so the
+/// next batch arrives while one is stored.
+fn batch_limit(prefetch: u16) -> usize {
+    usize::from(prefetch / 2).max(1)
+}
+
+/// The outcome of the batch being stored; never, while there is none.
+async fn in_progress<F: Future + Unpin>(storing: &mut Option<F>) -> F::Output {
+    match storing {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Store one batch in the inbox, then acknowledge it with one `multiple`
+/// ack; a batch that cannot be stored is nacked back to the queue and ends
+/// the connection.
+async fn store_batch(
+    batch: Vec<Delivery>,
+    ch: &Channel,
+    uri: &str,
+    inbox: &Inbox,
+    limits: &Limits,
+) -> Result<(), LinkError> {
+    let Some(last) = batch.last().map(|d| d.delivery_tag) else {
+        return Ok(());
+    };
+    let span = info_span!("receive_batch", listener = %uri, size = batch.len(), ack = field::Empty);
+    let outcome = take_batch(&batch, uri, inbox, limits)
+        .instrument(span.clone())
+        .await;
+    match outcome {
+        Ok(refused) => {
+            span.record(
+                "ack",
+                if refused == 0 {
+                    "ack".to_string()
+                } else {
+                    format!("ack, {refused} dead-lettered")
+                },
+            );
+            ch.basic_ack(last, BasicAckOptions { multiple: true })
+                .await
+                .map_err(|e| {
+                    LinkError(format!("acknowledging a batch: {}", crate::error_chain(&e)))
+                })
+        }
+        Err(e) => {
+            span.record("ack", "nack (requeued)");
+            error!(listener = %uri, error = %e, size = batch.len(), "a received batch could not be stored; returned to the queue");
+            let _ = ch
+                .basic_nack(
+                    last,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
                     },
-                );
-                ch.basic_ack(last, BasicAckOptions { multiple: true })
-                    .await
-                    .map_err(err("acknowledging a batch"))?;
-            }
-            Err(e) => {
-                span.record("ack", "nack (requeued)");
-                error!(listener = %uri, error = %e, size = batch.len(), "a received batch could not be stored; returned to the queue");
-                let _ = ch
-                    .basic_nack(
-                        last,
-                        BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        },
-                    )
-                    .await;
-                return Err(LinkError(format!("the inbox could not store a batch: {e}")));
-            }
+                )
+                .await;
+            Err(LinkError(format!("the inbox could not store a batch: {e}")))
         }
     }
 }

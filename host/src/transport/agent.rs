@@ -134,19 +134,7 @@ impl Agent {
                 }
                 Err(e) => {
                     span.record("ack", "failed");
-                    self.link = None;
-                    self.failures += 1;
-                    warn!(event = %"send-failed", peer = %peer, error = %e, size = batch.len(), failures = self.failures, "sending a batch failed; it will be sent again");
-                    for o in batch.into_iter().rev() {
-                        self.pending.push_front(o);
-                    }
-                    let wake = if self.failures >= self.cfg.breaker_failures {
-                        self.breaker(rx, shutdown).await
-                    } else {
-                        let backoff = self.backoff();
-                        pause(shutdown, backoff).await
-                    };
-                    if let Wake::Shutdown = wake {
+                    if let Wake::Shutdown = self.failed(&peer, &e, batch, rx, shutdown).await {
                         return;
                     }
                 }
@@ -251,25 +239,13 @@ impl Agent {
                 continue;
             };
             // Every batch not answered goes again, in the order it had.
-            self.link = None;
-            self.failures += 1;
             let mut again = Vec::new();
             for (batch, span) in in_flight.drain(..) {
                 span.record("ack", "failed");
                 again.extend(batch);
             }
             again.extend(unsent);
-            warn!(event = %"send-failed", peer = %peer, error = %e, size = again.len(), failures = self.failures, "sending a batch failed; it will be sent again");
-            for o in again.into_iter().rev() {
-                self.pending.push_front(o);
-            }
-            let wake = if self.failures >= self.cfg.breaker_failures {
-                self.breaker(rx, shutdown).await
-            } else {
-                let backoff = self.backoff();
-                pause(shutdown, backoff).await
-            };
-            if let Wake::Shutdown = wake {
+            if let Wake::Shutdown = self.failed(&peer, &e, again, rx, shutdown).await {
                 break;
             }
         }
@@ -348,6 +324,30 @@ impl Agent {
 
     /// The wait after the current run of failures: `retry_delay_ms` doubled
     /// per failure in a row, at most [`MAX_BACKOFF`].
+    /// After a failed send: drop the link, put `again` back at the front
+    /// of the queue in its order, then wait (the breaker, or a backoff).
+    async fn failed(
+        &mut self,
+        peer: &str,
+        e: &LinkError,
+        again: Vec<Outgoing>,
+        rx: &mut mpsc::UnboundedReceiver<Vec<Outgoing>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Wake {
+        self.link = None;
+        self.failures += 1;
+        warn!(event = %"send-failed", peer = %peer, error = %e, size = again.len(), failures = self.failures, "sending a batch failed; it will be sent again");
+        for o in again.into_iter().rev() {
+            self.pending.push_front(o);
+        }
+        if self.failures >= self.cfg.breaker_failures {
+            self.breaker(rx, shutdown).await
+        } else {
+            let backoff = self.backoff();
+            pause(shutdown, backoff).await
+        }
+    }
+
     fn backoff(&self) -> Duration {
         Backoff::nth(
             Duration::from_millis(self.cfg.retry_delay_ms),

@@ -134,20 +134,12 @@ pub(crate) trait CommitSteps: Send + Sized {
     async fn insert_incoming(&mut self, rows: &[NewIncoming]) -> StoreResult<InsertReport>;
     /// Mark inbox rows handled, kept until `keep_until`. Returns rows marked.
     async fn mark_handled(&mut self, keep_until: i64, ids: &[Uuid]) -> StoreResult<u64>;
-    /// The fence and the handled marks in one statement, where the backend
-    /// offers it: mark handled (kept until `keep_until`) each of `rows` that
-    /// `node_id` still holds at its claim (owner, status incoming, attempts
-    /// = claim), locking them, and return how many it marked. `None`: not
-    /// offered, the commit locks and reads the rows first
-    /// ([`CommitSteps::lock_claimed`]).
-    async fn mark_held(
-        &mut self,
-        _node_id: i64,
-        _keep_until: i64,
-        _rows: &[Held],
-    ) -> StoreResult<Option<u64>> {
-        Ok(None)
-    }
+    /// The fence and the handled marks in one statement: mark handled (kept
+    /// until `keep_until`) each of `rows` that `node_id` still holds at its
+    /// claim (owner, status incoming, attempts = claim), locking them, and
+    /// return how many it marked.
+    async fn mark_held(&mut self, node_id: i64, keep_until: i64, rows: &[Held])
+    -> StoreResult<u64>;
     /// Insert outgoing rows; an existing id is kept as it is.
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64>;
     /// Hand inbox rows back for another attempt (distinct ids). Returns rows updated.
@@ -173,15 +165,14 @@ async fn commit_batch<B: Transactional>(backend: &B, batch: &CommitBatch) -> Sto
         let mut tx = backend.begin_steps().await?;
         let mut marked = false;
         if let (Some(fence), Some(keep_until)) = (&batch.fence, marks_only_fenced) {
-            match tx.mark_held(fence.node_id, keep_until, &fence.rows).await? {
-                Some(n) if n == len_u64(&fence.rows) => marked = true,
+            let n = tx.mark_held(fence.node_id, keep_until, &fence.rows).await?;
+            if n == len_u64(&fence.rows) {
+                marked = true;
+            } else {
                 // Not every row is held at its claim: roll the marks back
                 // (dropping the transaction) and let the fence say why.
-                Some(_) => {
-                    drop(tx);
-                    tx = backend.begin_steps().await?;
-                }
-                None => {}
+                drop(tx);
+                tx = backend.begin_steps().await?;
             }
         }
         if let (Some(fence), false) = (&batch.fence, marked) {

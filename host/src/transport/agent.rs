@@ -113,9 +113,7 @@ impl Agent {
                 }
             }
             self.fill(rx).await;
-            let n = self.pending.len().min(self.cfg.batch_size);
-            let batch: Vec<Outgoing> = self.pending.drain(..n).collect();
-            let batch = self.drop_expired(batch).await;
+            let batch = self.take_batch().await;
             if batch.is_empty() {
                 continue;
             }
@@ -182,9 +180,7 @@ impl Agent {
                 && !self.pending.is_empty()
                 && (in_flight.is_empty() || self.pending.len() >= self.cfg.batch_size)
             {
-                let n = self.pending.len().min(self.cfg.batch_size);
-                let batch: Vec<Outgoing> = self.pending.drain(..n).collect();
-                let batch = self.drop_expired(batch).await;
+                let batch = self.take_batch().await;
                 if batch.is_empty() {
                     continue;
                 }
@@ -324,6 +320,14 @@ impl Agent {
 
     /// The wait after the current run of failures: `retry_delay_ms` doubled
     /// per failure in a row, at most [`MAX_BACKOFF`].
+    /// The next batch off the queue (at most `batch_size`), what expired
+    /// discarded; empty when all of it had.
+    async fn take_batch(&mut self) -> Vec<Outgoing> {
+        let n = self.pending.len().min(self.cfg.batch_size);
+        let batch: Vec<Outgoing> = self.pending.drain(..n).collect();
+        self.drop_expired(batch).await
+    }
+
     /// After a failed send: drop the link, put `again` back at the front
     /// of the queue in its order, then wait (the breaker, or a backoff).
     async fn failed(

@@ -246,7 +246,7 @@ impl CommitSteps for MysqlTx {
         node_id: i64,
         keep_until: i64,
         rows: &[Held],
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<u64> {
         let mut n = 0;
         for (claim, ids) in by_claim(rows) {
             for chunk in ids.chunks(CHUNK) {
@@ -260,7 +260,7 @@ impl CommitSteps for MysqlTx {
                 n += exec(&mut self.tx, sql, "fence and mark handled").await?;
             }
         }
-        Ok(Some(n))
+        Ok(n)
     }
 
     /// An existing id is kept as it is (`ON DUPLICATE KEY UPDATE id = id`).

@@ -168,15 +168,13 @@ impl CommitSteps for PgTx {
         node_id: i64,
         keep_until: i64,
         rows: &[Held],
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<u64> {
         let query = q(&self.sql.mark_held)
             .bind(node_id)
             .bind(keep_until)
             .bind(col(rows, |h| h.id))
             .bind(col(rows, |h| i64::from(h.claim)));
-        run(&mut *self.tx, query, "fence and mark handled")
-            .await
-            .map(Some)
+        run(&mut *self.tx, query, "fence and mark handled").await
     }
 
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64> {

@@ -173,7 +173,7 @@ impl CommitSteps for SqliteTx {
         node_id: i64,
         keep_until: i64,
         rows: &[Held],
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<u64> {
         let mut n = 0;
         for (claim, ids) in by_claim(rows) {
             for chunk in ids.chunks(CHUNK) {
@@ -190,7 +190,7 @@ impl CommitSteps for SqliteTx {
                 n += run(&mut *self.tx, query, "fence and mark handled").await?;
             }
         }
-        Ok(Some(n))
+        Ok(n)
     }
 
     async fn insert_outgoing(&mut self, rows: &[NewOutgoing]) -> StoreResult<u64> {

@@ -103,16 +103,9 @@ impl Agent {
             if *shutdown.borrow() {
                 return;
             }
-            if self.pending.is_empty() {
-                tokio::select! {
-                    got = rx.recv() => match got {
-                        Some(items) => self.pending.extend(items),
-                        None => return,
-                    },
-                    _ = shutdown.changed() => return,
-                }
+            if !self.gather(rx, shutdown).await {
+                return;
             }
-            self.fill(rx).await;
             let batch = self.take_batch().await;
             if batch.is_empty() {
                 continue;
@@ -157,16 +150,9 @@ impl Agent {
                 break;
             }
             if in_flight.is_empty() {
-                if self.pending.is_empty() {
-                    tokio::select! {
-                        got = rx.recv() => match got {
-                            Some(items) => self.pending.extend(items),
-                            None => break,
-                        },
-                        _ = shutdown.changed() => break,
-                    }
+                if !self.gather(rx, shutdown).await {
+                    break;
                 }
-                self.fill(rx).await;
             } else {
                 while let Ok(items) = rx.try_recv() {
                     self.pending.extend(items);
@@ -320,6 +306,26 @@ impl Agent {
 
     /// The wait after the current run of failures: `retry_delay_ms` doubled
     /// per failure in a row, at most [`MAX_BACKOFF`].
+    /// With nothing pending, wait for envelopes; then take what else came
+    /// ([`Agent::fill`]). False when the queue closed or shutdown began.
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Vec<Outgoing>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if self.pending.is_empty() {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(items) => self.pending.extend(items),
+                    None => return false,
+                },
+                _ = shutdown.changed() => return false,
+            }
+        }
+        self.fill(rx).await;
+        true
+    }
+
     /// The next batch off the queue (at most `batch_size`), what expired
     /// discarded; empty when all of it had.
     async fn take_batch(&mut self) -> Vec<Outgoing> {

@@ -10,12 +10,14 @@
 //! every path in the config is resolved (absolute when the base dir is), and
 //! `storage.backend` matches `storage.url`.
 
+mod plugins;
 pub(crate) mod transport;
 
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use plugins::{EffectiveSettings, PluginSettings};
 pub use transport::{
     BindingConfig, ListenConfig, RabbitConfig, RouteConfig, SendingConfig, TcpConfig,
 };
@@ -75,9 +77,9 @@ pub enum Backend {
     Mysql { url: String },
 }
 
-/// `[plugins]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[plugins]` (read by `config/plugins.rs`: the keys below, and one
+/// `[plugins.NAME]` table per plugin, kept in `each`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginsConfig {
     /// Folder holding the `.wasm` plugins, default `plugins`.
     pub dir: PathBuf,
@@ -103,6 +105,21 @@ pub struct PluginsConfig {
     /// Most body bytes one handling may send (every copy counted), default
     /// 64 MiB.
     pub max_send_bytes: u64,
+    /// Connect, first byte and between bytes of one outbound HTTP request
+    /// of a handler, in ms, default 10000.
+    pub http_timeout_ms: u64,
+    /// Largest HTTP response body a handler may read, default 4 MiB.
+    pub http_max_response_bytes: u64,
+    /// Keep compiled plugins in `cache_dir`, so a restart (or `send`) does
+    /// not compile an unchanged plugin again; default true.
+    pub cache: bool,
+    /// Where compiled plugins are kept: in the file, default `.jasper-cache`
+    /// beside it; the loader sets it (resolved) when `cache` is on and
+    /// `None` when off. `None` (as in a config built in code) compiles every
+    /// time.
+    pub cache_dir: Option<PathBuf>,
+    /// `[plugins.NAME]`: one plugin's settings, by plugin name.
+    pub each: std::collections::BTreeMap<String, PluginSettings>,
 }
 
 /// `[handling]`
@@ -228,6 +245,11 @@ impl Default for PluginsConfig {
             max_state_bytes: 16 << 20,
             max_sends: 10_000,
             max_send_bytes: 64 << 20,
+            http_timeout_ms: 10_000,
+            http_max_response_bytes: 4 << 20,
+            cache: true,
+            cache_dir: None,
+            each: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -287,6 +309,7 @@ impl Config {
             path: resolve(base_dir, Path::new("jasper.db")),
         };
         config.plugins.dir = resolve(base_dir, &config.plugins.dir);
+        config.plugins.resolve_cache_dir(base_dir);
         config
     }
 
@@ -311,6 +334,11 @@ impl Config {
         config.storage.backend = parse_storage_url(&config.storage.url, base_dir)
             .map_err(|m| invalid("storage.url", m))?;
         config.plugins.dir = resolve(base_dir, &config.plugins.dir);
+        config.plugins.resolve_cache_dir(base_dir);
+        config
+            .plugins
+            .validate_each()
+            .map_err(|(key, message)| invalid(&key, message))?;
         let tcp = &mut config.tcp;
         for p in [
             &mut tcp.secret_file,
@@ -363,6 +391,8 @@ impl Config {
         at_least("plugins.max_state_bytes", p.max_state_bytes, 1)?;
         at_least("plugins.max_sends", p.max_sends, 1)?;
         at_least("plugins.max_send_bytes", p.max_send_bytes, 1)?;
+        at_least("plugins.http_timeout_ms", p.http_timeout_ms, 1)?;
+        at_least("plugins.http_max_response_bytes", p.http_max_response_bytes, 1)?;
         let h = &self.handling;
         if !(1..=10_000).contains(&h.batch_size) {
             return Err((
@@ -613,6 +643,11 @@ max_connections = 8
                 max_state_bytes: 2048,
                 max_sends: 3,
                 max_send_bytes: 4096,
+                http_timeout_ms: 10_000,
+                http_max_response_bytes: 4 << 20,
+                cache: true,
+                cache_dir: Some("/srv/jasper/.jasper-cache".into()),
+                each: Default::default(),
             },
             handling: HandlingConfig {
                 batch_size: 10,
@@ -665,6 +700,66 @@ max_connections = 8
         // A near miss of a bound key (the singular) is a typo, not a default.
         let msg = parse_error("[plugins]\nmax_state_key = 5\n");
         assert!(msg.contains("max_state_key"), "{msg}");
+    }
+
+    #[test]
+    fn a_plugin_table_overrides_the_shared_keys_for_that_plugin_only() {
+        let c = parse(
+            "[plugins]\nmemory_mb = 32\nmax_in_flight = 8\n\
+             [plugins.webhook]\nmemory_mb = 96\nmax_in_flight = 2\nfuel = 5000\n\
+             allow_http = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]\n\
+             allow_send = [\"durable://peer:7000\"]\n\
+             [plugins.orders]\n",
+        )
+        .unwrap();
+        let w = c.plugins.settings("webhook");
+        assert_eq!((w.memory_mb, w.deadline_ms, w.fuel, w.max_in_flight), (96, 5000, 5000, 2));
+        assert_eq!(
+            w.allow_http,
+            ["https://api.example.com", "http://127.0.0.1:8080"]
+        );
+        assert_eq!(w.allow_send, ["durable://peer:7000"]);
+        assert_eq!((w.http_timeout_ms, w.http_max_response_bytes), (10_000, 4 << 20));
+        // An empty table and no table at all both mean the shared keys.
+        for name in ["orders", "audit"] {
+            let s = c.plugins.settings(name);
+            assert_eq!((s.memory_mb, s.fuel, s.max_in_flight), (32, 0, 8), "{name}");
+            assert!(s.allow_http.is_empty() && s.allow_send.is_empty(), "{name}");
+        }
+        assert_eq!(c.plugins.largest_memory_mb(), 96);
+        assert!(c.plugins.any_fuel());
+        assert!(!parse("").unwrap().plugins.any_fuel());
+        assert_eq!(
+            parse("").unwrap().plugins.cache_dir,
+            Some(PathBuf::from("/srv/jasper/.jasper-cache"))
+        );
+        let c = parse("[plugins]\ncache_dir = \"/var/cache/j\"\n").unwrap();
+        assert_eq!(c.plugins.cache_dir, Some(PathBuf::from("/var/cache/j")));
+        let c = parse("[plugins]\ncache = false\ncache_dir = \"x\"\n").unwrap();
+        assert_eq!(c.plugins.cache_dir, None);
+    }
+
+    #[test]
+    fn a_bad_plugin_table_names_its_key() {
+        let msg = parse_error("[plugins.webhook]\nmemry_mb = 3\n");
+        assert!(msg.contains("memry_mb"), "{msg}");
+        let msg = parse_error("[plugins.webhook]\ndeadline_ms = \"soon\"\n");
+        assert!(msg.contains("deadline_ms"), "{msg}");
+        // A scalar under an unknown key is a typo of a shared key.
+        let msg = parse_error("[plugins]\nmemorymb = 3\n");
+        assert!(msg.contains("memorymb") && msg.contains("memory_mb"), "{msg}");
+        for (text, key) in [
+            ("[plugins.webhook]\nmemory_mb = 1", "plugins.webhook.memory_mb"),
+            ("[plugins.webhook]\nmax_in_flight = 17", "plugins.webhook.max_in_flight"),
+            ("[plugins.webhook]\nallow_http = [\"ftp://x\"]", "plugins.webhook.allow_http"),
+            ("[plugins.webhook]\nallow_http = [\"https://x/path\"]", "plugins.webhook.allow_http"),
+            ("[plugins.webhook]\nallow_send = [\"nope://x\"]", "plugins.webhook.allow_send"),
+            ("[plugins.\"a b\"]\nfuel = 1", "plugins.a b"),
+            ("[plugins]\nhttp_timeout_ms = 0", "plugins.http_timeout_ms"),
+        ] {
+            let (k, shown) = invalid(text);
+            assert_eq!(k, key, "{text}: {shown}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jasper_host::Host;
-use jasper_host::config::PluginsConfig;
+use jasper_host::config::{PluginSettings, PluginsConfig};
 use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HandleError, PluginError, Runtime, TrapKind};
@@ -198,6 +198,14 @@ async fn a_handler_past_a_per_message_bound_ends_as_limit_naming_it_and_keeps_no
     let store = temp_store(&dir).await;
     let mut cfg = PluginsConfig::default();
     bounded(&mut cfg);
+    // The remote destination below is one it may send to.
+    cfg.each.insert(
+        "misbehave".into(),
+        PluginSettings {
+            allow_send: vec!["durable://127.0.0.1:9".into()],
+            ..Default::default()
+        },
+    );
     let rt = Runtime::new(&cfg).unwrap();
     let plugin = rt.load_plugin(&wasm("misbehave")).await.unwrap();
     let router = Arc::new(Default::default());
@@ -481,5 +489,157 @@ async fn overlapping_batches_on_one_hot_key_count_every_message_once() {
     config.handling.batches_in_flight = 2;
     let host = slow_counts_handled(config, &[(7, 600)]).await;
     assert_eq!(slow_count(&host, 7).await, 600);
+    host.shutdown().await.unwrap();
+}
+
+/// `[plugins.NAME]` bounds that plugin and no other: two copies of
+/// `misbehave`, `strict` (fuel, 8 MiB, no sends out) and `loose` (a short
+/// deadline, one remote destination allowed).
+#[tokio::test]
+async fn a_plugins_own_table_bounds_it_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = temp_store(&dir).await;
+    let folder = dir.path().join("plugins");
+    std::fs::create_dir(&folder).unwrap();
+    for name in ["strict", "loose"] {
+        std::fs::copy(wasm("misbehave"), folder.join(format!("{name}.wasm"))).unwrap();
+    }
+    let mut cfg = PluginsConfig::default();
+    cfg.each.insert(
+        "strict".into(),
+        PluginSettings {
+            fuel: Some(1_000_000),
+            memory_mb: Some(8),
+            ..Default::default()
+        },
+    );
+    cfg.each.insert(
+        "loose".into(),
+        PluginSettings {
+            deadline_ms: Some(200),
+            allow_send: vec!["tcp://127.0.0.1:9".into()],
+            ..Default::default()
+        },
+    );
+    let rt = Runtime::new(&cfg).unwrap();
+    let (plugins, errors) = rt.load_dir(&folder).await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let strict = plugins.get("strict").unwrap();
+    let loose = plugins.get("loose").unwrap();
+    assert_eq!(strict.settings.memory_mb, 8);
+    assert_eq!(loose.settings.memory_mb, 64);
+    let router = Arc::new(Default::default());
+    let call = |plugin: &jasper_host::runtime::Plugin, t: &str, body: serde_json::Value| {
+        let mut env = Envelope::new(t, serde_json::to_vec(&body).unwrap());
+        env.destination = Some(format!("local://{}", plugin.name).as_str().into());
+        let view = StateView::new(store.clone(), plugin.name.clone(), Default::default());
+        let router = Arc::clone(&router);
+        let rt = &rt;
+        let plugin = plugin;
+        async move { rt.handle(plugin, &env, router, view).await }
+    };
+    let kind = |out: &jasper_host::runtime::CallOutcome| match &out.result {
+        Err(CallError::Trap { kind, .. }) => Some(*kind),
+        _ => None,
+    };
+    // A spin ends by fuel in `strict`, by its own 200 ms deadline in `loose`.
+    let out = call(strict, "test.Spin", json!({"n": 1})).await;
+    assert_eq!(kind(&out), Some(TrapKind::Fuel), "{:?}", out.result);
+    let out = call(loose, "test.Spin", json!({"n": 2})).await;
+    assert_eq!(kind(&out), Some(TrapKind::Deadline), "{:?}", out.result);
+    // A wait past 200 ms is fine in `strict` (the shared 5 s deadline).
+    let out = call(strict, "test.Slow", json!({"n": 3, "ms": 300})).await;
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    let out = call(strict, "test.MemBomb", json!({"n": 4})).await;
+    assert_eq!(kind(&out), Some(TrapKind::Memory), "{:?}", out.result);
+    // A remote send: refused for `strict`, allowed for `loose`.
+    let forward = json!({"n": 5, "to": "tcp://127.0.0.1:9/misbehave"});
+    let out = call(strict, "test.Forward", forward.clone()).await;
+    let shown = format!("{:?}", out.result);
+    assert!(
+        shown.contains("may not send to tcp://127.0.0.1:9/misbehave") && shown.contains("allow_send"),
+        "{shown}"
+    );
+    assert!(out.sent.is_empty());
+    let out = call(loose, "test.Forward", forward).await;
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert_eq!(out.sent.len(), 1);
+}
+
+/// Compiled plugins are kept in `plugins.cache_dir`: a second runtime on
+/// the same folder loads the plugin from the cache, not by compiling it.
+#[tokio::test]
+async fn a_second_start_takes_the_compiled_plugin_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = PluginsConfig::default();
+    let cache = dir.path().join("cache");
+    cfg.cache_dir = Some(cache.clone());
+    let first = Runtime::new(&cfg).unwrap();
+    first.load_plugin(&wasm("misbehave")).await.unwrap();
+    assert_eq!(first.cache_counts(), (0, 1), "hits, misses of the first load");
+    // Written before the load returns.
+    assert!(
+        walk(&cache).iter().any(|p| p.is_file()),
+        "nothing cached in {}",
+        cache.display()
+    );
+    let second = Runtime::new(&cfg).unwrap();
+    second.load_plugin(&wasm("misbehave")).await.unwrap();
+    assert_eq!(second.cache_counts(), (1, 0), "hits, misses of the second load");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `[plugins.NAME] max_in_flight = 1` runs that plugin's calls one at a time
+/// even where the host would run 16 at once: eight 150 ms calls of one
+/// batch take at least 8 x 150 ms from the moment they are in the inbox (at
+/// once they would take about one call's time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_own_max_in_flight_bounds_its_calls_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config_with(dir.path(), &["misbehave"]);
+    config.plugins.each.insert(
+        "misbehave".into(),
+        PluginSettings {
+            max_in_flight: Some(1),
+            ..Default::default()
+        },
+    );
+    let host = Host::start(config).await.unwrap();
+    let rows: Vec<_> = (0..8u64)
+        .map(|n| {
+            let body = serde_json::to_vec(&json!({"n": n, "ms": 150})).unwrap();
+            let mut env = Envelope::new("test.Slow", body);
+            env.destination = Some("local://misbehave".into());
+            local_row(&env)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    host.store.insert_incoming(&rows).await.unwrap();
+    common::wait_for("every test.Slow handled", Duration::from_secs(60), || {
+        let store = host.store.clone();
+        async move { store.counts().await.ok().filter(|c| c.handled == 8) }
+    })
+    .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(8 * 150),
+        "8 calls of 150 ms, one at a time, took {took:?}"
+    );
+    for n in 0..8 {
+        assert_eq!(slow_count(&host, n).await, 1, "slow/{n}");
+    }
     host.shutdown().await.unwrap();
 }

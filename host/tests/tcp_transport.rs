@@ -322,9 +322,16 @@ async fn explicit_sends(scheme: &str) {
     });
     let b = Host::start(b).await.unwrap();
     let to = format!("{}/misbehave", b.listeners[0]);
-    let a = Host::start(config(da.path(), &["misbehave"]))
-        .await
-        .unwrap();
+    let mut a = config(da.path(), &["misbehave"]);
+    // The peer is no route of A's: its plugin may send there by name.
+    a.plugins.each.insert(
+        "misbehave".into(),
+        jasper_host::config::PluginSettings {
+            allow_send: vec![b.listeners[0].clone()],
+            ..Default::default()
+        },
+    );
+    let a = Host::start(a).await.unwrap();
     for n in 0..10u64 {
         let body = json!({"n": n, "to": to, "flaky": if n % 2 == 1 { 1 } else { 0 }});
         a.send("test.Forward", serde_json::to_vec(&body).unwrap(), None)

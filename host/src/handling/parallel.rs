@@ -7,7 +7,8 @@
 //! those, on the batch's state so far. The outcome is the one the calls
 //! would have had one after another. A plugin whose calls keep colliding
 //! (one hot key) runs one after another for a while, so it does not pay for
-//! each call twice. At most `plugins.max_in_flight` calls run at a time.
+//! each call twice. At most `plugins.max_in_flight` calls run at a time, and
+//! at most a plugin's own `max_in_flight` of that plugin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -190,7 +191,12 @@ impl Calls {
         let view = StateView::new(Arc::clone(&self.store), plugin.name.clone(), state);
         tokio::spawn(
             async move {
-                // Never closed, so a permit always comes.
+                // Never closed, so a permit always comes: the plugin's own
+                // first (`[plugins.NAME] max_in_flight`), then the host's.
+                let _own = match &plugin.calls {
+                    Some(calls) => Some(Arc::clone(calls).acquire_owned().await),
+                    None => None,
+                };
                 let _permit = permits.acquire_owned().await;
                 runtime.handle(&plugin, &envelope, router, view).await
             }

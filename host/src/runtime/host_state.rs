@@ -18,7 +18,7 @@ use super::bindings::jasper::messaging::{log, outbox, state, types};
 use super::bindings::{ScheduleTime, SendError, SendOptions};
 use super::bounds::{Bounds, Exceeded, Usage};
 use super::limits::Limiter;
-use super::routing::Router;
+use super::routing::{Egress, RouteError, Router};
 use super::state_view::StateView;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{Envelope, now_ms};
@@ -50,6 +50,8 @@ pub(crate) struct HostState {
     pub(crate) plugin: Arc<str>,
     pub(crate) origin: Origin,
     pub(crate) router: Arc<Router>,
+    /// The remote destinations the plugin may send to besides the routes.
+    egress: Arc<Egress>,
     pub(crate) state: StateView,
     /// Envelopes the handler sent, published or scheduled (destination set).
     pub(crate) sent: Vec<Envelope>,
@@ -75,6 +77,7 @@ impl HostState {
         plugin: Arc<str>,
         origin: Origin,
         router: Arc<Router>,
+        egress: Arc<Egress>,
         state: StateView,
         max_memory: usize,
         bounds: Bounds,
@@ -91,6 +94,7 @@ impl HostState {
             plugin,
             origin,
             router,
+            egress,
             state,
             sent: Vec::new(),
             host_fault: None,
@@ -229,7 +233,13 @@ impl outbox::Host for HostState {
             return Ok(Err(e));
         }
         let destination = Destination::parse(destination);
-        if let Err(e) = self.router.check_send(&destination, &message_type) {
+        if let Err(e) =
+            self.router
+                .check_send(&destination, &message_type, &self.plugin, &self.egress)
+        {
+            if matches!(e, RouteError::NotAllowed { .. }) {
+                tracing::warn!(plugin = %self.plugin, destination = %destination.uri(), event = "send-refused", "a handler's send to a destination it may not reach was refused");
+            }
             return Ok(Err(SendError::UnknownDestination(e.to_string())));
         }
         if let Err(e) = self.usage.send(1, body.len()) {
@@ -341,6 +351,7 @@ mod tests {
             plugin.clone(),
             Origin::default(),
             Arc::new(router),
+            Arc::new(Egress::any()),
             StateView::detached(plugin),
             1 << 20,
             bounds,

@@ -12,6 +12,16 @@ use wasmtime::{Engine, ResourceLimiter};
 /// How often the engine's epoch advances; deadlines are counted in these.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// What one plugin's calls run under: its memory cap, deadline and fuel
+/// (`[plugins]`, or its `[plugins.NAME]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallLimits {
+    pub max_memory: usize,
+    pub deadline: Duration,
+    /// Fuel per call; 0 = not metered for this plugin.
+    pub fuel: u64,
+}
+
 /// Per-instance resource limiter.
 #[derive(Debug)]
 pub(crate) struct Limiter {

@@ -24,12 +24,12 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
 };
 
-use crate::config::PluginsConfig;
+use crate::config::{EffectiveSettings, PluginsConfig};
 use crate::envelope::Envelope;
 use bindings::{Plugin as PluginBindings, WitEnvelope};
 use bounds::Bounds;
 use host_state::{HostState, Origin};
-use limits::{EPOCH_TICK, EpochTicker};
+use limits::{CallLimits, EPOCH_TICK, EpochTicker};
 pub use plugins::{Plugin, PluginError, Plugins};
 use routing::Router;
 use state_view::{BatchState, StateView};
@@ -96,9 +96,12 @@ pub struct CallOutcome {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    max_memory: usize,
-    deadline: Duration,
-    fuel: u64,
+    /// `[plugins]`: the shared limits and each plugin's own.
+    config: PluginsConfig,
+    /// Whether the engine meters fuel (some plugin has a budget).
+    metered: bool,
+    /// The compiled-code cache the engine uses, if on (`plugins.cache_dir`).
+    cache: Option<wasmtime::Cache>,
     bounds: Bounds,
     _ticker: EpochTicker,
 }
@@ -106,9 +109,7 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("max_memory", &self.max_memory)
-            .field("deadline", &self.deadline)
-            .field("fuel", &self.fuel)
+            .field("config", &self.config)
             .field("bounds", &self.bounds)
             .finish_non_exhaustive()
     }
@@ -116,7 +117,8 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(cfg: &PluginsConfig) -> Result<Self, RuntimeError> {
-        let max_memory = usize::try_from(cfg.memory_mb.saturating_mul(1 << 20))
+        // A pool slot holds the largest memory any plugin may have.
+        let max_memory = usize::try_from(cfg.largest_memory_mb().saturating_mul(1 << 20))
             .map_err(|_| RuntimeError::Engine("plugins.memory_mb is too large".into()))?;
         let slots = u32::try_from(cfg.max_in_flight.saturating_mul(2).saturating_add(8))
             .unwrap_or(u32::MAX)
@@ -143,12 +145,15 @@ impl Runtime {
             .table_keep_resident(64 << 10)
             // The limiter refuses growth past the cap first, so it can say why.
             .max_memory_size(max_memory.saturating_add(1 << 20));
+        let metered = cfg.any_fuel();
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .consume_fuel(cfg.fuel > 0)
+            .consume_fuel(metered)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let cache = cfg.cache_dir.as_deref().map(artifact_cache).transpose()?;
+        config.cache(cache.clone());
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // Wasmtime makes an error on every store's drop, and with
         // RUST_BACKTRACE set each one captures a native backtrace: about
@@ -164,23 +169,49 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            max_memory,
-            deadline: Duration::from_millis(cfg.deadline_ms.max(1)),
-            fuel: cfg.fuel,
+            config: cfg.clone(),
+            metered,
+            cache,
             bounds: Bounds::from_config(cfg),
             _ticker: ticker,
         })
     }
 
-    fn new_store(&self, data: HostState) -> Store<HostState> {
+    /// The settings plugin `name` runs under (its `[plugins.NAME]` table
+    /// over the shared `[plugins]` keys).
+    pub fn settings(&self, name: &str) -> EffectiveSettings {
+        self.config.settings(name)
+    }
+
+    /// Plugins this runtime took from the compiled-code cache, and plugins
+    /// it compiled and cached: (hits, misses); (0, 0) with no cache.
+    pub fn cache_counts(&self) -> (usize, usize) {
+        self.cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.cache_hits(), c.cache_misses()))
+    }
+
+    /// The limits of one plugin's calls.
+    fn limits_of(&self, settings: &EffectiveSettings) -> CallLimits {
+        CallLimits {
+            max_memory: usize::try_from(settings.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            deadline: Duration::from_millis(settings.deadline_ms.max(1)),
+            fuel: settings.fuel,
+        }
+    }
+
+    fn new_store(&self, data: HostState, limits: &CallLimits) -> Store<HostState> {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|s| &mut s.limiter);
-        let ticks = self.deadline.as_millis() / EPOCH_TICK.as_millis() + 1;
+        let ticks = limits.deadline.as_millis() / EPOCH_TICK.as_millis() + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
-        if self.fuel > 0 {
-            // Fuel is only enabled on the engine when configured, so this cannot fail.
-            let _ = store.set_fuel(self.fuel);
+        if self.metered {
+            // Fuel is metered on the engine when some plugin has a budget,
+            // so this cannot fail; a plugin without one runs unmetered.
+            let fuel = if limits.fuel > 0 { limits.fuel } else { u64::MAX };
+            let _ = store.set_fuel(fuel);
         }
         store
     }
@@ -198,15 +229,17 @@ impl Runtime {
             correlation_id: envelope.correlation_id.clone(),
             conversation_id: envelope.conversation_id.clone(),
         };
+        let limits = &plugin.limits;
         let data = HostState::new(
             plugin.name.clone(),
             origin,
             router,
+            Arc::clone(&plugin.egress),
             state,
-            self.max_memory,
+            limits.max_memory,
             self.bounds,
         );
-        let mut store = self.new_store(data);
+        let mut store = self.new_store(data, limits);
         let wit = to_wit(envelope);
         let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
@@ -217,7 +250,7 @@ impl Runtime {
         };
         // The epoch deadline stops guest code; the outer timeout also stops a
         // call stuck in a host import.
-        let outer = self.deadline + Duration::from_secs(1);
+        let outer = limits.deadline + Duration::from_secs(1);
         let raw = tokio::time::timeout(outer, call).await;
         let data = store.into_data();
         let result = match raw {
@@ -228,7 +261,7 @@ impl Runtime {
                 kind: TrapKind::Deadline,
                 message: format!(
                     "handler ran past the deadline of {} ms (stuck in a host call)",
-                    self.deadline.as_millis()
+                    limits.deadline.as_millis()
                 ),
             }),
         };
@@ -241,6 +274,23 @@ impl Runtime {
             read,
         }
     }
+}
+
+/// wasmtime's cache of compiled code in `dir` (keyed by the engine's
+/// settings and the plugin's bytes), so an unchanged plugin is not compiled
+/// again by the next start, `send` or `plugins list`.
+fn artifact_cache(dir: &std::path::Path) -> Result<wasmtime::Cache, RuntimeError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        RuntimeError::Engine(format!(
+            "plugins.cache_dir {}: cannot create it: {e}",
+            dir.display()
+        ))
+    })?;
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(dir);
+    wasmtime::Cache::new(cache).map_err(|e| {
+        RuntimeError::Engine(format!("plugins.cache_dir {}: {e:#}", dir.display()))
+    })
 }
 
 fn classify(data: &HostState, e: &wasmtime::Error) -> CallError {

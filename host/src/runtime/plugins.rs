@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 
 use super::Runtime;
+use crate::config::EffectiveSettings;
 use super::bindings::PluginPre;
 use super::host_state::{HostState, Origin};
-use super::routing::Router;
+use super::limits::CallLimits;
+use super::routing::{Egress, Router};
 use super::state_view::StateView;
 
 /// Why a plugin did not load.
@@ -57,7 +60,13 @@ pub struct Plugin {
     pub name: Arc<str>,
     pub path: PathBuf,
     pub subscriptions: Vec<String>,
+    /// What it runs under: `[plugins.NAME]` over the shared `[plugins]` keys.
+    pub settings: EffectiveSettings,
     pub(crate) pre: PluginPre<HostState>,
+    pub(crate) limits: CallLimits,
+    pub(crate) egress: Arc<Egress>,
+    /// Its own bound on calls at once, when below `plugins.max_in_flight`.
+    pub(crate) calls: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -190,18 +199,27 @@ impl Runtime {
         let pre = PluginPre::new(self.linker.instantiate_pre(&component).map_err(link_err)?)
             .map_err(link_err)?;
         let name: Arc<str> = name.into();
+        let settings = self.settings(&name);
+        let limits = self.limits_of(&settings);
         let subscriptions = self
-            .subscriptions_of(&name, &pre)
+            .subscriptions_of(&name, &pre, &limits)
             .await
             .map_err(|message| PluginError::Subscriptions {
                 path: path.to_path_buf(),
                 message,
             })?;
+        let egress = Arc::new(Egress::from_entries(&settings.allow_send));
+        let calls = (settings.max_in_flight < self.config.max_in_flight)
+            .then(|| Arc::new(Semaphore::new(settings.max_in_flight.max(1))));
         Ok(Plugin {
             name,
             path: path.to_path_buf(),
             subscriptions,
+            settings,
             pre,
+            limits,
+            egress,
+            calls,
         })
     }
 
@@ -209,16 +227,18 @@ impl Runtime {
         &self,
         name: &Arc<str>,
         pre: &PluginPre<HostState>,
+        limits: &CallLimits,
     ) -> Result<Vec<String>, String> {
         let data = HostState::new(
             name.clone(),
             Origin::default(),
             Arc::new(Router::default()),
+            Arc::new(Egress::default()),
             StateView::detached(name.clone()),
-            self.max_memory,
+            limits.max_memory,
             self.bounds,
         );
-        let mut store = self.new_store(data);
+        let mut store = self.new_store(data, limits);
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance
@@ -227,7 +247,7 @@ impl Runtime {
                 .await
         };
         let mut subs =
-            tokio::time::timeout(self.deadline + std::time::Duration::from_secs(1), call)
+            tokio::time::timeout(limits.deadline + std::time::Duration::from_secs(1), call)
                 .await
                 .map_err(|_| "timed out".to_string())?
                 .map_err(|e| format!("{e:#}"))?;

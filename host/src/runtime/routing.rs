@@ -1,11 +1,13 @@
 //! Where messages go: `publish` fans a message type out to every loaded plugin
 //! that subscribes to it (one copy each, addressed to the plugin's local
 //! queue) and to every `[[route]]` whose pattern matches it (remote peers),
-//! and `send` checks that an explicit destination is one the host can reach.
+//! and `send` checks that an explicit destination is one the host can reach
+//! and, when remote, one the plugin may reach (its [`Egress`]: the config's
+//! route targets and its `allow_send` list).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::address::{AddressError, Destination, Endpoint};
+use crate::address::{AddressError, Destination, Endpoint, RabbitEndpoint};
 use crate::config::RouteConfig;
 
 /// Message type -> subscribing plugins, built from the loaded plugins.
@@ -28,6 +30,64 @@ pub(crate) enum RouteError {
     },
     #[error("unsupported destination: {0}")]
     UnknownScheme(AddressError),
+    #[error(
+        "plugin '{plugin}' may not send to {destination}: a plugin sends only to \
+         local queues, the config's [[route]] targets and its [plugins.{plugin}] allow_send list"
+    )]
+    NotAllowed { plugin: String, destination: String },
+}
+
+/// The remote destinations one plugin may name in `send` besides the
+/// config's `[[route]]` targets (`[plugins.NAME] allow_send`). Local queues
+/// are always allowed; anything else is refused unless listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Egress {
+    /// `"*"`: any destination.
+    any: bool,
+    allowed: Vec<Endpoint>,
+}
+
+impl Egress {
+    /// From `allow_send` entries (checked by the config; one that is no
+    /// endpoint allows nothing).
+    pub(crate) fn from_entries(entries: &[String]) -> Egress {
+        Egress {
+            any: entries.iter().any(|e| e == "*"),
+            allowed: entries
+                .iter()
+                .filter_map(|e| Endpoint::parse(e).ok())
+                .collect(),
+        }
+    }
+
+    /// Any destination (the plugin's own checks only).
+    #[cfg(test)]
+    pub(crate) fn any() -> Egress {
+        Egress {
+            any: true,
+            allowed: Vec::new(),
+        }
+    }
+}
+
+/// Whether an allowed endpoint covers `to`: the same endpoint, or a whole
+/// peer (no queue) or exchange (no routing key) that `to` is part of.
+fn covers(allowed: &Endpoint, to: &Endpoint) -> bool {
+    match (allowed, to) {
+        (Endpoint::Tcp(a), Endpoint::Tcp(t)) => {
+            a.addr.eq_ignore_ascii_case(&t.addr)
+                && a.durable == t.durable
+                && (a.queue.is_none() || a.queue == t.queue)
+        }
+        (
+            Endpoint::Rabbit(RabbitEndpoint::Exchange {
+                name: a,
+                routing_key: None,
+            }),
+            Endpoint::Rabbit(RabbitEndpoint::Exchange { name: t, .. }),
+        ) => a == t,
+        _ => allowed == to,
+    }
 }
 
 impl Router {
@@ -66,16 +126,30 @@ impl Router {
         out
     }
 
-    /// Check an explicit destination for a message type. A remote
-    /// destination only needs to be well formed: the peer judges the rest.
+    /// Check an explicit destination of `sender`'s for a message type. A
+    /// remote destination must be a route target or allowed by `egress`;
+    /// the peer judges the rest.
     pub(crate) fn check_send(
         &self,
         destination: &Destination,
         message_type: &str,
+        sender: &str,
+        egress: &Egress,
     ) -> Result<(), RouteError> {
         let plugin = match destination.endpoint() {
             Ok(Endpoint::Local { plugin }) => plugin,
-            Ok(_) => return Ok(()),
+            Ok(remote) => {
+                let allowed = egress.any
+                    || self.routes.iter().any(|r| covers(&r.to, remote))
+                    || egress.allowed.iter().any(|a| covers(a, remote));
+                if allowed {
+                    return Ok(());
+                }
+                return Err(RouteError::NotAllowed {
+                    plugin: sender.to_string(),
+                    destination: destination.uri().to_string(),
+                });
+            }
             Err(e) => return Err(RouteError::UnknownScheme(e.clone())),
         };
         if !self.plugins.contains(plugin) {
@@ -162,23 +236,73 @@ mod tests {
             endpoints(&["local://audit", "local://mail"])
         );
         assert!(r.publish_destinations("Nobody").is_empty());
-        assert_eq!(r.check_send(&"local://mail".into(), "Welcome"), Ok(()));
+        let any = Egress::any();
         assert_eq!(
-            r.check_send(&"local://audit".into(), "Welcome"),
+            r.check_send(&"local://mail".into(), "Welcome", "p", &any),
+            Ok(())
+        );
+        assert_eq!(
+            r.check_send(&"local://audit".into(), "Welcome", "p", &any),
             Err(RouteError::NotSubscribed {
                 plugin: "audit".into(),
                 message_type: "Welcome".into()
             })
         );
         assert_eq!(
-            r.check_send(&"local://nope".into(), "Welcome"),
+            r.check_send(&"local://nope".into(), "Welcome", "p", &any),
             Err(RouteError::UnknownPlugin("nope".into()))
         );
-        assert_eq!(r.check_send(&"durable://h:1".into(), "Welcome"), Ok(()));
+        assert_eq!(
+            r.check_send(&"durable://h:1".into(), "Welcome", "p", &any),
+            Ok(())
+        );
         assert!(matches!(
-            r.check_send(&"ftp://h:1".into(), "Welcome"),
+            r.check_send(&"ftp://h:1".into(), "Welcome", "p", &any),
             Err(RouteError::UnknownScheme(_))
         ));
+    }
+
+    #[test]
+    fn a_remote_send_needs_a_route_or_the_plugins_allow_list() {
+        let mut r = Router::default();
+        r.add("mail", &["Welcome".into()]);
+        r.add_routes(&[RouteConfig {
+            message_type: "billing.*".into(),
+            to: "durable://billing:7000".parse().unwrap(),
+        }]);
+        let none = Egress::default();
+        let listed = Egress::from_entries(&[
+            "tcp://peer:1/audit".into(),
+            "rabbitmq://exchange/events".into(),
+        ]);
+        let check = |to: &str, egress: &Egress| r.check_send(&to.into(), "Welcome", "p", egress);
+        // Local queues need no listing.
+        assert_eq!(check("local://mail", &none), Ok(()));
+        // A route target, as a whole peer: any queue of it.
+        assert_eq!(check("durable://billing:7000", &none), Ok(()));
+        assert_eq!(check("durable://BILLING:7000/mail", &none), Ok(()));
+        // Not the same peer: other port, other scheme.
+        for to in ["durable://billing:7001", "tcp://billing:7000", "tcp://peer:1/audit"] {
+            assert_eq!(
+                check(to, &none),
+                Err(RouteError::NotAllowed {
+                    plugin: "p".into(),
+                    destination: to.into()
+                }),
+                "{to}"
+            );
+        }
+        assert_eq!(check("tcp://peer:1/audit", &listed), Ok(()));
+        // A listed queue allows that queue only.
+        assert!(check("tcp://peer:1/mail", &listed).is_err());
+        assert!(check("tcp://peer:1", &listed).is_err());
+        // A listed exchange allows every routing key of it.
+        assert_eq!(check("rabbitmq://exchange/events/x.y", &listed), Ok(()));
+        assert!(check("rabbitmq://queue/events", &listed).is_err());
+        let e = check("tcp://evil:1", &none).unwrap_err().to_string();
+        assert!(e.contains("tcp://evil:1") && e.contains("allow_send"), "{e}");
+        let star = Egress::from_entries(&["*".into()]);
+        assert_eq!(check("tcp://evil:1", &star), Ok(()));
     }
 
     #[test]

@@ -392,7 +392,11 @@ impl Config {
         at_least("plugins.max_sends", p.max_sends, 1)?;
         at_least("plugins.max_send_bytes", p.max_send_bytes, 1)?;
         at_least("plugins.http_timeout_ms", p.http_timeout_ms, 1)?;
-        at_least("plugins.http_max_response_bytes", p.http_max_response_bytes, 1)?;
+        at_least(
+            "plugins.http_max_response_bytes",
+            p.http_max_response_bytes,
+            1,
+        )?;
         let h = &self.handling;
         if !(1..=10_000).contains(&h.batch_size) {
             return Err((
@@ -713,13 +717,19 @@ max_connections = 8
         )
         .unwrap();
         let w = c.plugins.settings("webhook");
-        assert_eq!((w.memory_mb, w.deadline_ms, w.fuel, w.max_in_flight), (96, 5000, 5000, 2));
+        assert_eq!(
+            (w.memory_mb, w.deadline_ms, w.fuel, w.max_in_flight),
+            (96, 5000, 5000, 2)
+        );
         assert_eq!(
             w.allow_http,
             ["https://api.example.com", "http://127.0.0.1:8080"]
         );
         assert_eq!(w.allow_send, ["durable://peer:7000"]);
-        assert_eq!((w.http_timeout_ms, w.http_max_response_bytes), (10_000, 4 << 20));
+        assert_eq!(
+            (w.http_timeout_ms, w.http_max_response_bytes),
+            (10_000, 4 << 20)
+        );
         // An empty table and no table at all both mean the shared keys.
         for name in ["orders", "audit"] {
             let s = c.plugins.settings(name);
@@ -747,13 +757,31 @@ max_connections = 8
         assert!(msg.contains("deadline_ms"), "{msg}");
         // A scalar under an unknown key is a typo of a shared key.
         let msg = parse_error("[plugins]\nmemorymb = 3\n");
-        assert!(msg.contains("memorymb") && msg.contains("memory_mb"), "{msg}");
+        assert!(
+            msg.contains("memorymb") && msg.contains("memory_mb"),
+            "{msg}"
+        );
         for (text, key) in [
-            ("[plugins.webhook]\nmemory_mb = 1", "plugins.webhook.memory_mb"),
-            ("[plugins.webhook]\nmax_in_flight = 17", "plugins.webhook.max_in_flight"),
-            ("[plugins.webhook]\nallow_http = [\"ftp://x\"]", "plugins.webhook.allow_http"),
-            ("[plugins.webhook]\nallow_http = [\"https://x/path\"]", "plugins.webhook.allow_http"),
-            ("[plugins.webhook]\nallow_send = [\"nope://x\"]", "plugins.webhook.allow_send"),
+            (
+                "[plugins.webhook]\nmemory_mb = 1",
+                "plugins.webhook.memory_mb",
+            ),
+            (
+                "[plugins.webhook]\nmax_in_flight = 17",
+                "plugins.webhook.max_in_flight",
+            ),
+            (
+                "[plugins.webhook]\nallow_http = [\"ftp://x\"]",
+                "plugins.webhook.allow_http",
+            ),
+            (
+                "[plugins.webhook]\nallow_http = [\"https://x/path\"]",
+                "plugins.webhook.allow_http",
+            ),
+            (
+                "[plugins.webhook]\nallow_send = [\"nope://x\"]",
+                "plugins.webhook.allow_send",
+            ),
             ("[plugins.\"a b\"]\nfuel = 1", "plugins.a b"),
             ("[plugins]\nhttp_timeout_ms = 0", "plugins.http_timeout_ms"),
         ] {

@@ -493,8 +493,8 @@ async fn overlapping_batches_on_one_hot_key_count_every_message_once() {
 }
 
 /// `[plugins.NAME]` bounds that plugin and no other: two copies of
-/// `misbehave`, `strict` (fuel, 8 MiB, no sends out) and `loose` (a short
-/// deadline, one remote destination allowed).
+/// `misbehave`, `strict` (fuel, no sends out) and `loose` (a short
+/// deadline, 8 MiB, one remote destination allowed).
 #[tokio::test]
 async fn a_plugins_own_table_bounds_it_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,7 +509,6 @@ async fn a_plugins_own_table_bounds_it_and_no_other() {
         "strict".into(),
         PluginSettings {
             fuel: Some(1_000_000),
-            memory_mb: Some(8),
             ..Default::default()
         },
     );
@@ -517,6 +516,7 @@ async fn a_plugins_own_table_bounds_it_and_no_other() {
         "loose".into(),
         PluginSettings {
             deadline_ms: Some(200),
+            memory_mb: Some(8),
             allow_send: vec!["tcp://127.0.0.1:9".into()],
             ..Default::default()
         },
@@ -526,17 +526,18 @@ async fn a_plugins_own_table_bounds_it_and_no_other() {
     assert!(errors.is_empty(), "{errors:?}");
     let strict = plugins.get("strict").unwrap();
     let loose = plugins.get("loose").unwrap();
-    assert_eq!(strict.settings.memory_mb, 8);
-    assert_eq!(loose.settings.memory_mb, 64);
-    let router = Arc::new(Default::default());
-    let call = |plugin: &jasper_host::runtime::Plugin, t: &str, body: serde_json::Value| {
+    assert_eq!(strict.settings.memory_mb, 64);
+    assert_eq!(loose.settings.memory_mb, 8);
+    let call = |plugin: &Arc<jasper_host::runtime::Plugin>, t: &str, body: serde_json::Value| {
         let mut env = Envelope::new(t, serde_json::to_vec(&body).unwrap());
         env.destination = Some(format!("local://{}", plugin.name).as_str().into());
         let view = StateView::new(store.clone(), plugin.name.clone(), Default::default());
-        let router = Arc::clone(&router);
+        let plugin = Arc::clone(plugin);
         let rt = &rt;
-        let plugin = plugin;
-        async move { rt.handle(plugin, &env, router, view).await }
+        async move {
+            rt.handle(&plugin, &env, Arc::new(Default::default()), view)
+                .await
+        }
     };
     let kind = |out: &jasper_host::runtime::CallOutcome| match &out.result {
         Err(CallError::Trap { kind, .. }) => Some(*kind),
@@ -550,14 +551,15 @@ async fn a_plugins_own_table_bounds_it_and_no_other() {
     // A wait past 200 ms is fine in `strict` (the shared 5 s deadline).
     let out = call(strict, "test.Slow", json!({"n": 3, "ms": 300})).await;
     assert!(out.result.is_ok(), "{:?}", out.result);
-    let out = call(strict, "test.MemBomb", json!({"n": 4})).await;
+    let out = call(loose, "test.MemBomb", json!({"n": 4})).await;
     assert_eq!(kind(&out), Some(TrapKind::Memory), "{:?}", out.result);
     // A remote send: refused for `strict`, allowed for `loose`.
     let forward = json!({"n": 5, "to": "tcp://127.0.0.1:9/misbehave"});
     let out = call(strict, "test.Forward", forward.clone()).await;
     let shown = format!("{:?}", out.result);
     assert!(
-        shown.contains("may not send to tcp://127.0.0.1:9/misbehave") && shown.contains("allow_send"),
+        shown.contains("may not send to tcp://127.0.0.1:9/misbehave")
+            && shown.contains("allow_send"),
         "{shown}"
     );
     assert!(out.sent.is_empty());
@@ -576,7 +578,11 @@ async fn a_second_start_takes_the_compiled_plugin_from_the_cache() {
     cfg.cache_dir = Some(cache.clone());
     let first = Runtime::new(&cfg).unwrap();
     first.load_plugin(&wasm("misbehave")).await.unwrap();
-    assert_eq!(first.cache_counts(), (0, 1), "hits, misses of the first load");
+    assert_eq!(
+        first.cache_counts(),
+        (0, 1),
+        "hits, misses of the first load"
+    );
     // Written before the load returns.
     assert!(
         walk(&cache).iter().any(|p| p.is_file()),
@@ -585,7 +591,11 @@ async fn a_second_start_takes_the_compiled_plugin_from_the_cache() {
     );
     let second = Runtime::new(&cfg).unwrap();
     second.load_plugin(&wasm("misbehave")).await.unwrap();
-    assert_eq!(second.cache_counts(), (1, 0), "hits, misses of the second load");
+    assert_eq!(
+        second.cache_counts(),
+        (1, 0),
+        "hits, misses of the second load"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

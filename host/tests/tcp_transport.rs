@@ -165,8 +165,16 @@ async fn refused_messages_are_dead_lettered_on_the_sender_with_the_reason() {
     let refund = dead.iter().find(|d| d.message_type == "Refund").unwrap();
     assert_eq!(refund.error_kind, "rejected");
     assert!(refund.error_message.contains("Refund"), "{refund:?}");
-    let ca = a.store.counts().await.unwrap();
-    assert_eq!(ca.outgoing, 0, "{ca:?}");
+    // Settled rows are deleted off the send path: wait for it.
+    wait_for(
+        "A's outgoing rows deleted",
+        Duration::from_secs(30),
+        || async {
+            let c = a.store.counts().await.unwrap();
+            (c.outgoing == 0).then_some(c)
+        },
+    )
+    .await;
     let cb = b.store.counts().await.unwrap();
     assert_eq!(
         (cb.incoming, cb.handled),

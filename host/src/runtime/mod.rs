@@ -210,7 +210,11 @@ impl Runtime {
         if self.metered {
             // Fuel is metered on the engine when some plugin has a budget,
             // so this cannot fail; a plugin without one runs unmetered.
-            let fuel = if limits.fuel > 0 { limits.fuel } else { u64::MAX };
+            let fuel = if limits.fuel > 0 {
+                limits.fuel
+            } else {
+                u64::MAX
+            };
             let _ = store.set_fuel(fuel);
         }
         store
@@ -288,9 +292,8 @@ fn artifact_cache(dir: &std::path::Path) -> Result<wasmtime::Cache, RuntimeError
     })?;
     let mut cache = wasmtime::CacheConfig::new();
     cache.with_directory(dir);
-    wasmtime::Cache::new(cache).map_err(|e| {
-        RuntimeError::Engine(format!("plugins.cache_dir {}: {e:#}", dir.display()))
-    })
+    wasmtime::Cache::new(cache)
+        .map_err(|e| RuntimeError::Engine(format!("plugins.cache_dir {}: {e:#}", dir.display())))
 }
 
 fn classify(data: &HostState, e: &wasmtime::Error) -> CallError {

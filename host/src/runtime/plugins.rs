@@ -10,12 +10,12 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 
 use super::Runtime;
-use crate::config::EffectiveSettings;
 use super::bindings::PluginPre;
 use super::host_state::{HostState, Origin};
 use super::limits::CallLimits;
 use super::routing::{Egress, Router};
 use super::state_view::StateView;
+use crate::config::EffectiveSettings;
 
 /// Why a plugin did not load.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +201,13 @@ impl Runtime {
         let name: Arc<str> = name.into();
         let settings = self.settings(&name);
         let limits = self.limits_of(&settings);
-        let subscriptions = self
-            .subscriptions_of(&name, &pre, &limits)
-            .await
-            .map_err(|message| PluginError::Subscriptions {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        let subscriptions =
+            self.subscriptions_of(&name, &pre, &limits)
+                .await
+                .map_err(|message| PluginError::Subscriptions {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
         let egress = Arc::new(Egress::from_entries(&settings.allow_send));
         let calls = (settings.max_in_flight < self.config.max_in_flight)
             .then(|| Arc::new(Semaphore::new(settings.max_in_flight.max(1))));

@@ -282,7 +282,11 @@ mod tests {
         assert_eq!(check("durable://billing:7000", &none), Ok(()));
         assert_eq!(check("durable://BILLING:7000/mail", &none), Ok(()));
         // Not the same peer: other port, other scheme.
-        for to in ["durable://billing:7001", "tcp://billing:7000", "tcp://peer:1/audit"] {
+        for to in [
+            "durable://billing:7001",
+            "tcp://billing:7000",
+            "tcp://peer:1/audit",
+        ] {
             assert_eq!(
                 check(to, &none),
                 Err(RouteError::NotAllowed {
@@ -300,7 +304,10 @@ mod tests {
         assert_eq!(check("rabbitmq://exchange/events/x.y", &listed), Ok(()));
         assert!(check("rabbitmq://queue/events", &listed).is_err());
         let e = check("tcp://evil:1", &none).unwrap_err().to_string();
-        assert!(e.contains("tcp://evil:1") && e.contains("allow_send"), "{e}");
+        assert!(
+            e.contains("tcp://evil:1") && e.contains("allow_send"),
+            "{e}"
+        );
         let star = Egress::from_entries(&["*".into()]);
         assert_eq!(check("tcp://evil:1", &star), Ok(()));
     }

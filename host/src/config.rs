@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+pub(crate) use plugins::valid_plugin_name;
 pub use plugins::{EffectiveSettings, PluginSettings};
 pub use transport::{
     BindingConfig, ListenConfig, RabbitConfig, RouteConfig, SendingConfig, TcpConfig,

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 
 use super::PluginsConfig;
@@ -145,8 +145,9 @@ impl PluginsConfig {
     }
 }
 
-/// A plugin name as the plugin folder makes them (a file stem).
-fn valid_plugin_name(name: &str) -> bool {
+/// A plugin name as the plugin folder makes them (a file stem): letters,
+/// digits, '-' or '_'. The runtime names plugins by this rule too.
+pub(crate) fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -244,10 +245,9 @@ impl<'de> Visitor<'de> for PluginsVisitor {
                 "cache" => c.cache = map.next_value()?,
                 "cache_dir" => c.cache_dir = Some(map.next_value()?),
                 _ => {
+                    // toml refuses a key given twice before this sees it.
                     let settings: OnePlugin = map.next_value()?;
-                    if c.each.insert(key.clone(), settings.0).is_some() {
-                        return Err(A::Error::custom(format!("duplicate key plugins.{key}")));
-                    }
+                    c.each.insert(key, settings.0);
                 }
             }
         }

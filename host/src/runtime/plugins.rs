@@ -149,11 +149,7 @@ fn header(bytes: &[u8]) -> Header {
 
 fn plugin_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
-    let ok = !stem.is_empty()
-        && stem
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    ok.then(|| stem.to_string())
+    crate::config::valid_plugin_name(stem).then(|| stem.to_string())
 }
 
 impl Runtime {

@@ -144,6 +144,11 @@ pub struct HandlingConfig {
     /// loaded plugin subscribes to and no `[[route]]` matches, default
     /// `drop` (with a warning either way).
     pub unrouted: Unrouted,
+    /// How long `run` may take to drain on SIGTERM/SIGINT (finish the batch
+    /// in hand, flush the senders, release what is left), default 30 s.
+    /// Past it, or on a second signal, the host exits at once; what it held
+    /// is recovered as a dead node's rows.
+    pub drain_timeout_ms: u64,
 }
 
 /// `handling.unrouted`: the fate of a published message nobody takes.
@@ -265,6 +270,7 @@ impl Default for HandlingConfig {
             poll_interval_ms: 100,
             batches_in_flight: 2,
             unrouted: Unrouted::Drop,
+            drain_timeout_ms: 30_000,
         }
     }
 }
@@ -408,6 +414,7 @@ impl Config {
         at_least("handling.max_attempts", u64::from(h.max_attempts), 1)?;
         // Zero intervals would make timers spin (or panic in tokio).
         at_least("handling.poll_interval_ms", h.poll_interval_ms, 1)?;
+        at_least("handling.drain_timeout_ms", h.drain_timeout_ms, 1)?;
         if !(1..=8).contains(&h.batches_in_flight) {
             return Err((
                 "handling.batches_in_flight",
@@ -610,6 +617,7 @@ keep_handled_ms = 0
 poll_interval_ms = 20
 batches_in_flight = 1
 unrouted = "dead-letter"
+drain_timeout_ms = 4000
 [durability]
 heartbeat_ms = 500
 stale_after_ms = 2000
@@ -662,6 +670,7 @@ max_connections = 8
                 poll_interval_ms: 20,
                 batches_in_flight: 1,
                 unrouted: Unrouted::DeadLetter,
+                drain_timeout_ms: 4000,
             },
             durability: DurabilityConfig {
                 heartbeat_ms: 500,

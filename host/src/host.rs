@@ -264,15 +264,23 @@ impl Host {
         Ok(self.store.clear().await?)
     }
 
-    /// Finish the batch in hand, stop every task and deregister the node.
+    /// Drain: take no new work, finish the batch in hand, stop every task,
+    /// flush the senders, then leave the store, handing back (owner 0) what
+    /// this node still holds. Bounded by the caller (`run` applies
+    /// `handling.drain_timeout_ms`).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             t.await.context("host task panicked")?;
         }
         self.senders.join().await;
-        self.store.remove_node(self.node_id).await?;
-        info!(node_id = self.node_id, "host stopped");
+        let released = self.store.leave(self.node_id).await?;
+        info!(
+            node_id = self.node_id,
+            released,
+            event = %"host-stopped",
+            "host stopped; rows still held were handed back"
+        );
         Ok(())
     }
 }

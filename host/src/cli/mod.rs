@@ -11,6 +11,7 @@ mod state;
 mod storage;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -107,20 +108,69 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(c: &ConfigArg) -> anyhow::Result<()> {
     let config = c.load()?;
+    let bound = Duration::from_millis(config.handling.drain_timeout_ms);
+    // Before start-up: a signal during it waits here instead of killing.
+    let mut signals = Signals::install()?;
     let host = crate::host::Host::start(config)
         .await
         .with_context(|| format!("starting the host from {}", c.config.display()))?;
-    wait_for_signal().await?;
-    tracing::info!("signal received; finishing the batch in hand");
-    host.shutdown().await
+    let first = signals.next().await?;
+    tracing::info!(
+        signal = first,
+        drain_timeout_ms = bound.as_millis() as u64,
+        event = %"draining",
+        "{first} received; draining: no new work, finishing the batch in hand (a second signal exits at once)"
+    );
+    tokio::select! {
+        r = host.shutdown() => r,
+        second = signals.next() => {
+            let second = second?;
+            tracing::warn!(
+                signal = second,
+                event = %"drain-abandoned",
+                "{second} received while draining: exiting at once; the messages in hand are recovered as a dead node's"
+            );
+            std::process::exit(EXIT_SECOND_SIGNAL)
+        }
+        () = tokio::time::sleep(bound) => {
+            tracing::error!(
+                drain_timeout_ms = bound.as_millis() as u64,
+                event = %"drain-timed-out",
+                "the drain did not finish within handling.drain_timeout_ms: exiting; the messages in hand are recovered as a dead node's"
+            );
+            // Not through `main`'s return: dropping the runtime would wait for
+            // the handler calls still running on blocking threads.
+            std::process::exit(EXIT_DRAIN_TIMED_OUT)
+        }
+    }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
+/// Exit status after a second SIGINT/SIGTERM cut the drain short (128 + SIGINT, as shells do).
+const EXIT_SECOND_SIGNAL: i32 = 130;
+/// Exit status when the drain ran past `handling.drain_timeout_ms`.
+const EXIT_DRAIN_TIMED_OUT: i32 = 124;
+
+/// SIGINT and SIGTERM, each received as often as they come.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    /// The next signal's name.
+    async fn next(&mut self) -> anyhow::Result<&'static str> {
+        tokio::select! {
+            r = self.int.recv() => r.map(|()| "SIGINT"),
+            r = self.term.recv() => r.map(|()| "SIGTERM"),
+        }
+        .context("the signal stream ended")
+    }
 }

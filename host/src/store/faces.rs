@@ -113,6 +113,16 @@ pub trait Nodes: Send + Sync + Debug {
     async fn release_dead_nodes(&self, self_id: i64, stale_before: i64) -> StoreResult<u64>;
     /// Hand every owned row back to any node (owner 0); returns rows released.
     async fn release_all(&self) -> StoreResult<u64>;
+    /// Leave the store on a clean stop: forget this node, then hand back
+    /// (owner 0) every row it still owns, so another host takes them at once
+    /// instead of after `stale_after_ms`. Rows of other owners that are no
+    /// live node go back too. Returns rows released.
+    async fn leave(&self, node_id: i64) -> StoreResult<u64> {
+        self.remove_node(node_id).await?;
+        // With its registry row gone, this node's rows are owned by no live
+        // node; `stale_before` 0 judges no live node dead.
+        self.release_dead_nodes(node_id, 0).await
+    }
 }
 
 /// The schema and the operator's whole-store commands.

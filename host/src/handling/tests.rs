@@ -84,7 +84,7 @@ impl Rig {
         let calls = Arc::new(Calls::new(runtime.clone(), store.clone(), 16));
         let worker = Worker {
             store: store.clone(),
-            plugins: Arc::new(plugins),
+            plugins: Arc::new(crate::runtime::LivePlugins::new(plugins)),
             config: HandlingConfig {
                 poll_interval_ms,
                 ..HandlingConfig::default()

@@ -18,7 +18,7 @@ use super::wire::Verdict;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{CodecError, Envelope, local_row, now_ms};
 use crate::handling::handoff::Handoff;
-use crate::runtime::Plugins;
+use crate::runtime::{LivePlugins, Plugins};
 use crate::store::{ClaimedRow, MessageStore, NewIncoming, StoreError};
 
 /// Capacity of the in-memory queue of `tcp://` messages (batches).
@@ -39,7 +39,8 @@ pub(crate) enum ReceiveError {
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
     pub store: Arc<dyn MessageStore>,
-    pub plugins: Arc<Plugins>,
+    /// The plugins now (one snapshot per received batch).
+    pub plugins: Arc<LivePlugins>,
     /// Wakes the worker after an inbox commit.
     pub wake: Arc<Notify>,
     /// The worker's in-memory queue (`tcp://` listeners).
@@ -82,6 +83,7 @@ impl Inbox {
         let now = now_ms();
         let mut verdicts = Vec::with_capacity(entries.len());
         let mut accepted = Vec::with_capacity(entries.len());
+        let plugins = self.plugins.snapshot();
         for entry in entries {
             match entry {
                 Err(e) => verdicts.push(Verdict::Rejected(format!(
@@ -92,7 +94,7 @@ impl Inbox {
                     info!(message_id = %env.id, message_type = %env.message_type, "received after its deliver_by; discarded");
                     verdicts.push(Verdict::Accepted);
                 }
-                Ok(env) => match self.route(env) {
+                Ok(env) => match route(&plugins, env) {
                     Ok(copies) => {
                         accepted.extend(copies);
                         verdicts.push(Verdict::Accepted);
@@ -155,8 +157,10 @@ impl Inbox {
         Ok(verdicts)
     }
 
-    /// The local copies of one envelope, or the verdict refusing it.
-    fn route(&self, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
+}
+
+/// The local copies of one envelope, or the verdict refusing it.
+fn route(plugins: &Plugins, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
         // Only a TCP URI names a queue on this host; anything else (none, a
         // RabbitMQ listener, a URI that does not parse) is routed by type.
         let queue = match env.destination.as_ref().map(Destination::endpoint) {
@@ -165,7 +169,7 @@ impl Inbox {
         };
         let destinations = match queue {
             Some(plugin) => {
-                let Some(p) = self.plugins.get(&plugin) else {
+                let Some(p) = plugins.get(&plugin) else {
                     return Err(Verdict::UnknownDestination(format!(
                         "no plugin named '{plugin}' is loaded on this host"
                     )));
@@ -179,7 +183,7 @@ impl Inbox {
                 vec![Endpoint::local(plugin)]
             }
             None => {
-                let subs = self.plugins.router().local_destinations(&env.message_type);
+                let subs = plugins.router().local_destinations(&env.message_type);
                 if subs.is_empty() {
                     return Err(Verdict::Rejected(format!(
                         "no plugin on this host handles message type '{}'",
@@ -212,7 +216,6 @@ impl Inbox {
         }
         Ok(copies)
     }
-}
 
 /// The ids of `rows` an insert that reported `duplicates` wrote; `None`:
 /// every row (no duplicate, so no id twice either).

@@ -168,20 +168,23 @@ fn route(plugins: &Plugins, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
             _ => None,
         };
         let destinations = match queue {
-            Some(plugin) => {
-                let Some(p) = plugins.get(&plugin) else {
+            Some(plugin) => match plugins.get(&plugin) {
+                // Unloaded by a reload: taken, and it waits in the inbox
+                // until the plugin is back (see `handling`).
+                None if plugins.was_removed(&plugin) => vec![Endpoint::local(plugin)],
+                None => {
                     return Err(Verdict::UnknownDestination(format!(
                         "no plugin named '{plugin}' is loaded on this host"
                     )));
-                };
-                if !p.subscriptions.contains(&env.message_type) {
+                }
+                Some(p) if !p.subscriptions.contains(&env.message_type) => {
                     return Err(Verdict::Rejected(format!(
                         "plugin '{plugin}' does not handle message type '{}'",
                         env.message_type
                     )));
                 }
-                vec![Endpoint::local(plugin)]
-            }
+                Some(_) => vec![Endpoint::local(plugin)],
+            },
             None => {
                 let subs = plugins.router().local_destinations(&env.message_type);
                 if subs.is_empty() {

@@ -657,7 +657,7 @@ impl Worker {
                         execute_at,
                     } => {
                         let (kind, message) = failure.describe();
-                        if let Failure::Waiting(_) = failure {
+                        if matches!(failure, Failure::Waiting(_)) {
                             debug!(message_id = %row.id, %message, "waiting for its plugin to be back");
                         } else {
                             warn!(message_id = %row.id, kind = %kind, %message, attempts, "handling failed; will retry");

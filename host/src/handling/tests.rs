@@ -314,3 +314,39 @@ async fn rows_handed_over_when_shutdown_comes_are_run_before_the_worker_stops() 
     let c = store.counts().await.unwrap();
     assert_eq!((c.handled, c.incoming), (4, 0), "{c:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_of_a_plugin_unloaded_by_a_reload_waits_for_it_and_one_of_a_name_never_loaded_is_dead_lettered()
+ {
+    let mut rig = Rig::new(100).await;
+    let noop = rig.worker.plugins.snapshot().get("noop").cloned().unwrap();
+    assert!(rig.worker.plugins.remove("noop").is_some());
+    let waits = rig.insert(None).await;
+    let mut ghost = Envelope::new("bench.Noop", b"{}".to_vec());
+    ghost.destination = Some(crate::address::Endpoint::local("ghost").into());
+    rig.store.insert_incoming(&[local_row(&ghost)]).await.unwrap();
+    let t0 = rig.start();
+
+    // Put back (no attempt counted); the never-loaded name goes to dead
+    // letters as before.
+    let (_, event) = rig.next_event().await;
+    assert_eq!(event.retried, [waits]);
+    assert_eq!(event.dead_lettered.len(), 1);
+    assert_eq!(event.dead_lettered[0].id, ghost.id);
+    assert_eq!(
+        event.dead_lettered[0].error_kind,
+        crate::store::DeadLetterKind::NoHandler
+    );
+    // Still away a second later: put back again.
+    let (at, event) = rig.next_event().await;
+    assert_eq!(event.retried, [waits]);
+    assert!(at - t0 >= ms(1000), "{:?}", at - t0);
+
+    // Back: handled at its next turn, on its first attempt.
+    assert!(rig.worker.plugins.put(noop).is_none());
+    let (at, event) = rig.next_event().await;
+    assert_eq!(handled_ids(&event), [waits]);
+    assert_eq!(event.handled[0].attempts, 0);
+    assert!(at - t0 >= ms(2000), "{:?}", at - t0);
+    rig.stop().await;
+}

@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use jasper_host::address::Endpoint;
+use jasper_host::address::Destination;
 use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::runtime::version_of;
-use jasper_host::store::MessageStore;
 use jasper_host::{BatchEvent, Host};
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -96,7 +95,11 @@ fn patched(base: &[u8], version: &str) -> Vec<u8> {
 
 /// Which plugin versions handled each tick, by seq, from the plugin's state.
 async fn handled(host: &Host, plugin: &str) -> BTreeMap<u64, Vec<String>> {
-    let rows = host.store.list_state(plugin, "seq-", 1 << 22).await.unwrap();
+    let rows = host
+        .store
+        .list_state(plugin, "seq-", 1 << 22)
+        .await
+        .unwrap();
     rows.into_iter()
         .map(|e| {
             let seq = e.key["seq-".len()..].parse().unwrap();
@@ -142,10 +145,8 @@ impl Flow {
                 .send(TICK, json!({ "seq": seq }).to_string().into_bytes(), None)
                 .await
                 .unwrap();
-            if out
-                .iter()
-                .any(|e| e.destination.as_ref().is_some_and(|d| d.uri() == "local://b"))
-            {
+            let to_b = Destination::parse("local://b");
+            if out.iter().any(|e| e.destination.as_ref() == Some(&to_b)) {
                 self.to_b.lock().unwrap().push(seq);
             }
             seq += 1;
@@ -205,15 +206,19 @@ async fn wait_live(host: &Host, plugin: &str, bytes: &[u8]) {
 async fn drained(host: &Host, flow: &Flow, b_too: bool) {
     let sent = flow.sent();
     let b_want: Vec<u64> = flow.to_b.lock().unwrap().clone();
-    common::wait_for(&format!("the {sent} ticks sent handled"), DEADLINE, || async {
-        let a = handled(host, "a").await;
-        let a_done = (0..sent).all(|s| a.contains_key(&s));
-        let b_done = !b_too || {
-            let b = handled(host, "b").await;
-            b_want.iter().all(|s| b.contains_key(s))
-        };
-        (a_done && b_done).then_some(())
-    })
+    common::wait_for(
+        &format!("the {sent} ticks sent handled"),
+        DEADLINE,
+        || async {
+            let a = handled(host, "a").await;
+            let a_done = (0..sent).all(|s| a.contains_key(&s));
+            let b_done = !b_too || {
+                let b = handled(host, "b").await;
+                b_want.iter().all(|s| b.contains_key(s))
+            };
+            (a_done && b_done).then_some(())
+        },
+    )
     .await;
 }
 
@@ -310,7 +315,7 @@ async fn plugins_are_replaced_added_and_removed_while_messages_flow() {
     let waiting: Vec<Envelope> = (WAITING_FROM..WAITING_FROM + WAITING)
         .map(|seq| {
             let mut e = Envelope::new(TICK, json!({ "seq": seq }).to_string().into_bytes());
-            e.destination = Some(Endpoint::local("b").into());
+            e.destination = Some(Destination::parse("local://b"));
             e
         })
         .collect();
@@ -369,14 +374,24 @@ async fn plugins_are_replaced_added_and_removed_while_messages_flow() {
 
     let b_by = handled(&host, "b").await;
     let to_b = flow.to_b.lock().unwrap().clone();
-    for seq in to_b.iter().chain((WAITING_FROM..WAITING_FROM + WAITING).collect::<Vec<_>>().iter()) {
-        let by = b_by.get(seq).unwrap_or_else(|| panic!("b tick {seq} not handled"));
+    for seq in to_b.iter().chain(
+        (WAITING_FROM..WAITING_FROM + WAITING)
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        let by = b_by
+            .get(seq)
+            .unwrap_or_else(|| panic!("b tick {seq} not handled"));
         assert_eq!(by.len(), 1, "b tick {seq} handled {by:?}");
     }
     for seq in WAITING_FROM..WAITING_FROM + WAITING {
         assert_eq!(b_by[&seq], ["b-v2"], "waited for b's return");
     }
-    assert_eq!(b_by.len(), to_b.len() + WAITING as usize, "b handled nothing else");
+    assert_eq!(
+        b_by.len(),
+        to_b.len() + WAITING as usize,
+        "b handled nothing else"
+    );
     assert!(host.store.dead_letters(10).await.unwrap().is_empty());
     assert_eq!(seen.lock().unwrap().missed, 0, "every batch event seen");
 

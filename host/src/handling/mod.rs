@@ -777,7 +777,6 @@ impl Worker {
         }
         Ok(Arc::clone(plugin))
     }
-
 }
 
 /// A message once published to nobody (no destination), put back by
@@ -785,28 +784,26 @@ impl Worker {
 /// copy with an id derived from its own (a rerun makes the same copies,
 /// which the inbox dedupes). Still nobody: a `no-route` failure.
 fn publish_again(plugins: &Plugins, env: &Envelope) -> Outcome {
-        let destinations = plugins
-            .router()
-            .publish_destinations(&env.message_type);
-        if destinations.is_empty() {
-            return Err(Failure::NoRoute(unrouted::no_route_message(
-                &env.message_type,
-            )));
-        }
-        info!(
-            copies = destinations.len(),
-            "a message published to nobody is published again"
-        );
-        Ok(destinations
-            .into_iter()
-            .map(|dest| {
-                let dest = Destination::from(dest);
-                let mut copy = env.clone();
-                copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
-                copy.destination = Some(dest);
-                copy.scheduled_at = None;
-                copy.attempts = 0;
-                copy
-            })
-            .collect())
+    let destinations = plugins.router().publish_destinations(&env.message_type);
+    if destinations.is_empty() {
+        return Err(Failure::NoRoute(unrouted::no_route_message(
+            &env.message_type,
+        )));
     }
+    info!(
+        copies = destinations.len(),
+        "a message published to nobody is published again"
+    );
+    Ok(destinations
+        .into_iter()
+        .map(|dest| {
+            let dest = Destination::from(dest);
+            let mut copy = env.clone();
+            copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
+            copy.destination = Some(dest);
+            copy.scheduled_at = None;
+            copy.attempts = 0;
+            copy
+        })
+        .collect())
+}

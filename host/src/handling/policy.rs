@@ -49,9 +49,7 @@ impl Failure {
             }
             Failure::Call(CallError::Trap { kind, message }) => (trap_kind(*kind), message.clone()),
             Failure::Call(CallError::HostFault(m)) => (DeadLetterKind::Host, m.clone()),
-            Failure::NoHandler(m) | Failure::Waiting(m) => {
-                (DeadLetterKind::NoHandler, m.clone())
-            }
+            Failure::NoHandler(m) | Failure::Waiting(m) => (DeadLetterKind::NoHandler, m.clone()),
             Failure::NoRoute(m) => (DeadLetterKind::NoRoute, m.clone()),
             Failure::BadMessage(m) => (DeadLetterKind::BadMessage, m.clone()),
             Failure::Crashed { attempts } => (

@@ -324,7 +324,10 @@ async fn a_message_of_a_plugin_unloaded_by_a_reload_waits_for_it_and_one_of_a_na
     let waits = rig.insert(None).await;
     let mut ghost = Envelope::new("bench.Noop", b"{}".to_vec());
     ghost.destination = Some(crate::address::Endpoint::local("ghost").into());
-    rig.store.insert_incoming(&[local_row(&ghost)]).await.unwrap();
+    rig.store
+        .insert_incoming(&[local_row(&ghost)])
+        .await
+        .unwrap();
     let t0 = rig.start();
 
     // Put back (no attempt counted); the never-loaded name goes to dead

@@ -18,9 +18,9 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::Runtime;
 use super::live::LivePlugins;
 use super::plugins::{is_plugin_file, version_of};
-use super::Runtime;
 
 /// How long a file's size and modification time must stay the same before
 /// it is loaded.
@@ -32,7 +32,9 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
-    #[error("cannot watch the plugin folder {path} for changes (set plugins.watch = false to run without hot reload)")]
+    #[error(
+        "cannot watch the plugin folder {path} for changes (set plugins.watch = false to run without hot reload)"
+    )]
     Watch {
         path: PathBuf,
         #[source]

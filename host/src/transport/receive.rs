@@ -156,69 +156,68 @@ impl Inbox {
         }
         Ok(verdicts)
     }
-
 }
 
 /// The local copies of one envelope, or the verdict refusing it.
 fn route(plugins: &Plugins, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
-        // Only a TCP URI names a queue on this host; anything else (none, a
-        // RabbitMQ listener, a URI that does not parse) is routed by type.
-        let queue = match env.destination.as_ref().map(Destination::endpoint) {
-            Some(Ok(Endpoint::Tcp(t))) => t.queue.clone(),
-            _ => None,
-        };
-        let destinations = match queue {
-            Some(plugin) => match plugins.get(&plugin) {
-                // Unloaded by a reload: taken, and it waits in the inbox
-                // until the plugin is back (see `handling`).
-                None if plugins.was_removed(&plugin) => vec![Endpoint::local(plugin)],
-                None => {
-                    return Err(Verdict::UnknownDestination(format!(
-                        "no plugin named '{plugin}' is loaded on this host"
-                    )));
-                }
-                Some(p) if !p.subscriptions.contains(&env.message_type) => {
-                    return Err(Verdict::Rejected(format!(
-                        "plugin '{plugin}' does not handle message type '{}'",
-                        env.message_type
-                    )));
-                }
-                Some(_) => vec![Endpoint::local(plugin)],
-            },
+    // Only a TCP URI names a queue on this host; anything else (none, a
+    // RabbitMQ listener, a URI that does not parse) is routed by type.
+    let queue = match env.destination.as_ref().map(Destination::endpoint) {
+        Some(Ok(Endpoint::Tcp(t))) => t.queue.clone(),
+        _ => None,
+    };
+    let destinations = match queue {
+        Some(plugin) => match plugins.get(&plugin) {
+            // Unloaded by a reload: taken, and it waits in the inbox
+            // until the plugin is back (see `handling`).
+            None if plugins.was_removed(&plugin) => vec![Endpoint::local(plugin)],
             None => {
-                let subs = plugins.router().local_destinations(&env.message_type);
-                if subs.is_empty() {
-                    return Err(Verdict::Rejected(format!(
-                        "no plugin on this host handles message type '{}'",
-                        env.message_type
-                    )));
-                }
-                subs
+                return Err(Verdict::UnknownDestination(format!(
+                    "no plugin named '{plugin}' is loaded on this host"
+                )));
             }
-        };
-        // The last copy is the envelope itself: one destination, no clone.
-        let base = env.id;
-        let last = destinations.len().saturating_sub(1);
-        let mut original = Some(env);
-        let mut copies = Vec::with_capacity(destinations.len());
-        for (k, dest) in destinations.into_iter().enumerate() {
-            let copy = if k == last {
-                original.take()
-            } else {
-                original.clone()
-            };
-            let Some(mut copy) = copy else { break };
-            let dest = Destination::from(dest);
-            if k > 0 {
-                // Derived, so a resent envelope dedupes in every copy.
-                copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+            Some(p) if !p.subscriptions.contains(&env.message_type) => {
+                return Err(Verdict::Rejected(format!(
+                    "plugin '{plugin}' does not handle message type '{}'",
+                    env.message_type
+                )));
             }
-            copy.attempts = 0;
-            copy.destination = Some(dest);
-            copies.push(copy);
+            Some(_) => vec![Endpoint::local(plugin)],
+        },
+        None => {
+            let subs = plugins.router().local_destinations(&env.message_type);
+            if subs.is_empty() {
+                return Err(Verdict::Rejected(format!(
+                    "no plugin on this host handles message type '{}'",
+                    env.message_type
+                )));
+            }
+            subs
         }
-        Ok(copies)
+    };
+    // The last copy is the envelope itself: one destination, no clone.
+    let base = env.id;
+    let last = destinations.len().saturating_sub(1);
+    let mut original = Some(env);
+    let mut copies = Vec::with_capacity(destinations.len());
+    for (k, dest) in destinations.into_iter().enumerate() {
+        let copy = if k == last {
+            original.take()
+        } else {
+            original.clone()
+        };
+        let Some(mut copy) = copy else { break };
+        let dest = Destination::from(dest);
+        if k > 0 {
+            // Derived, so a resent envelope dedupes in every copy.
+            copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+        }
+        copy.attempts = 0;
+        copy.destination = Some(dest);
+        copies.push(copy);
     }
+    Ok(copies)
+}
 
 /// The ids of `rows` an insert that reported `duplicates` wrote; `None`:
 /// every row (no duplicate, so no id twice either).

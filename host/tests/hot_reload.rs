@@ -202,8 +202,14 @@ async fn wait_live(host: &Host, plugin: &str, bytes: &[u8]) {
     .await;
 }
 
-/// Waits until every tick sent so far, and every copy for `b`, is handled.
+/// Waits until the sender has sent its budget and every tick sent, and
+/// every copy for `b`, is handled.
 async fn drained(host: &Host, flow: &Flow, b_too: bool) {
+    common::wait_for("the sender to send its budget", DEADLINE, || {
+        let done = flow.sent() >= flow.budget.load(Ordering::SeqCst);
+        async move { done.then_some(()) }
+    })
+    .await;
     let sent = flow.sent();
     let b_want: Vec<u64> = flow.to_b.lock().unwrap().clone();
     common::wait_for(

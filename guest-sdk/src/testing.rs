@@ -152,6 +152,7 @@ impl Backend for Recorder {
         self.0.borrow_mut().logs.push((level, message.to_owned()));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     fn http(&mut self, request: &Request) -> Result<Response, HttpError> {
         let mut rec = self.0.borrow_mut();
         rec.http_requests.push(request.clone());

@@ -238,7 +238,7 @@ impl HttpPolicy {
         );
         let listed = self
             .lookup(https, &host, port)
-            .ok_or_else(|| Refusal::NotListed(shown.clone()))?;
+            .ok_or(Refusal::NotListed(shown))?;
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => {

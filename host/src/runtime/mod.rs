@@ -31,7 +31,7 @@ use bindings::{Plugin as PluginBindings, WitEnvelope};
 use bounds::Bounds;
 use host_state::{HostState, Origin};
 use limits::{CallLimits, EPOCH_TICK, EpochTicker};
-pub use http::HttpPolicy;
+pub use self::http::HttpPolicy;
 pub use plugins::{Plugin, PluginError, Plugins};
 use routing::Router;
 use state_view::{BatchState, StateView};

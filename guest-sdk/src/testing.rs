@@ -419,7 +419,10 @@ mod tests {
         // Without following, the 3xx comes back as is.
         let res = ctx.http().get("http://a.test/old").send().unwrap();
         assert_eq!(res.status, 302);
-        assert_eq!(ctx.http().get("http://a.test/x").send().unwrap().status, 500);
+        assert_eq!(
+            ctx.http().get("http://a.test/x").send().unwrap().status,
+            500
+        );
         let err = ctx.http().get("http://b.test/").send().unwrap_err();
         assert!(matches!(err, HttpError::Denied(_)), "{err:?}");
         ctx.stub_http_error("http://b.test/", HttpError::Timeout("slow".into()));

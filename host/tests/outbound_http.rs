@@ -60,9 +60,16 @@ async fn a_listed_host_is_reached_and_an_unlisted_one_is_refused_without_a_conne
         format!("http://localhost:{}/", server.port()),
     ] {
         let err = get(&p, &url).await.unwrap_err();
-        assert!(matches!(err, HttpError::HttpRequestDenied), "{url}: {err:?}");
+        assert!(
+            matches!(err, HttpError::HttpRequestDenied),
+            "{url}: {err:?}"
+        );
     }
-    assert_eq!(server.connections(), 1, "no connection for a refused request");
+    assert_eq!(
+        server.connections(),
+        1,
+        "no connection for a refused request"
+    );
     assert_eq!(other.connections(), 0);
     assert!(matches!(
         get(&HttpPolicy::deny_all(), &server.url("/")).await,
@@ -84,7 +91,10 @@ async fn loopback_only_when_listed_literally_and_link_local_never() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, HttpError::HttpRequestDenied | HttpError::DnsError { .. }),
+        matches!(
+            err,
+            HttpError::HttpRequestDenied | HttpError::DnsError { .. }
+        ),
         "{err:?}"
     );
     // Link-local (cloud metadata) is refused even when listed.
@@ -96,11 +106,20 @@ async fn loopback_only_when_listed_literally_and_link_local_never() {
         5_000,
         1 << 20,
     );
-    for url in ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/"] {
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/",
+    ] {
         let start = Instant::now();
         let err = get(&p, url).await.unwrap_err();
-        assert!(matches!(err, HttpError::HttpRequestDenied), "{url}: {err:?}");
-        assert!(start.elapsed() < Duration::from_secs(1), "refused before connecting");
+        assert!(
+            matches!(err, HttpError::HttpRequestDenied),
+            "{url}: {err:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "refused before connecting"
+        );
     }
 }
 
@@ -194,7 +213,11 @@ impl Probe {
     }
 
     /// Runs one message; its outcome, and the `probe/{name}` it recorded.
-    async fn run(&self, t: &str, body: serde_json::Value) -> (Result<(), CallError>, Option<String>) {
+    async fn run(
+        &self,
+        t: &str,
+        body: serde_json::Value,
+    ) -> (Result<(), CallError>, Option<String>) {
         let mut env = Envelope::new(t, serde_json::to_vec(&body).unwrap());
         env.destination = Some("local://probe".into());
         let view = StateView::new(
@@ -231,17 +254,31 @@ async fn a_plugin_reaches_its_listed_host_through_wasi_http_and_nothing_else() {
     let probe = Probe::new(vec![base(&target), base(&redirector)]).await;
 
     let (res, got) = probe
-        .run("probe.Http", serde_json::json!({"name": "ok", "url": target.url("/hi")}))
+        .run(
+            "probe.Http",
+            serde_json::json!({"name": "ok", "url": target.url("/hi")}),
+        )
         .await;
     res.unwrap();
     let got = got.unwrap();
-    assert!(got.starts_with("ALLOWED") && got.ends_with("answered 200"), "{got}");
+    assert!(
+        got.starts_with("ALLOWED") && got.ends_with("answered 200"),
+        "{got}"
+    );
     assert_eq!(target.requests()[0].path, "/hi");
 
     for (name, url, follow) in [
         ("unlisted", elsewhere.url("/"), 0),
-        ("metadata", "http://169.254.169.254/latest/meta-data/".to_string(), 0),
-        ("loopback-name", format!("http://localhost:{}/", target.port()), 0),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            0,
+        ),
+        (
+            "loopback-name",
+            format!("http://localhost:{}/", target.port()),
+            0,
+        ),
         ("redirect", redirector.url("/go"), 3),
     ] {
         let (res, got) = probe
@@ -255,8 +292,16 @@ async fn a_plugin_reaches_its_listed_host_through_wasi_http_and_nothing_else() {
         assert!(got.starts_with("refused: "), "{name}: {got}");
         assert!(got.contains("HttpRequestDenied"), "{name}: {got}");
     }
-    assert_eq!(redirector.requests().len(), 1, "the redirect itself was fetched");
-    assert_eq!(elsewhere.connections(), 0, "nothing reached the unlisted server");
+    assert_eq!(
+        redirector.requests().len(),
+        1,
+        "the redirect itself was fetched"
+    );
+    assert_eq!(
+        elsewhere.connections(),
+        0,
+        "nothing reached the unlisted server"
+    );
 }
 
 #[tokio::test]
@@ -266,9 +311,13 @@ async fn recursion_is_a_stack_overflow_and_the_whole_cap_at_once_is_memory() {
         Err(CallError::Trap { kind, .. }) => Some(*kind),
         _ => None,
     };
-    let (res, _) = probe.run("probe.Recurse", serde_json::json!({"n": 1})).await;
+    let (res, _) = probe
+        .run("probe.Recurse", serde_json::json!({"n": 1}))
+        .await;
     assert_eq!(kind(&res), Some(TrapKind::StackOverflow), "{res:?}");
-    let (res, _) = probe.run("probe.Alloc", serde_json::json!({"mb": 32})).await;
+    let (res, _) = probe
+        .run("probe.Alloc", serde_json::json!({"mb": 32}))
+        .await;
     assert_eq!(kind(&res), Some(TrapKind::Memory), "{res:?}");
     let (res, _) = probe.run("probe.Ping", serde_json::json!({"n": 1})).await;
     res.unwrap();

@@ -108,7 +108,11 @@ async fn every_capability_attempt_is_refused_and_reported_and_the_host_stays_up(
             assert!(outcome.contains("HttpRequestDenied"), "{name}: {outcome}");
         }
     }
-    assert_eq!(unlisted.connections(), 0, "nothing reached the unlisted server");
+    assert_eq!(
+        unlisted.connections(),
+        0,
+        "nothing reached the unlisted server"
+    );
     assert_eq!(listed.requests().len(), 1, "only the redirect was fetched");
 
     // Each HTTP refusal is logged with the plugin and the URL.
@@ -130,7 +134,10 @@ async fn every_capability_attempt_is_refused_and_reported_and_the_host_stays_up(
 
     let dls = host.dead_letters();
     assert_eq!(dls.len(), 2, "{dls:#?}");
-    for (ty, kind) in [("probe.Recurse", "stack-overflow"), ("probe.Alloc", "memory")] {
+    for (ty, kind) in [
+        ("probe.Recurse", "stack-overflow"),
+        ("probe.Alloc", "memory"),
+    ] {
         let d = dls
             .iter()
             .find(|d| d.message_type == ty)

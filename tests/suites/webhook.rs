@@ -108,7 +108,9 @@ async fn every_order_reaches_a_failing_server_and_each_key_is_applied_once() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let server = {
         let ledger = Arc::clone(&ledger);
-        HttpServer::start(move |r| answer(&ledger, r)).await.unwrap()
+        HttpServer::start(move |r| answer(&ledger, r))
+            .await
+            .unwrap()
     };
     let host = TestHost::new(&["webhook"], config(&server, 6));
     host.spawn();
@@ -166,7 +168,11 @@ async fn every_order_reaches_a_failing_server_and_each_key_is_applied_once() {
         l.repeats > 0,
         "a retry after a late answer found its key applied: {l:?}"
     );
-    assert!(requests.len() > 300 + l.failed as usize / 2, "{}", requests.len());
+    assert!(
+        requests.len() > 300 + l.failed as usize / 2,
+        "{}",
+        requests.len()
+    );
     eprintln!(
         "webhook: {} requests for 300 orders: {} answered 500, {} answered late, {} repeats of an applied key",
         requests.len(),

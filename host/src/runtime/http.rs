@@ -126,7 +126,11 @@ impl HttpPolicy {
 
     fn lookup(&self, https: bool, host: &str, port: u16) -> Option<Listed> {
         let mut found = None;
-        for e in self.entries.iter().filter(|e| e.https == https && e.port == port) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.https == https && e.port == port)
+        {
             match &e.host {
                 HostPattern::Exact(h) if h == host => return Some(Listed::Literally),
                 HostPattern::Subdomains(s)
@@ -258,11 +262,7 @@ impl HttpPolicy {
         for a in &addrs {
             check_addr(&host, a.ip(), listed)?;
         }
-        Ok(Target {
-            https,
-            host,
-            addrs,
-        })
+        Ok(Target { https, host, addrs })
     }
 }
 
@@ -563,8 +563,15 @@ mod tests {
 
     #[test]
     fn scheme_host_and_port_must_all_match() {
-        let p = policy(&["https://api.example.com", "http://127.0.0.1:8080", "https://*.corp.io"]);
-        assert_eq!(p.lookup(true, "api.example.com", 443), Some(Listed::Literally));
+        let p = policy(&[
+            "https://api.example.com",
+            "http://127.0.0.1:8080",
+            "https://*.corp.io",
+        ]);
+        assert_eq!(
+            p.lookup(true, "api.example.com", 443),
+            Some(Listed::Literally)
+        );
         assert_eq!(p.lookup(false, "api.example.com", 443), None);
         assert_eq!(p.lookup(true, "api.example.com", 8443), None);
         assert_eq!(p.lookup(false, "127.0.0.1", 8080), Some(Listed::Literally));
@@ -584,10 +591,22 @@ mod tests {
         assert!(check_addr("h", ip("fe80::1"), lit).is_err());
         assert!(check_addr("h", ip("::ffff:169.254.169.254"), lit).is_err());
         assert!(check_addr("h", ip("0.0.0.0"), lit).is_err());
-        for internal in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(check_addr("h", ip(internal), lit).is_ok(), "{internal}");
             assert!(
-                matches!(check_addr("h", ip(internal), wild), Err(Refusal::Internal { .. })),
+                matches!(
+                    check_addr("h", ip(internal), wild),
+                    Err(Refusal::Internal { .. })
+                ),
                 "{internal}"
             );
         }

@@ -25,13 +25,13 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
 };
 
+pub use self::http::HttpPolicy;
 use crate::config::{EffectiveSettings, PluginsConfig};
 use crate::envelope::Envelope;
 use bindings::{Plugin as PluginBindings, WitEnvelope};
 use bounds::Bounds;
 use host_state::{HostState, Origin};
 use limits::{CallLimits, EPOCH_TICK, EpochTicker};
-pub use self::http::HttpPolicy;
 pub use plugins::{Plugin, PluginError, Plugins};
 use routing::Router;
 use state_view::{BatchState, StateView};

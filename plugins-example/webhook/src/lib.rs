@@ -51,7 +51,9 @@ pub fn configure_webhook(ctx: &mut Context, msg: ConfigureWebhook) -> Result<(),
 pub fn order_placed(ctx: &mut Context, order: OrderPlaced) -> Result<(), HandleError> {
     let Some(url) = ctx.state().get::<String>(URL_KEY)? else {
         // Configuration may come later: try again.
-        return Err(HandleError::retry("no webhook configured (send ConfigureWebhook)"));
+        return Err(HandleError::retry(
+            "no webhook configured (send ConfigureWebhook)",
+        ));
     };
     let key = ctx.envelope().id.clone();
     let res = ctx
@@ -121,35 +123,55 @@ mod tests {
         assert_eq!(reqs[0].header("Idempotency-Key"), Some("m-42"));
         let body: OrderPlaced = serde_json::from_slice(&reqs[0].body).unwrap();
         assert_eq!(body, order());
-        assert_eq!(
-            ctx.state().get::<u16>("delivered/o-1").unwrap(),
-            Some(201)
-        );
+        assert_eq!(ctx.state().get::<u16>("delivered/o-1").unwrap(), Some(201));
     }
 
     #[test]
     fn server_errors_timeouts_and_refused_connections_ask_for_a_retry() {
         let mut ctx = configured();
         ctx.stub_http(URL, Response::new(503));
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Retry(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Retry(_))
+        ));
         ctx.stub_http_error(URL, HttpError::Timeout("slow".into()));
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Retry(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Retry(_))
+        ));
         ctx.stub_http_error(URL, HttpError::Connect("refused".into()));
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Retry(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Retry(_))
+        ));
         ctx.stub_http(URL, Response::new(400));
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Reject(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Reject(_))
+        ));
         ctx.stub_http_error(URL, HttpError::Denied("not listed".into()));
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Failed(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Failed(_))
+        ));
         assert_eq!(ctx.state().get::<u16>("delivered/o-1").unwrap(), None);
     }
 
     #[test]
     fn unconfigured_retries_and_a_bad_url_is_rejected() {
         let mut ctx = TestContext::new();
-        assert!(matches!(ctx.deliver(&HANDLERS, &order()), Err(HandleError::Retry(_))));
+        assert!(matches!(
+            ctx.deliver(&HANDLERS, &order()),
+            Err(HandleError::Retry(_))
+        ));
         assert!(ctx.http_requests().is_empty());
         let err = ctx
-            .deliver(&HANDLERS, &ConfigureWebhook { url: "ftp://x".into() })
+            .deliver(
+                &HANDLERS,
+                &ConfigureWebhook {
+                    url: "ftp://x".into(),
+                },
+            )
             .unwrap_err();
         assert!(matches!(err, HandleError::Reject(_)));
     }

@@ -69,10 +69,12 @@ fn answer(ledger: &Mutex<Ledger>, r: &Received) -> Reply {
         l.failed += 1;
         return Reply::Status(500, b"try again".to_vec());
     }
-    if l.applied.contains_key(&key) {
-        l.repeats += 1;
-    } else {
-        l.applied.insert(key, order_id);
+    let l = &mut *l;
+    match l.applied.entry(key) {
+        std::collections::btree_map::Entry::Occupied(_) => l.repeats += 1,
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(order_id);
+        }
     }
     if roll < 37 {
         // Applied, but answered after the plugin gave up: it retries, and
@@ -138,7 +140,8 @@ async fn every_order_reaches_a_failing_server_and_each_key_is_applied_once() {
     assert_eq!(p.get("OrderPlaced", "handled"), 300, "{p:?}");
     assert_eq!(p.dead_letters, 0, "{p:?}: {:#?}", host.dead_letters());
 
-    let l = ledger.lock().unwrap();
+    // A copy of the ledger: no lock held across the awaits below.
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
     let requests: Vec<Received> = server.requests();
     // Every order reached the server, under one key (the message id) for
     // all of its attempts.
@@ -180,7 +183,6 @@ async fn every_order_reaches_a_failing_server_and_each_key_is_applied_once() {
         l.late,
         l.repeats
     );
-    drop(l);
 
     let state = db.state("webhook").await.unwrap();
     let delivered = state.keys().filter(|k| k.starts_with("delivered/")).count();

@@ -322,3 +322,88 @@ async fn recursion_is_a_stack_overflow_and_the_whole_cap_at_once_is_memory() {
     let (res, _) = probe.run("probe.Ping", serde_json::json!({"n": 1})).await;
     res.unwrap();
 }
+
+/// A CA (PEM file in `dir`) and a TLS acceptor with a certificate it
+/// signed for 127.0.0.1.
+fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, issuer.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &*issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca, tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+#[tokio::test]
+async fn https_to_a_private_ca_needs_its_ca_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, acceptor) = private_ca(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let allow = [format!("https://127.0.0.1:{port}")];
+    let url = format!("https://127.0.0.1:{port}/secure");
+    // The web PKI roots alone do not trust the private CA.
+    let err = get(&policy(&allow, 5_000, 1 << 20), &url)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HttpError::Tls(_)), "{err:?}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let trusting = policy(&allow, 5_000, 1 << 20).with_ca_file(&ca).unwrap();
+    let (status, body) = get(&trusting, &url).await.unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A file with no certificate is an error naming the file.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let e = policy(&allow, 5_000, 1 << 20)
+        .with_ca_file(&empty)
+        .unwrap_err();
+    assert!(e.to_string().contains("empty.pem"), "{e}");
+}

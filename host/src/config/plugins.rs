@@ -74,7 +74,12 @@ impl PluginsConfig {
 
     /// `cache_dir` as the runtime takes it: resolved against `base_dir`
     /// (default `.jasper-cache`) when `cache` is on, `None` when off.
+    /// `http_ca_file` is resolved against `base_dir` here too.
     pub(crate) fn resolve_cache_dir(&mut self, base_dir: &std::path::Path) {
+        self.http_ca_file = self
+            .http_ca_file
+            .take()
+            .map(|f| super::resolve(base_dir, &f));
         self.cache_dir = self.cache.then(|| {
             let dir = self
                 .cache_dir
@@ -172,6 +177,7 @@ const FIELDS: &[&str] = &[
     "max_send_bytes",
     "http_timeout_ms",
     "http_max_response_bytes",
+    "http_ca_file",
     "cache",
     "cache_dir",
 ];
@@ -208,6 +214,7 @@ impl<'de> Visitor<'de> for PluginsVisitor {
                 "max_send_bytes" => c.max_send_bytes = map.next_value()?,
                 "http_timeout_ms" => c.http_timeout_ms = map.next_value()?,
                 "http_max_response_bytes" => c.http_max_response_bytes = map.next_value()?,
+                "http_ca_file" => c.http_ca_file = Some(map.next_value()?),
                 "cache" => c.cache = map.next_value()?,
                 "cache_dir" => c.cache_dir = Some(map.next_value()?),
                 _ => {

@@ -65,6 +65,17 @@ pub struct HttpPolicy {
     entries: Vec<AllowEntry>,
     timeout: Duration,
     max_bytes: u64,
+    /// TLS with the web PKI roots and extra CAs (`plugins.http_ca_file`);
+    /// `None`: the web PKI roots only.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// `plugins.http_ca_file` could not be read or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugins.http_ca_file {path}: {message}")]
+pub struct CaFileError {
+    pub path: String,
+    pub message: String,
 }
 
 /// Why the policy refused a request (before any connection was made).
@@ -107,7 +118,31 @@ impl HttpPolicy {
             entries,
             timeout,
             max_bytes,
+            tls: None,
         })
+    }
+
+    /// Also trust the CA certificates of the PEM file `path` for `https`.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<HttpPolicy, CaFileError> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let err = |message: String| CaFileError {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("holds no PEM certificate".into()));
+        }
+        let mut roots = web_roots();
+        for c in certs {
+            roots.add(c).map_err(|e| err(e.to_string()))?;
+        }
+        self.tls = Some(client_config(roots).map_err(|e| err(e.to_string()))?);
+        Ok(self)
     }
 
     /// No HTTP at all.
@@ -116,6 +151,7 @@ impl HttpPolicy {
             entries: Vec::new(),
             timeout: Duration::from_secs(10),
             max_bytes: 0,
+            tls: None,
         }
     }
 
@@ -174,7 +210,11 @@ impl HttpPolicy {
 
         let tcp = connect(&target.addrs, connect_timeout).await?;
         let stream: Box<dyn Stream> = if target.https {
-            Box::new(tls_connect(tcp, &target.host, connect_timeout).await?)
+            let config = match &self.tls {
+                Some(c) => Arc::clone(c),
+                None => client_config(web_roots()).map_err(|_| HttpError::TlsProtocolError)?,
+            };
+            Box::new(tls_connect(tcp, &target.host, connect_timeout, config).await?)
         } else {
             Box::new(tcp)
         };
@@ -417,28 +457,36 @@ async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, H
         .map_err(|_| HttpError::ConnectionTimeout)?
 }
 
-/// TLS to `host` over `tcp`, verified against the web PKI roots.
+fn web_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    }
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ))
+}
+
+/// TLS to `host` over `tcp`, verified against `config`'s roots.
 async fn tls_connect(
     tcp: TcpStream,
     host: &str,
     timeout: Duration,
+    config: Arc<rustls::ClientConfig>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HttpError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|_| HttpError::TlsProtocolError)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => rustls_pki_types::ServerName::from(ip),
         Err(_) => rustls_pki_types::ServerName::try_from(host.to_string())
             .map_err(|_| HttpError::HttpRequestUriInvalid)?,
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(config);
     tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?

@@ -59,6 +59,12 @@ pub enum PluginError {
         #[source]
         source: super::http::AllowEntryError,
     },
+    #[error("plugin {path}: {source}")]
+    HttpCa {
+        path: PathBuf,
+        #[source]
+        source: super::http::CaFileError,
+    },
     #[error("plugin {path}: a plugin named '{name}' is already loaded")]
     Duplicate { path: PathBuf, name: String },
 }
@@ -225,6 +231,15 @@ impl Runtime {
             name: name.to_string(),
             source,
         })?;
+        let http = match &self.config.http_ca_file {
+            Some(ca) => http
+                .with_ca_file(ca)
+                .map_err(|source| PluginError::HttpCa {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            None => http,
+        };
         let calls = (settings.max_in_flight < self.config.max_in_flight)
             .then(|| Arc::new(Semaphore::new(settings.max_in_flight.max(1))));
         Ok(Plugin {

@@ -655,6 +655,7 @@ max_connections = 8
                 max_send_bytes: 4096,
                 http_timeout_ms: 10_000,
                 http_max_response_bytes: 4 << 20,
+                http_ca_file: None,
                 cache: true,
                 cache_dir: Some("/srv/jasper/.jasper-cache".into()),
                 each: Default::default(),

@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::envelope::{Envelope, Level, Schedule, SendOptions};
 use crate::error::{SendError, StateError};
+use crate::http::Http;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::http::{HttpError, Request, Response};
 use crate::message::Message;
 
 /// What the context calls: one method per WIT import, bodies already encoded.
@@ -36,6 +39,10 @@ pub(crate) trait Backend {
     fn state_put(&mut self, key: &str, value: &[u8]);
     fn state_delete(&mut self, key: &str);
     fn log(&mut self, level: Level, message: &str);
+    /// One HTTP request (natively: the test stubs). On wasm32 requests go
+    /// straight to `wasi:http`, so a plugin that sends none imports nothing.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn http(&mut self, request: &Request) -> Result<Response, HttpError>;
 }
 
 /// The handler's view of the host while one message is handled.
@@ -127,6 +134,14 @@ impl Context {
     /// The plugin's key-value state, written in the same transaction as the handled mark.
     pub fn state(&mut self) -> State<'_> {
         State {
+            backend: self.backend.as_mut(),
+        }
+    }
+
+    /// Outbound HTTP: `ctx.http().post(url).json(&body)?.send()`. The host
+    /// sends it only to the hosts the plugin's `allow_http` lists.
+    pub fn http(&mut self) -> Http<'_> {
+        Http {
             backend: self.backend.as_mut(),
         }
     }

@@ -72,6 +72,7 @@
 //! - [`Message`] and [`message!`]: naming message types.
 //! - [`handlers!`], [`Handlers`]: registration and dispatch by type.
 //! - [`Context`], [`State`]: what a handler can do.
+//! - [`http`]: outbound HTTP ([`Context::http`]), allow-listed by the host.
 //! - [`HandleError`], [`SendError`], [`StateError`]: failures.
 //! - [`testing`]: [`TestContext`](testing::TestContext) for native tests.
 //!
@@ -81,6 +82,7 @@ mod context;
 mod dispatch;
 mod envelope;
 mod error;
+pub mod http;
 mod message;
 pub mod testing;
 #[cfg(target_arch = "wasm32")]
@@ -90,6 +92,7 @@ pub use context::{Context, State};
 pub use dispatch::{Handler, HandlerFn, HandlerSig, Handlers};
 pub use envelope::{Envelope, Level, Schedule, SendOptions};
 pub use error::{HandleError, SendError, StateError};
+pub use http::{HttpError, Response as HttpResponse};
 pub use message::Message;
 
 /// Plumbing for the macros; not part of the API.

@@ -20,6 +20,7 @@ use crate::context::{Backend, Context};
 use crate::dispatch::Handlers;
 use crate::envelope::{Envelope, Level, Schedule, SendOptions};
 use crate::error::{HandleError, SendError};
+use crate::http::{HttpError, Request, Response};
 use crate::message::Message;
 
 /// One message a handler sent, published or scheduled.
@@ -55,6 +56,9 @@ struct Recorded {
     logs: Vec<(Level, String)>,
     fail_sends: Option<SendError>,
     next_id: u64,
+    /// (URL or `PREFIX*`, answer); the latest match wins.
+    http_stubs: Vec<(String, Result<Response, HttpError>)>,
+    http_requests: Vec<Request>,
 }
 
 impl Recorded {
@@ -147,6 +151,22 @@ impl Backend for Recorder {
     fn log(&mut self, level: Level, message: &str) {
         self.0.borrow_mut().logs.push((level, message.to_owned()));
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn http(&mut self, request: &Request) -> Result<Response, HttpError> {
+        let mut rec = self.0.borrow_mut();
+        rec.http_requests.push(request.clone());
+        let url = request.url.as_str();
+        rec.http_stubs
+            .iter()
+            .rev()
+            .find(|(m, _)| match m.strip_suffix('*') {
+                Some(prefix) => url.starts_with(prefix),
+                None => m == url,
+            })
+            .map(|(_, answer)| answer.clone())
+            .unwrap_or_else(|| Err(HttpError::Denied(format!("{url}: no stub_http for it"))))
+    }
 }
 
 /// A [`Context`] for native tests: state is an in-memory map, and everything
@@ -211,6 +231,29 @@ impl TestContext {
     /// Makes every later send, publish and schedule fail with `error` (`None` to stop).
     pub fn fail_sends(&mut self, error: Option<SendError>) {
         self.recorded.borrow_mut().fail_sends = error;
+    }
+
+    /// Answers requests to `url` (or to every URL starting with `PREFIX`
+    /// when given as `PREFIX*`) with `response`; a later stub for the same
+    /// URL wins. A request no stub matches fails with [`HttpError::Denied`].
+    pub fn stub_http(&mut self, url: &str, response: Response) {
+        self.recorded
+            .borrow_mut()
+            .http_stubs
+            .push((url.to_owned(), Ok(response)));
+    }
+
+    /// Like [`stub_http`](Self::stub_http), failing with `error` instead.
+    pub fn stub_http_error(&mut self, url: &str, error: HttpError) {
+        self.recorded
+            .borrow_mut()
+            .http_stubs
+            .push((url.to_owned(), Err(error)));
+    }
+
+    /// HTTP requests made, oldest first (each redirect hop is one).
+    pub fn http_requests(&self) -> Vec<Request> {
+        self.recorded.borrow().http_requests.clone()
     }
 
     /// Messages sent with `send`, oldest first.
@@ -346,6 +389,45 @@ mod tests {
         ctx.fail_sends(None);
         handler(&mut ctx, note("a")).unwrap();
         assert_eq!(ctx.sent().len(), 1);
+    }
+
+    #[test]
+    fn http_answers_from_stubs_follows_redirects_and_records_requests() {
+        let mut ctx = TestContext::new();
+        ctx.stub_http("http://a.test/*", Response::new(500));
+        ctx.stub_http(
+            "http://a.test/old",
+            Response::new(302).with_header("Location", "/new"),
+        );
+        ctx.stub_http("http://a.test/new", Response::new(200).with_body("ok"));
+        let res = ctx
+            .http()
+            .post("http://a.test/old")
+            .json(&note("x"))
+            .unwrap()
+            .follow_redirects(2)
+            .send()
+            .unwrap();
+        assert_eq!((res.status, res.body.as_slice()), (200, &b"ok"[..]));
+        let reqs = ctx.http_requests();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].body, br#"{"text":"x"}"#);
+        assert_eq!(reqs[0].header("content-type"), Some("application/json"));
+        // A 302 after a POST is fetched with GET and no body.
+        assert_eq!(reqs[1].method, crate::http::Method::Get);
+        assert!(reqs[1].body.is_empty());
+        // Without following, the 3xx comes back as is.
+        let res = ctx.http().get("http://a.test/old").send().unwrap();
+        assert_eq!(res.status, 302);
+        assert_eq!(
+            ctx.http().get("http://a.test/x").send().unwrap().status,
+            500
+        );
+        let err = ctx.http().get("http://b.test/").send().unwrap_err();
+        assert!(matches!(err, HttpError::Denied(_)), "{err:?}");
+        ctx.stub_http_error("http://b.test/", HttpError::Timeout("slow".into()));
+        let err = ctx.http().get("http://b.test/").send().unwrap_err();
+        assert!(matches!(HandleError::from(err), HandleError::Retry(_)));
     }
 
     #[test]

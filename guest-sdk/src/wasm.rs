@@ -3,6 +3,8 @@
 //! Items here are `#[doc(hidden)]` plumbing re-exported through `__private`;
 //! handler authors never name them.
 
+pub(crate) mod http;
+
 use crate::context::{Backend, Context};
 use crate::dispatch::Handlers;
 use crate::envelope::{Envelope, Level, Schedule, SendOptions};

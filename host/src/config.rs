@@ -111,6 +111,10 @@ pub struct PluginsConfig {
     pub http_timeout_ms: u64,
     /// Largest HTTP response body a handler may read, default 4 MiB.
     pub http_max_response_bytes: u64,
+    /// A PEM file of CA certificates trusted for handlers' `https`
+    /// requests besides the web PKI roots (a private CA); relative to the
+    /// config file. Default none.
+    pub http_ca_file: Option<PathBuf>,
     /// Keep compiled plugins in `cache_dir`, so a restart (or `send`) does
     /// not compile an unchanged plugin again; default true.
     pub cache: bool,
@@ -256,6 +260,7 @@ impl Default for PluginsConfig {
             max_send_bytes: 64 << 20,
             http_timeout_ms: 10_000,
             http_max_response_bytes: 4 << 20,
+            http_ca_file: None,
             cache: true,
             cache_dir: None,
             watch: true,
@@ -663,6 +668,7 @@ max_connections = 8
                 max_send_bytes: 4096,
                 http_timeout_ms: 10_000,
                 http_max_response_bytes: 4 << 20,
+                http_ca_file: None,
                 cache: true,
                 cache_dir: Some("/srv/jasper/.jasper-cache".into()),
                 watch: false,

@@ -15,6 +15,8 @@ pub enum Val {
     Int(i64),
     Str(String),
     Bool(bool),
+    /// An array of strings.
+    List(Vec<String>),
 }
 
 impl From<i64> for Val {
@@ -53,11 +55,32 @@ impl From<bool> for Val {
     }
 }
 
+impl From<&[&str]> for Val {
+    fn from(v: &[&str]) -> Self {
+        Val::List(v.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+impl From<Vec<String>> for Val {
+    fn from(v: Vec<String>) -> Self {
+        Val::List(v)
+    }
+}
+
 impl fmt::Display for Val {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Val::Int(i) => write!(f, "{i}"),
             Val::Bool(b) => write!(f, "{b}"),
+            Val::List(items) => {
+                f.write_char('[')?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{}", Val::Str(item.clone()))?;
+                }
+                f.write_char(']')
+            }
             Val::Str(s) => {
                 f.write_char('"')?;
                 for c in s.chars() {

@@ -23,8 +23,8 @@
 //! the two-host suites share), [`kill`] (SIGKILLs at chosen moments),
 //! [`exactly_once`] (the checker of one store running orders and audit),
 //! [`cluster`] (many hosts on one store), [`proxy`] (a TCP proxy that
-//! freezes: a hung database) and [`pg_outage`] (PostgreSQL stopped and
-//! started again).
+//! freezes: a hung database), [`pg_outage`] (PostgreSQL stopped and
+//! started again) and [`http_server`] (a real HTTP server the plugins call).
 //!
 //! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
 //! `E2E_KEEP=1` (keep the temp dirs and the server schemas), `JASPER_HOST_BIN`
@@ -47,6 +47,7 @@ pub mod cluster;
 mod config;
 pub mod exactly_once;
 mod host;
+pub mod http_server;
 pub mod kill;
 pub mod orders;
 mod output;

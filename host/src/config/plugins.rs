@@ -74,7 +74,12 @@ impl PluginsConfig {
 
     /// `cache_dir` as the runtime takes it: resolved against `base_dir`
     /// (default `.jasper-cache`) when `cache` is on, `None` when off.
+    /// `http_ca_file` is resolved against `base_dir` here too.
     pub(crate) fn resolve_cache_dir(&mut self, base_dir: &std::path::Path) {
+        self.http_ca_file = self
+            .http_ca_file
+            .take()
+            .map(|f| super::resolve(base_dir, &f));
         self.cache_dir = self.cache.then(|| {
             let dir = self
                 .cache_dir
@@ -131,9 +136,14 @@ impl PluginsConfig {
                     ),
                 ));
             }
-            for entry in &s.allow_http {
-                check_http_entry(entry).map_err(|m| (key("allow_http"), m))?;
-            }
+            // The runtime's own parser: what passes here is what it runs.
+            crate::runtime::HttpPolicy::new(
+                &s.allow_http,
+                std::time::Duration::from_millis(s.http_timeout_ms.unwrap_or(self.http_timeout_ms)),
+                s.http_max_response_bytes
+                    .unwrap_or(self.http_max_response_bytes),
+            )
+            .map_err(|e| (key("allow_http"), e.to_string()))?;
             for entry in &s.allow_send {
                 if entry != "*" {
                     Endpoint::parse(entry)
@@ -154,45 +164,6 @@ pub(crate) fn valid_plugin_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// `http(s)://HOST[:PORT]` with nothing after the authority (a `*.` label
-/// first allows the subdomains of a domain).
-fn check_http_entry(entry: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "{entry:?}: {why}; expected http://HOST[:PORT] or https://HOST[:PORT] \
-             (HOST may start with '*.')"
-        ))
-    };
-    let Some((scheme, rest)) = entry.split_once("://") else {
-        return bad("no scheme");
-    };
-    if scheme != "http" && scheme != "https" {
-        return bad("the scheme must be http or https");
-    }
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return bad("no host");
-    }
-    if authority.contains(['/', '?', '#', '@']) {
-        return bad("only a scheme, a host and a port");
-    }
-    let host = match authority.rsplit_once(':') {
-        // An IPv6 literal's colons are inside the brackets.
-        Some((host, port)) if !port.contains(']') => {
-            if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-                return bad("the port must be 1 to 65535");
-            }
-            host
-        }
-        _ => authority,
-    };
-    let host = host.strip_prefix("*.").unwrap_or(host);
-    if host.is_empty() || host.contains('*') {
-        return bad("a '*' may only stand for the first labels ('*.example.com')");
-    }
-    Ok(())
-}
-
 /// The `[plugins]` keys every plugin shares.
 const FIELDS: &[&str] = &[
     "dir",
@@ -206,6 +177,7 @@ const FIELDS: &[&str] = &[
     "max_send_bytes",
     "http_timeout_ms",
     "http_max_response_bytes",
+    "http_ca_file",
     "cache",
     "cache_dir",
     "watch",
@@ -243,6 +215,7 @@ impl<'de> Visitor<'de> for PluginsVisitor {
                 "max_send_bytes" => c.max_send_bytes = map.next_value()?,
                 "http_timeout_ms" => c.http_timeout_ms = map.next_value()?,
                 "http_max_response_bytes" => c.http_max_response_bytes = map.next_value()?,
+                "http_ca_file" => c.http_ca_file = Some(map.next_value()?),
                 "cache" => c.cache = map.next_value()?,
                 "cache_dir" => c.cache_dir = Some(map.next_value()?),
                 "watch" => c.watch = map.next_value()?,
@@ -282,39 +255,5 @@ impl<'de> Visitor<'de> for OnePluginVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnePlugin, A::Error> {
         PluginSettings::deserialize(MapAccessDeserializer::new(map)).map(OnePlugin)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::check_http_entry;
-
-    #[test]
-    fn http_entries() {
-        for ok in [
-            "https://api.example.com",
-            "https://api.example.com/",
-            "http://127.0.0.1:8080",
-            "https://*.example.com",
-            "http://[::1]:8080",
-            "http://localhost:1",
-        ] {
-            assert_eq!(check_http_entry(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "api.example.com",
-            "ftp://x",
-            "https://",
-            "https://x/path",
-            "https://user@x",
-            "https://x:0",
-            "https://x:99999",
-            "https://*",
-            "https://a.*.com",
-        ] {
-            let e = check_http_entry(bad).unwrap_err();
-            assert!(e.contains(bad), "{e}");
-        }
     }
 }

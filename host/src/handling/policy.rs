@@ -69,6 +69,7 @@ fn trap_kind(kind: TrapKind) -> DeadLetterKind {
         TrapKind::Memory => DeadLetterKind::Memory,
         TrapKind::Fuel => DeadLetterKind::Fuel,
         TrapKind::Limit => DeadLetterKind::Limit,
+        TrapKind::StackOverflow => DeadLetterKind::StackOverflow,
         TrapKind::Other => DeadLetterKind::Trap,
     }
 }

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::jasper::messaging::{log, outbox, state, types};
 use super::bindings::{ScheduleTime, SendError, SendOptions};
 use super::bounds::{Bounds, Exceeded, Usage};
+use super::http::{HttpPolicy, PolicyHooks};
 use super::limits::Limiter;
 use super::routing::{Egress, RouteError, Router};
 use super::state_view::StateView;
@@ -45,6 +47,9 @@ pub(crate) struct Origin {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    /// Every `wasi:http` request goes through the plugin's [`HttpPolicy`].
+    http_hooks: PolicyHooks,
     pub(crate) limiter: Limiter,
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) plugin: Arc<str>,
@@ -89,6 +94,11 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_hooks: PolicyHooks {
+                plugin: plugin.clone(),
+                policy: Arc::new(HttpPolicy::deny_all()),
+            },
             limiter: Limiter::new(max_memory),
             stderr,
             plugin,
@@ -101,6 +111,12 @@ impl HostState {
             usage: Usage::new(bounds),
             limit_hit: None,
         }
+    }
+
+    /// Outbound HTTP under `policy` (the default refuses every request).
+    pub(crate) fn with_http(mut self, policy: Arc<HttpPolicy>) -> Self {
+        self.http_hooks.policy = policy;
+        self
     }
 
     /// The trap that ends a call past a bound; remembered so the call is
@@ -215,6 +231,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod bindings;
 mod bounds;
 mod host_state;
+pub mod http;
 mod limits;
 mod live;
 mod plugins;
@@ -27,6 +28,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
 };
 
+pub use self::http::HttpPolicy;
 use crate::config::{EffectiveSettings, PluginsConfig};
 use crate::envelope::Envelope;
 use bindings::{Plugin as PluginBindings, WitEnvelope};
@@ -66,7 +68,9 @@ pub enum TrapKind {
     /// `max_state_bytes`, `max_sends`, `max_send_bytes`) on what it makes the
     /// host hold; the message names the bound and the numbers.
     Limit,
-    /// Any other trap (stack overflow, bad instantiation, ...).
+    /// The guest overflowed its stack (deep or endless recursion).
+    StackOverflow,
+    /// Any other trap (bad instantiation, ...).
     Other,
 }
 
@@ -167,6 +171,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
+        // Only the wasi:http interfaces (WASI itself is linked above); every
+        // request goes through the plugin's HttpPolicy, which refuses all
+        // unless `allow_http` lists the host.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("linking wasi:http: {e:#}")))?;
         PluginBindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("linking jasper imports: {e:#}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
@@ -246,7 +255,8 @@ impl Runtime {
             state,
             limits.max_memory,
             self.bounds,
-        );
+        )
+        .with_http(Arc::clone(&plugin.http));
         let mut store = self.new_store(data, limits);
         let wit = to_wit(envelope);
         let call = async {
@@ -318,6 +328,7 @@ fn classify(data: &HostState, e: &wasmtime::Error) -> CallError {
             Some(Trap::Interrupt) => TrapKind::Deadline,
             Some(Trap::OutOfFuel) => TrapKind::Fuel,
             Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
+            Some(Trap::StackOverflow) => TrapKind::StackOverflow,
             _ => TrapKind::Other,
         }
     };

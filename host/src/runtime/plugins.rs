@@ -14,6 +14,7 @@ use wasmtime::component::Component;
 use super::Runtime;
 use super::bindings::PluginPre;
 use super::host_state::{HostState, Origin};
+use super::http::HttpPolicy;
 use super::limits::CallLimits;
 use super::routing::{Egress, Router};
 use super::state_view::StateView;
@@ -53,6 +54,19 @@ pub enum PluginError {
     Link { path: PathBuf, message: String },
     #[error("plugin {path}: subscriptions() failed: {message}")]
     Subscriptions { path: PathBuf, message: String },
+    #[error("plugin {path}: plugins.{name}.allow_http: {source}")]
+    Http {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: super::http::AllowEntryError,
+    },
+    #[error("plugin {path}: {source}")]
+    HttpCa {
+        path: PathBuf,
+        #[source]
+        source: super::http::CaFileError,
+    },
     #[error("plugin {path}: a plugin named '{name}' is already loaded")]
     Duplicate { path: PathBuf, name: String },
 }
@@ -69,6 +83,8 @@ pub struct Plugin {
     pub(crate) pre: PluginPre<HostState>,
     pub(crate) limits: CallLimits,
     pub(crate) egress: Arc<Egress>,
+    /// What it may reach over HTTP (`allow_http`, the HTTP limits).
+    pub(crate) http: Arc<HttpPolicy>,
     /// Its own bound on calls at once, when below `plugins.max_in_flight`.
     pub(crate) calls: Option<Arc<Semaphore>>,
 }
@@ -287,6 +303,25 @@ impl Runtime {
                     message,
                 })?;
         let egress = Arc::new(Egress::from_entries(&settings.allow_send));
+        let http = HttpPolicy::new(
+            &settings.allow_http,
+            std::time::Duration::from_millis(settings.http_timeout_ms),
+            settings.http_max_response_bytes,
+        )
+        .map_err(|source| PluginError::Http {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            source,
+        })?;
+        let http = match &self.config.http_ca_file {
+            Some(ca) => http
+                .with_ca_file(ca)
+                .map_err(|source| PluginError::HttpCa {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            None => http,
+        };
         let calls = (settings.max_in_flight < self.config.max_in_flight)
             .then(|| Arc::new(Semaphore::new(settings.max_in_flight.max(1))));
         Ok(Plugin {
@@ -298,6 +333,7 @@ impl Runtime {
             pre,
             limits,
             egress,
+            http: Arc::new(http),
             calls,
         })
     }

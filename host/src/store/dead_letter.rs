@@ -28,6 +28,8 @@ pub enum DeadLetterKind {
     /// hold (state keys or bytes written, messages or bytes sent; the
     /// `[plugins] max_*` keys). Not retried: it would pass it again.
     Limit,
+    /// The guest overflowed its stack (deep or endless recursion).
+    StackOverflow,
     /// Any other trap.
     Trap,
     /// The host could not run the handler.
@@ -61,6 +63,7 @@ impl DeadLetterKind {
             DeadLetterKind::Memory => "memory",
             DeadLetterKind::Fuel => "fuel",
             DeadLetterKind::Limit => "limit",
+            DeadLetterKind::StackOverflow => "stack-overflow",
             DeadLetterKind::Trap => "trap",
             DeadLetterKind::Host => "host",
             DeadLetterKind::NoHandler => "no-handler",
@@ -74,7 +77,7 @@ impl DeadLetterKind {
 
     /// The kind a stored name stands for.
     pub(crate) fn from_stored(name: &str) -> DeadLetterKind {
-        const KNOWN: [DeadLetterKind; 15] = [
+        const KNOWN: [DeadLetterKind; 16] = [
             DeadLetterKind::Rejected,
             DeadLetterKind::Retry,
             DeadLetterKind::Failed,
@@ -83,6 +86,7 @@ impl DeadLetterKind {
             DeadLetterKind::Memory,
             DeadLetterKind::Fuel,
             DeadLetterKind::Limit,
+            DeadLetterKind::StackOverflow,
             DeadLetterKind::Trap,
             DeadLetterKind::Host,
             DeadLetterKind::NoHandler,
@@ -190,6 +194,7 @@ mod tests {
             "memory",
             "fuel",
             "limit",
+            "stack-overflow",
             "trap",
             "host",
             "no-handler",

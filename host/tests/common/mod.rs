@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+/// The e2e harness's HTTP server (std and tokio only), shared by path.
+#[path = "../../../tests/src/http_server.rs"]
+pub mod http_server;
+
 /// A plugin built by `make plugins`; fails loudly (with the command) if missing.
 pub fn wasm(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

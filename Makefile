@@ -4,7 +4,7 @@
 # `plugin` profile for wasm32-wasip2. Everything lands in ./target.
 
 CARGO ?= cargo
-PLUGINS := orders audit noop misbehave
+PLUGINS := orders audit noop misbehave versioned
 PLUGIN_DIR := target/wasm32-wasip2/plugin
 
 .PHONY: help plugins build test lint quickstart bench
@@ -28,7 +28,7 @@ build:
 
 test: plugins build
 	$(CARGO) test --release --no-fail-fast
-	$(CARGO) test --release -p orders -p audit -p misbehave
+	$(CARGO) test --release -p orders -p audit -p misbehave -p versioned
 
 # The release profile for clippy too: its build scripts and proc macros are the
 # ones `make build` compiles, so lint and test share them.

@@ -129,6 +129,9 @@ pub struct PluginsConfig {
     /// `None` when off. `None` (as in a config built in code) compiles every
     /// time.
     pub cache_dir: Option<PathBuf>,
+    /// Watch `dir` while the host runs and load, replace or unload plugins
+    /// as their files change (hot reload); default true.
+    pub watch: bool,
     /// `[plugins.NAME]`: one plugin's settings, by plugin name.
     pub each: std::collections::BTreeMap<String, PluginSettings>,
 }
@@ -265,6 +268,7 @@ impl Default for PluginsConfig {
             http_max_response_bytes: 4 << 20,
             cache: true,
             cache_dir: None,
+            watch: true,
             each: std::collections::BTreeMap::new(),
         }
     }
@@ -627,6 +631,7 @@ max_state_keys = 10
 max_state_bytes = 2048
 max_sends = 3
 max_send_bytes = 4096
+watch = false
 [handling]
 batch_size = 10
 max_attempts = 5
@@ -678,6 +683,7 @@ max_connections = 8
                 http_max_response_bytes: 4 << 20,
                 cache: true,
                 cache_dir: Some("/srv/jasper/.jasper-cache".into()),
+                watch: false,
                 each: Default::default(),
             },
             handling: HandlingConfig {

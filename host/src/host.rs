@@ -1,6 +1,7 @@
-//! A running host in-process: open the store, load the plugins, recover, and
-//! run the message worker and the durability agent until shut down. The
-//! binary's `run` and the tests both start hosts through here.
+//! A running host in-process: open the store, load the plugins (and watch
+//! their folder, `plugins.watch`), recover, and run the message worker and
+//! the durability agent until shut down. The binary's `run` and the tests
+//! both start hosts through here.
 
 use std::sync::Arc;
 
@@ -19,7 +20,8 @@ use crate::handling::handoff::{HANDOFF_BATCHES, Handoff};
 use crate::handling::parallel::Calls;
 use crate::handling::unrouted::UnroutedCount;
 use crate::handling::{BatchEvent, Worker};
-use crate::runtime::{Plugins, Runtime};
+use crate::runtime::reload::FolderWatch;
+use crate::runtime::{LivePlugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
 use crate::transport::rabbitmq::{self, RabbitSettings};
 use crate::transport::receive::{Inbox, MEMORY_QUEUE_BATCHES};
@@ -32,7 +34,8 @@ pub struct Host {
     pub node_id: i64,
     pub store: Arc<dyn MessageStore>,
     pub runtime: Arc<Runtime>,
-    pub plugins: Arc<Plugins>,
+    /// The plugins now: a snapshot of them with `plugins.snapshot()`.
+    pub plugins: Arc<LivePlugins>,
     /// The listeners' URIs as bound (a configured port 0 shows the real one).
     pub listeners: Vec<String>,
     senders: Arc<Senders>,
@@ -62,6 +65,12 @@ impl Host {
         )
         .await?;
         let runtime = Arc::new(Runtime::new(&config.plugins)?);
+        // Watched before the first load, so no change made during it is
+        // missed; a folder that cannot be read fails the load first.
+        let folder_watch = config
+            .plugins
+            .watch
+            .then(|| FolderWatch::start(&config.plugins.dir));
         let (mut plugins, errors) = runtime
             .load_dir(&config.plugins.dir)
             .await
@@ -76,17 +85,19 @@ impl Host {
             warn!(error = %crate::error_chain(e), "plugin not loaded");
         }
         for p in plugins.iter() {
-            info!(plugin = %p.name, path = %p.path.display(), subscriptions = ?p.subscriptions, "plugin loaded");
+            info!(event = %"plugin-loaded", name = %p.name, version = %p.short_version(), path = %p.path.display(), subscriptions = ?p.subscriptions, "plugin loaded");
         }
+        let folder_watch = folder_watch.transpose()?;
         // A host with routes but no plugins is a forwarder; without either
         // nothing it receives can be handled.
         if plugins.is_empty() && config.route.is_empty() {
             warn!(dir = %config.plugins.dir.display(), "no plugin loaded: messages will wait in the inbox");
         }
         plugins.add_routes(&config.route);
-        let plugins = Arc::new(plugins);
+        let loaded = plugins.len();
+        let plugins = Arc::new(LivePlugins::new(plugins));
         let metrics = Arc::new(Metrics::new());
-        metrics.plugins(plugins.len(), plugins.len() as u64);
+        metrics.plugins(loaded, loaded as u64);
         let node_id = rand::rng().random_range(1..i64::MAX);
         durability::recover_on_start(&*store, node_id, &config.node.name, &config.durability)
             .await?;
@@ -159,6 +170,14 @@ impl Host {
             handoff,
             metrics: metrics.clone(),
         };
+        if let Some(folder_watch) = folder_watch {
+            tasks.push(tokio::spawn(folder_watch.run(
+                runtime.clone(),
+                plugins.clone(),
+                metrics.clone(),
+                rx.clone(),
+            )));
+        }
         tasks.extend([
             tokio::spawn(worker.run(rx.clone(), memory_rx)),
             tokio::spawn(transport::run_relay(
@@ -190,7 +209,7 @@ impl Host {
             }
             None => None,
         };
-        info!(node_id, name = %config.node.name, plugins = plugins.len(), "host started");
+        info!(node_id, name = %config.node.name, plugins = loaded, "host started");
         Ok(Host {
             node_id,
             store,
@@ -241,7 +260,7 @@ impl Host {
         id: Option<uuid::Uuid>,
     ) -> anyhow::Result<Vec<crate::Envelope>> {
         let envelopes = crate::sending::envelopes_for(
-            self.plugins.router(),
+            self.plugins.snapshot().router(),
             message_type,
             body,
             id,

@@ -108,7 +108,7 @@ async fn a_host_whose_plugin_folder_holds_no_wasm_starts_as_a_forwarder() {
     let mut config = jasper_host::Config::for_dir(dir.path());
     config.plugins.dir = plugin_dir;
     let host = Host::start(config).await.unwrap();
-    assert_eq!(host.plugins.iter().count(), 0);
+    assert_eq!(host.plugins.snapshot().iter().count(), 0);
     host.shutdown().await.unwrap();
 }
 

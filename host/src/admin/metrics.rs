@@ -77,6 +77,7 @@ pub struct Metrics {
     queue_depth: Family<QueueLabel, Gauge>,
     plugins_loaded: Gauge,
     plugin_loads: Counter,
+    plugin_load_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Metrics {
         let queue_depth = Family::<QueueLabel, Gauge>::default();
         let plugins_loaded = Gauge::default();
         let plugin_loads = Counter::default();
+        let plugin_load_failures = Counter::default();
         registry.register(
             "messages_handled",
             "Messages handled successfully (counted once their batch committed)",
@@ -138,7 +140,16 @@ impl Metrics {
             "Plugins loaded now",
             plugins_loaded.clone(),
         );
-        registry.register("plugin_loads", "Plugin loads since start", plugin_loads.clone());
+        registry.register(
+            "plugin_loads",
+            "Plugin loads since start (at start and by hot reload)",
+            plugin_loads.clone(),
+        );
+        registry.register(
+            "plugin_load_failures",
+            "Plugin files that failed to load on a hot reload",
+            plugin_load_failures.clone(),
+        );
         Metrics {
             registry,
             handled,
@@ -150,6 +161,7 @@ impl Metrics {
             queue_depth,
             plugins_loaded,
             plugin_loads,
+            plugin_load_failures,
         }
     }
 
@@ -182,6 +194,11 @@ impl Metrics {
     pub fn plugins(&self, n: usize, loads: u64) {
         self.plugins_loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
         self.plugin_loads.inc_by(loads);
+    }
+
+    /// A plugin file failed to load on a reload.
+    pub(crate) fn plugin_load_failed(&self) {
+        self.plugin_load_failures.inc();
     }
 
     /// The text exposition, with queue depths from `counts` (when the store

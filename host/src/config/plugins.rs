@@ -208,6 +208,7 @@ const FIELDS: &[&str] = &[
     "http_max_response_bytes",
     "cache",
     "cache_dir",
+    "watch",
 ];
 
 impl<'de> Deserialize<'de> for PluginsConfig {
@@ -244,6 +245,7 @@ impl<'de> Visitor<'de> for PluginsVisitor {
                 "http_max_response_bytes" => c.http_max_response_bytes = map.next_value()?,
                 "cache" => c.cache = map.next_value()?,
                 "cache_dir" => c.cache_dir = Some(map.next_value()?),
+                "watch" => c.watch = map.next_value()?,
                 _ => {
                     // toml refuses a key given twice before this sees it.
                     let settings: OnePlugin = map.next_value()?;

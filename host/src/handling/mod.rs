@@ -56,7 +56,7 @@ use crate::envelope::now_ms;
 use crate::envelope::{Envelope, local_row};
 #[cfg(test)]
 use crate::paused::now_ms;
-use crate::runtime::{CallError, Plugin, Plugins};
+use crate::runtime::{CallError, LivePlugins, Plugin, Plugins};
 use crate::store::{
     ClaimedRow, CommitBatch, DeadLetter, Fence, MessageStore, NewIncoming, RetryMark, StoreError,
 };
@@ -156,7 +156,8 @@ pub struct BatchEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct Worker {
     pub store: Arc<dyn MessageStore>,
-    pub plugins: Arc<Plugins>,
+    /// The plugins now; a batch runs on one snapshot of them.
+    pub plugins: Arc<LivePlugins>,
     pub config: HandlingConfig,
     pub node_id: i64,
     /// Woken when new local messages may be waiting.
@@ -549,6 +550,10 @@ impl Worker {
     /// gather the batch's commit.
     async fn run_rows(&self, rows: &[ClaimedRow], persisted: bool) -> Prepared {
         let now = now_ms();
+        // One set for the whole batch: a reload during it takes effect
+        // with the next batch, and calls under way finish on the version
+        // they started on.
+        let plugins = self.plugins.snapshot();
         let mut envelopes: Vec<Option<Arc<Envelope>>> = Vec::with_capacity(rows.len());
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rows.len());
         let mut calls = Vec::new();
@@ -575,7 +580,7 @@ impl Worker {
                         attempt = row.attempts + 1,
                     );
                     let env = Arc::new(env);
-                    match span.in_scope(|| self.handler_of(row, &env, now)) {
+                    match span.in_scope(|| self.handler_of(&plugins, row, &env, now)) {
                         Ok(plugin) => {
                             calls.push(Call {
                                 index,
@@ -597,7 +602,7 @@ impl Worker {
                 }
             }
         }
-        let (done, state) = self.calls.run(calls, self.plugins.router()).await;
+        let (done, state) = self.calls.run(calls, plugins.router()).await;
         for (index, result) in done {
             if let Some(slot) = outcomes.get_mut(index) {
                 *slot = Some(result.map_err(Failure::Call));
@@ -665,7 +670,11 @@ impl Worker {
                         execute_at,
                     } => {
                         let (kind, message) = failure.describe();
-                        warn!(message_id = %row.id, kind = %kind, %message, attempts, "handling failed; will retry");
+                        if matches!(failure, Failure::Waiting(_)) {
+                            debug!(message_id = %row.id, %message, "waiting for its plugin to be back");
+                        } else {
+                            warn!(message_id = %row.id, kind = %kind, %message, attempts, "handling failed; will retry");
+                        }
                         report.retried += 1;
                         tally
                             .failed
@@ -740,6 +749,7 @@ impl Worker {
     /// handler call.
     fn handler_of(
         &self,
+        plugins: &Plugins,
         row: &ClaimedRow,
         env: &Envelope,
         now: i64,
@@ -760,13 +770,23 @@ impl Worker {
                 return Err(Ok(vec![forward]));
             }
             // Published to nobody and replayed from dead letters.
-            None => return Err(self.publish_again(env)),
+            None => return Err(publish_again(plugins, env)),
             Some(Err(_)) => {
                 let msg = format!("destination {} is not a local queue", row.destination);
                 return Err(Err(Failure::NoHandler(msg)));
             }
         };
-        let Some(plugin) = self.plugins.get(name) else {
+        let Some(plugin) = plugins.get(name) else {
+            // A plugin unloaded by a reload may come back (a file being
+            // replaced by delete-then-copy, an operator's fix): its
+            // messages wait. A name never loaded since start is a
+            // misaddressed message, as before.
+            if plugins.was_removed(name) {
+                let msg = format!(
+                    "plugin '{name}' was unloaded (its file was removed); the message waits until it is back"
+                );
+                return Err(Err(Failure::Waiting(msg)));
+            }
             let msg = format!("no plugin named '{name}' is loaded");
             return Err(Err(Failure::NoHandler(msg)));
         };
@@ -779,38 +799,35 @@ impl Worker {
         }
         Ok(Arc::clone(plugin))
     }
+}
 
-    /// A message once published to nobody (no destination), put back by
-    /// `dead-letters replay`: published now to whoever takes its type, each
-    /// copy with an id derived from its own (a rerun makes the same copies,
-    /// which the inbox dedupes). Still nobody: a `no-route` failure.
-    fn publish_again(&self, env: &Envelope) -> Outcome {
-        let destinations = self
-            .plugins
-            .router()
-            .publish_destinations(&env.message_type);
-        if destinations.is_empty() {
-            return Err(Failure::NoRoute(unrouted::no_route_message(
-                &env.message_type,
-            )));
-        }
-        info!(
-            copies = destinations.len(),
-            "a message published to nobody is published again"
-        );
-        Ok(destinations
-            .into_iter()
-            .map(|dest| {
-                let dest = Destination::from(dest);
-                let mut copy = env.clone();
-                copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
-                copy.destination = Some(dest);
-                copy.scheduled_at = None;
-                copy.attempts = 0;
-                copy
-            })
-            .collect())
+/// A message once published to nobody (no destination), put back by
+/// `dead-letters replay`: published now to whoever takes its type, each
+/// copy with an id derived from its own (a rerun makes the same copies,
+/// which the inbox dedupes). Still nobody: a `no-route` failure.
+fn publish_again(plugins: &Plugins, env: &Envelope) -> Outcome {
+    let destinations = plugins.router().publish_destinations(&env.message_type);
+    if destinations.is_empty() {
+        return Err(Failure::NoRoute(unrouted::no_route_message(
+            &env.message_type,
+        )));
     }
+    info!(
+        copies = destinations.len(),
+        "a message published to nobody is published again"
+    );
+    Ok(destinations
+        .into_iter()
+        .map(|dest| {
+            let dest = Destination::from(dest);
+            let mut copy = env.clone();
+            copy.id = Uuid::new_v5(&env.id, dest.uri().as_bytes());
+            copy.destination = Some(dest);
+            copy.scheduled_at = None;
+            copy.attempts = 0;
+            copy
+        })
+        .collect())
 }
 
 /// A message's metric labels: its type, and the plugin of its local queue

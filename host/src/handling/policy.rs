@@ -21,6 +21,9 @@ pub(crate) enum Failure {
     Call(CallError),
     /// No loaded plugin takes this message.
     NoHandler(String),
+    /// Its plugin was loaded and its file removed: the message waits for
+    /// it (put back, no attempt counted) until a plugin of that name is back.
+    Waiting(String),
     /// A message published to nobody, replayed, and still nobody takes it.
     NoRoute(String),
     /// The stored envelope cannot be decoded.
@@ -46,7 +49,7 @@ impl Failure {
             }
             Failure::Call(CallError::Trap { kind, message }) => (trap_kind(*kind), message.clone()),
             Failure::Call(CallError::HostFault(m)) => (DeadLetterKind::Host, m.clone()),
-            Failure::NoHandler(m) => (DeadLetterKind::NoHandler, m.clone()),
+            Failure::NoHandler(m) | Failure::Waiting(m) => (DeadLetterKind::NoHandler, m.clone()),
             Failure::NoRoute(m) => (DeadLetterKind::NoRoute, m.clone()),
             Failure::BadMessage(m) => (DeadLetterKind::BadMessage, m.clone()),
             Failure::Crashed { attempts } => (
@@ -81,6 +84,9 @@ pub(crate) enum Disposition {
     DeadLetter(DeadLetterCause),
 }
 
+/// How much later a message whose plugin was removed is looked at again.
+pub(crate) const WAIT_FOR_PLUGIN_MS: i64 = 1000;
+
 /// Decide after a failure; `attempts_before` is the count of earlier failed attempts.
 pub(crate) fn decide(
     failure: &Failure,
@@ -104,6 +110,10 @@ pub(crate) fn decide(
         Failure::Call(CallError::HostFault(_)) => Disposition::Retry {
             attempts: attempts_before,
             execute_at: now,
+        },
+        Failure::Waiting(_) => Disposition::Retry {
+            attempts: attempts_before,
+            execute_at: now.saturating_add(WAIT_FOR_PLUGIN_MS),
         },
         Failure::BadMessage(_) => dead(false),
         Failure::Crashed { .. } => Disposition::DeadLetter(DeadLetterCause {
@@ -142,6 +152,20 @@ mod tests {
             max_attempts,
             retry_delay_ms: 100,
             ..HandlingConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_message_of_a_removed_plugin_waits_without_counting_an_attempt() {
+        let f = Failure::Waiting("plugin 'b' was removed".into());
+        for before in [0, 2, 9] {
+            assert_eq!(
+                decide(&f, before, &cfg(3), 1000),
+                Disposition::Retry {
+                    attempts: before,
+                    execute_at: 1000 + WAIT_FOR_PLUGIN_MS
+                }
+            );
         }
     }
 

@@ -90,7 +90,7 @@ impl Rig {
         ));
         let worker = Worker {
             store: store.clone(),
-            plugins: Arc::new(plugins),
+            plugins: Arc::new(crate::runtime::LivePlugins::new(plugins)),
             config: HandlingConfig {
                 poll_interval_ms,
                 ..HandlingConfig::default()
@@ -320,4 +320,50 @@ async fn rows_handed_over_when_shutdown_comes_are_run_before_the_worker_stops() 
     rig.stop().await;
     let c = store.counts().await.unwrap();
     assert_eq!((c.handled, c.incoming), (4, 0), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_of_a_plugin_unloaded_by_a_reload_waits_for_it_and_one_of_a_name_never_loaded_is_dead_lettered()
+ {
+    let mut rig = Rig::new(100).await;
+    let noop = rig.worker.plugins.snapshot().get("noop").cloned().unwrap();
+    assert!(rig.worker.plugins.remove("noop").is_some());
+    let waits = rig.insert(None).await;
+    let mut ghost = Envelope::new("bench.Noop", b"{}".to_vec());
+    ghost.destination = Some(crate::address::Endpoint::local("ghost").into());
+    rig.store
+        .insert_incoming(&[local_row(&ghost)])
+        .await
+        .unwrap();
+    let t0 = rig.start();
+
+    // The never-loaded name fails as before: retried with backoff, each
+    // attempt counted, then dead-lettered `no-handler`. The message of the
+    // unloaded plugin is put back meanwhile, no attempt counted.
+    let dead = loop {
+        let (_, event) = rig.next_event().await;
+        assert!(event.handled.is_empty());
+        if let Some(dead) = event.dead_lettered.first() {
+            break dead.clone();
+        }
+    };
+    assert_eq!(dead.id, ghost.id);
+    assert_eq!(dead.error_kind, crate::store::DeadLetterKind::NoHandler);
+    assert_eq!(dead.attempts, HandlingConfig::default().max_attempts);
+    // Still away a second after it started: put back again, not dead.
+    loop {
+        let (at, event) = rig.next_event().await;
+        assert!(event.dead_lettered.is_empty() && event.handled.is_empty());
+        if event.retried.contains(&waits) && at - t0 >= ms(1000) {
+            break;
+        }
+    }
+
+    // Back: handled at its next turn, on its first attempt.
+    assert!(rig.worker.plugins.put(noop).is_none());
+    let (at, event) = rig.next_event().await;
+    assert_eq!(handled_ids(&event), [waits]);
+    assert_eq!(event.handled[0].attempts, 0);
+    assert!(at - t0 >= ms(2000), "{:?}", at - t0);
+    rig.stop().await;
 }

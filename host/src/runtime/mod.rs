@@ -5,13 +5,16 @@
 //! policy and no writes: a call returns what the handler did and how it
 //! ended, and `handling` decides what that means and commits it. Its only
 //! database work is the handler's state reads (`state_view`), which read
-//! committed state through the store.
+//! committed state through the store. A running host's plugin set is live
+//! (`live`): the folder watcher (`reload`) swaps it as files change.
 
 mod bindings;
 mod bounds;
 mod host_state;
 mod limits;
+mod live;
 mod plugins;
+pub mod reload;
 pub(crate) mod routing;
 pub mod state_view;
 
@@ -30,7 +33,8 @@ use bindings::{Plugin as PluginBindings, WitEnvelope};
 use bounds::Bounds;
 use host_state::{HostState, Origin};
 use limits::{CallLimits, EPOCH_TICK, EpochTicker};
-pub use plugins::{Plugin, PluginError, Plugins};
+pub use live::LivePlugins;
+pub use plugins::{Plugin, PluginError, Plugins, version_of};
 use routing::Router;
 use state_view::{BatchState, StateView};
 

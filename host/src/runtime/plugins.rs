@@ -1,8 +1,10 @@
 //! The plugins of a plugin folder: each `.wasm` compiled and pre-linked once,
-//! asked for its subscriptions, and kept by name (the file stem). A plugin
-//! that fails to load is reported with its file and reason; the rest load.
+//! asked for its subscriptions, and kept by name (the file stem) with its
+//! version (the SHA-256 of its bytes). A plugin that fails to load is
+//! reported with its file and reason; the rest load. A set is never changed
+//! in place: a reload makes a new one (`with`, `without`) and `live` swaps it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +61,8 @@ pub enum PluginError {
 pub struct Plugin {
     pub name: Arc<str>,
     pub path: PathBuf,
+    /// SHA-256 of the `.wasm` bytes, lowercase hex (see [`Plugin::short_version`]).
+    pub version: String,
     pub subscriptions: Vec<String>,
     /// What it runs under: `[plugins.NAME]` over the shared `[plugins]` keys.
     pub settings: EffectiveSettings,
@@ -74,9 +78,33 @@ impl std::fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("name", &self.name)
             .field("path", &self.path)
+            .field("version", &self.short_version())
             .field("subscriptions", &self.subscriptions)
             .finish_non_exhaustive()
     }
+}
+
+/// Hex digits of a version as logs and `plugins list` show it.
+const SHORT_VERSION: usize = 12;
+
+impl Plugin {
+    /// The first hex digits of [`Plugin::version`].
+    pub fn short_version(&self) -> &str {
+        self.version.get(..SHORT_VERSION).unwrap_or(&self.version)
+    }
+}
+
+/// The version of a plugin's bytes: SHA-256, lowercase hex.
+pub fn version_of(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 /// The loaded plugins and the routes they make.
@@ -84,6 +112,9 @@ impl std::fmt::Debug for Plugin {
 pub struct Plugins {
     by_name: BTreeMap<String, Arc<Plugin>>,
     router: Arc<Router>,
+    /// Plugins that were loaded and whose file was then removed: their
+    /// messages wait for them (see `handling::Worker::handler_of`).
+    removed: BTreeSet<String>,
 }
 
 impl Plugins {
@@ -110,6 +141,40 @@ impl Plugins {
     /// Add the config's `[[route]]` rules to the router.
     pub(crate) fn add_routes(&mut self, routes: &[crate::config::RouteConfig]) {
         Arc::make_mut(&mut self.router).add_routes(routes);
+    }
+
+    /// Whether a plugin of this name was loaded and then removed (and has
+    /// not come back).
+    pub fn was_removed(&self, name: &str) -> bool {
+        self.removed.contains(name)
+    }
+
+    /// This set with `plugin` added, or in place of the plugin of its name.
+    pub(crate) fn with(&self, plugin: Arc<Plugin>) -> Plugins {
+        let mut next = self.clone();
+        next.removed.remove(&*plugin.name);
+        next.by_name.insert(plugin.name.to_string(), plugin);
+        next.reroute();
+        next
+    }
+
+    /// This set without the plugin `name`, remembered as removed; `None`
+    /// when no such plugin is loaded.
+    pub(crate) fn without(&self, name: &str) -> Option<Plugins> {
+        let mut next = self.clone();
+        next.by_name.remove(name)?;
+        next.removed.insert(name.to_string());
+        next.reroute();
+        Some(next)
+    }
+
+    /// The router made again from the plugins (the `[[route]]` rules kept).
+    fn reroute(&mut self) {
+        let mut router = self.router.routes_only();
+        for (name, p) in &self.by_name {
+            router.add(name, &p.subscriptions);
+        }
+        self.router = Arc::new(router);
     }
 
     fn insert(&mut self, plugin: Plugin) -> Result<(), PluginError> {
@@ -147,6 +212,16 @@ fn header(bytes: &[u8]) -> Header {
     }
 }
 
+/// Whether the folder entry `path` is a plugin file: `*.wasm`, not a
+/// dotfile (an editor's or a copy tool's temporary file).
+pub(crate) fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wasm")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+}
+
 fn plugin_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     crate::config::valid_plugin_name(stem).then(|| stem.to_string())
@@ -155,15 +230,22 @@ fn plugin_name(path: &Path) -> Option<String> {
 impl Runtime {
     /// Compile, pre-link and inspect one plugin file.
     pub async fn load_plugin(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let name = plugin_name(path).ok_or_else(|| PluginError::BadName {
-            path: path.to_path_buf(),
-        })?;
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| PluginError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
+        self.load_bytes(path, bytes).await
+    }
+
+    /// Compile, pre-link and inspect the bytes read from the plugin file
+    /// `path` (named by its stem, versioned by these bytes).
+    pub async fn load_bytes(&self, path: &Path, bytes: Vec<u8>) -> Result<Plugin, PluginError> {
+        let name = plugin_name(path).ok_or_else(|| PluginError::BadName {
+            path: path.to_path_buf(),
+        })?;
+        let version = version_of(&bytes);
         match header(&bytes) {
             Header::NotWasm => {
                 return Err(PluginError::NotWasm {
@@ -210,6 +292,7 @@ impl Runtime {
         Ok(Plugin {
             name,
             path: path.to_path_buf(),
+            version,
             subscriptions,
             settings,
             pre,
@@ -266,7 +349,7 @@ impl Runtime {
         let mut entries = tokio::fs::read_dir(dir).await.map_err(folder_err)?;
         while let Some(entry) = entries.next_entry().await.map_err(folder_err)? {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "wasm") {
+            if is_plugin_file(&path) {
                 paths.push(path);
             }
         }
@@ -289,7 +372,19 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests {
-    use super::{Header, header};
+    use super::{Header, header, is_plugin_file, version_of};
+
+    #[test]
+    fn the_version_is_the_sha256_of_the_bytes_and_dotfiles_are_no_plugins() {
+        assert_eq!(
+            version_of(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(is_plugin_file(std::path::Path::new("/p/orders.wasm")));
+        assert!(!is_plugin_file(std::path::Path::new("/p/.orders.wasm")));
+        assert!(!is_plugin_file(std::path::Path::new("/p/orders.wasm.part")));
+        assert!(!is_plugin_file(std::path::Path::new("/p/notes.txt")));
+    }
 
     #[test]
     fn the_preamble_tells_garbage_a_core_module_and_a_component_apart() {

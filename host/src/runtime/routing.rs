@@ -101,6 +101,15 @@ impl Router {
         }
     }
 
+    /// A router with this one's `[[route]]` rules and no plugin (a reload
+    /// adds the plugins of the new set).
+    pub(crate) fn routes_only(&self) -> Router {
+        Router {
+            routes: self.routes.clone(),
+            ..Router::default()
+        }
+    }
+
     /// Add `[[route]]` rules (validated by the config).
     pub(crate) fn add_routes(&mut self, routes: &[RouteConfig]) {
         self.routes.extend(routes.iter().cloned());

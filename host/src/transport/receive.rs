@@ -18,7 +18,7 @@ use super::wire::Verdict;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{CodecError, Envelope, local_row, now_ms};
 use crate::handling::handoff::Handoff;
-use crate::runtime::Plugins;
+use crate::runtime::{LivePlugins, Plugins};
 use crate::store::{ClaimedRow, MessageStore, NewIncoming, StoreError};
 
 /// Capacity of the in-memory queue of `tcp://` messages (batches).
@@ -39,7 +39,8 @@ pub(crate) enum ReceiveError {
 #[derive(Debug, Clone)]
 pub(crate) struct Inbox {
     pub store: Arc<dyn MessageStore>,
-    pub plugins: Arc<Plugins>,
+    /// The plugins now (one snapshot per received batch).
+    pub plugins: Arc<LivePlugins>,
     /// Wakes the worker after an inbox commit.
     pub wake: Arc<Notify>,
     /// The worker's in-memory queue (`tcp://` listeners).
@@ -82,6 +83,7 @@ impl Inbox {
         let now = now_ms();
         let mut verdicts = Vec::with_capacity(entries.len());
         let mut accepted = Vec::with_capacity(entries.len());
+        let plugins = self.plugins.snapshot();
         for entry in entries {
             match entry {
                 Err(e) => verdicts.push(Verdict::Rejected(format!(
@@ -92,7 +94,7 @@ impl Inbox {
                     info!(message_id = %env.id, message_type = %env.message_type, "received after its deliver_by; discarded");
                     verdicts.push(Verdict::Accepted);
                 }
-                Ok(env) => match self.route(env) {
+                Ok(env) => match route(&plugins, env) {
                     Ok(copies) => {
                         accepted.extend(copies);
                         verdicts.push(Verdict::Accepted);
@@ -154,64 +156,67 @@ impl Inbox {
         }
         Ok(verdicts)
     }
+}
 
-    /// The local copies of one envelope, or the verdict refusing it.
-    fn route(&self, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
-        // Only a TCP URI names a queue on this host; anything else (none, a
-        // RabbitMQ listener, a URI that does not parse) is routed by type.
-        let queue = match env.destination.as_ref().map(Destination::endpoint) {
-            Some(Ok(Endpoint::Tcp(t))) => t.queue.clone(),
-            _ => None,
-        };
-        let destinations = match queue {
-            Some(plugin) => {
-                let Some(p) = self.plugins.get(&plugin) else {
-                    return Err(Verdict::UnknownDestination(format!(
-                        "no plugin named '{plugin}' is loaded on this host"
-                    )));
-                };
-                if !p.subscriptions.contains(&env.message_type) {
-                    return Err(Verdict::Rejected(format!(
-                        "plugin '{plugin}' does not handle message type '{}'",
-                        env.message_type
-                    )));
-                }
-                vec![Endpoint::local(plugin)]
-            }
+/// The local copies of one envelope, or the verdict refusing it.
+fn route(plugins: &Plugins, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
+    // Only a TCP URI names a queue on this host; anything else (none, a
+    // RabbitMQ listener, a URI that does not parse) is routed by type.
+    let queue = match env.destination.as_ref().map(Destination::endpoint) {
+        Some(Ok(Endpoint::Tcp(t))) => t.queue.clone(),
+        _ => None,
+    };
+    let destinations = match queue {
+        Some(plugin) => match plugins.get(&plugin) {
+            // Unloaded by a reload: taken, and it waits in the inbox
+            // until the plugin is back (see `handling`).
+            None if plugins.was_removed(&plugin) => vec![Endpoint::local(plugin)],
             None => {
-                let subs = self.plugins.router().local_destinations(&env.message_type);
-                if subs.is_empty() {
-                    return Err(Verdict::Rejected(format!(
-                        "no plugin on this host handles message type '{}'",
-                        env.message_type
-                    )));
-                }
-                subs
+                return Err(Verdict::UnknownDestination(format!(
+                    "no plugin named '{plugin}' is loaded on this host"
+                )));
             }
-        };
-        // The last copy is the envelope itself: one destination, no clone.
-        let base = env.id;
-        let last = destinations.len().saturating_sub(1);
-        let mut original = Some(env);
-        let mut copies = Vec::with_capacity(destinations.len());
-        for (k, dest) in destinations.into_iter().enumerate() {
-            let copy = if k == last {
-                original.take()
-            } else {
-                original.clone()
-            };
-            let Some(mut copy) = copy else { break };
-            let dest = Destination::from(dest);
-            if k > 0 {
-                // Derived, so a resent envelope dedupes in every copy.
-                copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+            Some(p) if !p.subscriptions.contains(&env.message_type) => {
+                return Err(Verdict::Rejected(format!(
+                    "plugin '{plugin}' does not handle message type '{}'",
+                    env.message_type
+                )));
             }
-            copy.attempts = 0;
-            copy.destination = Some(dest);
-            copies.push(copy);
+            Some(_) => vec![Endpoint::local(plugin)],
+        },
+        None => {
+            let subs = plugins.router().local_destinations(&env.message_type);
+            if subs.is_empty() {
+                return Err(Verdict::Rejected(format!(
+                    "no plugin on this host handles message type '{}'",
+                    env.message_type
+                )));
+            }
+            subs
         }
-        Ok(copies)
+    };
+    // The last copy is the envelope itself: one destination, no clone.
+    let base = env.id;
+    let last = destinations.len().saturating_sub(1);
+    let mut original = Some(env);
+    let mut copies = Vec::with_capacity(destinations.len());
+    for (k, dest) in destinations.into_iter().enumerate() {
+        let copy = if k == last {
+            original.take()
+        } else {
+            original.clone()
+        };
+        let Some(mut copy) = copy else { break };
+        let dest = Destination::from(dest);
+        if k > 0 {
+            // Derived, so a resent envelope dedupes in every copy.
+            copy.id = Uuid::new_v5(&base, dest.uri().as_bytes());
+        }
+        copy.attempts = 0;
+        copy.destination = Some(dest);
+        copies.push(copy);
     }
+    Ok(copies)
 }
 
 /// The ids of `rows` an insert that reported `duplicates` wrote; `None`:

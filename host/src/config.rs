@@ -39,6 +39,16 @@ pub struct Config {
     pub sending: SendingConfig,
     pub tcp: TcpConfig,
     pub rabbitmq: RabbitConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin endpoint, off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `HOST:PORT` to serve `/metrics`, `/health/live` and `/health/ready`
+    /// on, e.g. `127.0.0.1:9090`.
+    pub listen: Option<String>,
 }
 
 /// `[node]`
@@ -389,6 +399,14 @@ impl Config {
             }
             Ok(())
         }
+        if let Some(listen) = &self.admin.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err((
+                "admin.listen",
+                format!("must be HOST:PORT with an IP address, e.g. 127.0.0.1:9090, got {listen:?}"),
+            ));
+        }
         if !valid_schema(&self.storage.schema) {
             return Err((
                 "storage.schema",
@@ -707,6 +725,7 @@ max_connections = 8
                 ..TcpConfig::default()
             },
             rabbitmq: RabbitConfig::default(),
+            admin: AdminConfig::default(),
         };
         assert_eq!(c, expected);
     }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::address::{Destination, Endpoint, RabbitEndpoint};
+use crate::admin::Metrics;
 use crate::config::Config;
 use crate::durability;
 use crate::envelope::local_row;
@@ -43,6 +44,9 @@ pub struct Host {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     unrouted: UnroutedCount,
+    metrics: Arc<Metrics>,
+    /// The admin endpoint's address, when `[admin] listen` is set.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Host {
@@ -92,6 +96,8 @@ impl Host {
         plugins.add_routes(&config.route);
         let loaded = plugins.len();
         let plugins = Arc::new(LivePlugins::new(plugins));
+        let metrics = Arc::new(Metrics::new());
+        metrics.plugins(loaded, loaded as u64);
         let node_id = rand::rng().random_range(1..i64::MAX);
         durability::recover_on_start(&*store, node_id, &config.node.name, &config.durability)
             .await?;
@@ -158,14 +164,17 @@ impl Host {
                 runtime.clone(),
                 store.clone(),
                 config.plugins.max_in_flight,
+                metrics.clone(),
             )),
             unrouted: unrouted.clone(),
             handoff,
+            metrics: metrics.clone(),
         };
         if let Some(folder_watch) = folder_watch {
             tasks.push(tokio::spawn(folder_watch.run(
                 runtime.clone(),
                 plugins.clone(),
+                metrics.clone(),
                 rx.clone(),
             )));
         }
@@ -187,6 +196,19 @@ impl Host {
                 rx,
             )),
         ]);
+        // Last: ready means started (plugins loaded, listeners bound).
+        let admin = match &config.admin.listen {
+            Some(listen) => {
+                let state = crate::admin::AdminState {
+                    store: store.clone(),
+                    metrics: metrics.clone(),
+                };
+                let bound = crate::admin::start(listen, state, shutdown.subscribe()).await?;
+                tasks.push(bound.task);
+                Some(bound.addr)
+            }
+            None => None,
+        };
         info!(node_id, name = %config.node.name, plugins = loaded, "host started");
         Ok(Host {
             node_id,
@@ -200,7 +222,14 @@ impl Host {
             shutdown,
             tasks,
             unrouted,
+            metrics,
+            admin,
         })
+    }
+
+    /// The host's metrics (what `/metrics` shows).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The sending agents (benchmarks hand them envelopes directly).

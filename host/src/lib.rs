@@ -27,6 +27,7 @@
 //! - `backoff` (`backoff.rs`): the one doubling delay every retry loop uses.
 //! - `host` (`host.rs`): all of the above started together, in-process
 //!   ([`Host`]).
+//! - [`admin`] (`admin/`): the admin endpoint: metrics and health.
 //! - `sending` (`sending.rs`): messages entering from outside a handler.
 //! - `testing` (`testing.rs`): tracked sessions for tests of a host in-process.
 //! - [`cli`] (`cli/`): the `jasper-host` command line, one file per command
@@ -37,6 +38,7 @@
 //! `pub(crate)`.
 
 pub mod address;
+pub mod admin;
 mod backoff;
 pub mod cli;
 pub mod config;

@@ -47,6 +47,8 @@ use tracing::{debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::address::{Destination, Endpoint};
+use crate::admin::Metrics;
+use crate::admin::metrics::{FailureLabels, MessageLabels, Tally};
 use crate::backoff::{Backoff, Wake, jitter, pause};
 use crate::config::{HandlingConfig, Unrouted};
 #[cfg(not(test))]
@@ -73,6 +75,8 @@ type Outcome = Result<Vec<Envelope>, Failure>;
 struct Prepared {
     commit: CommitBatch,
     report: BatchReport,
+    /// The batch's outcomes for the metrics, counted once it commits.
+    tally: Tally,
     event: Option<BatchEvent>,
     outgoing: Vec<Outgoing>,
     unrouted: Vec<Envelope>,
@@ -168,6 +172,8 @@ pub(crate) struct Worker {
     pub unrouted: UnroutedCount,
     /// Rows listeners claimed for this node as they wrote them (see `handoff`).
     pub handoff: Arc<handoff::Handoff>,
+    /// Outcomes, batch sizes and commit times (`/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where a message a handler sent goes.
@@ -392,6 +398,7 @@ impl Worker {
             let Prepared {
                 commit,
                 mut report,
+                tally,
                 event,
                 outgoing,
                 unrouted,
@@ -405,8 +412,11 @@ impl Worker {
                 // Dropped or sent: either way the batch before is done.
                 let _ = before.await;
             }
+            let committing = std::time::Instant::now();
             match self.commit(&commit, rows.len(), shutdown).await {
                 CommitEnd::Done => {
+                    self.metrics
+                        .committed(&tally, rows.len(), committing.elapsed());
                     if report.sent > 0 || report.retried > 0 || report.deferred > 0 {
                         self.wake.notify_one();
                     }
@@ -520,6 +530,7 @@ impl Worker {
         Prepared {
             commit,
             report,
+            tally: Tally::default(),
             event: None,
             outgoing: Vec::new(),
             unrouted: Vec::new(),
@@ -607,6 +618,7 @@ impl Worker {
             ..CommitBatch::default()
         };
         let mut report = BatchReport::default();
+        let mut tally = Tally::default();
         let mut unrouted_all = Vec::new();
         for ((row, outcome), envelope) in rows.iter().zip(outcomes).zip(envelopes) {
             let envelope = envelope.map(Arc::unwrap_or_clone);
@@ -619,6 +631,7 @@ impl Worker {
                 Ok(sent) => {
                     let (sent, unrouted) = unrouted::split(sent);
                     report.handled += 1;
+                    tally.handled.push(message_labels(row, envelope.as_ref()));
                     report.sent += sent.len();
                     if persisted {
                         commit.handled.push((row.id, keep_until));
@@ -663,6 +676,9 @@ impl Worker {
                             warn!(message_id = %row.id, kind = %kind, %message, attempts, "handling failed; will retry");
                         }
                         report.retried += 1;
+                        tally
+                            .failed
+                            .push(failure_labels(row, envelope.as_ref(), kind.as_str()));
                         if persisted {
                             commit.retries.push(RetryMark {
                                 id: row.id,
@@ -691,6 +707,11 @@ impl Worker {
                     Disposition::DeadLetter(cause) => {
                         warn!(message_id = %row.id, kind = %cause.kind, message = %cause.message, attempts = cause.attempts, "moved to dead letters");
                         report.dead_lettered += 1;
+                        tally.dead_lettered.push(failure_labels(
+                            row,
+                            envelope.as_ref(),
+                            cause.kind.as_str(),
+                        ));
                         let dead = DeadLetter::new(
                             row.id,
                             envelope
@@ -717,6 +738,7 @@ impl Worker {
         Prepared {
             commit,
             report,
+            tally,
             event,
             outgoing,
             unrouted: unrouted_all,
@@ -806,4 +828,30 @@ fn publish_again(plugins: &Plugins, env: &Envelope) -> Outcome {
             copy
         })
         .collect())
+}
+
+/// A message's metric labels: its type, and the plugin of its local queue
+/// (empty when it was not for one).
+fn message_labels(row: &ClaimedRow, env: Option<&Envelope>) -> MessageLabels {
+    let plugin = row
+        .destination
+        .strip_prefix("local://")
+        .unwrap_or_default()
+        .to_owned();
+    MessageLabels {
+        message_type: env.map(|e| e.message_type.clone()).unwrap_or_default(),
+        plugin,
+    }
+}
+
+fn failure_labels(row: &ClaimedRow, env: Option<&Envelope>, kind: &str) -> FailureLabels {
+    let MessageLabels {
+        message_type,
+        plugin,
+    } = message_labels(row, env);
+    FailureLabels {
+        message_type,
+        plugin,
+        kind: kind.to_owned(),
+    }
 }

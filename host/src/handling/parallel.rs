@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, warn};
 
+use crate::admin::Metrics;
 use crate::envelope::Envelope;
 use crate::runtime::routing::Router;
 use crate::runtime::state_view::{BatchState, StateView};
@@ -49,15 +50,23 @@ pub(crate) struct Calls {
     permits: Arc<Semaphore>,
     /// Per plugin, batches left to run one call after another.
     serial: Mutex<HashMap<Arc<str>, u32>>,
+    /// Handler call times (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Calls {
-    pub(crate) fn new(runtime: Arc<Runtime>, store: Arc<dyn StateReader>, at_once: usize) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn StateReader>,
+        at_once: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Calls {
             runtime,
             store,
             permits: Arc::new(Semaphore::new(at_once.max(1))),
             serial: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -189,6 +198,7 @@ impl Calls {
         let envelope = Arc::clone(&call.envelope);
         let router = Arc::clone(router);
         let view = StateView::new(Arc::clone(&self.store), plugin.name.clone(), state);
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(
             async move {
                 // Never closed, so a permit always comes: the plugin's own
@@ -198,7 +208,10 @@ impl Calls {
                     None => None,
                 };
                 let _permit = permits.acquire_owned().await;
-                runtime.handle(&plugin, &envelope, router, view).await
+                let started = std::time::Instant::now();
+                let out = runtime.handle(&plugin, &envelope, router, view).await;
+                metrics.handler_call(&plugin.name, started.elapsed());
+                out
             }
             .instrument(call.span.clone()),
         )

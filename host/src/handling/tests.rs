@@ -81,7 +81,13 @@ impl Rig {
         ));
         let (events_tx, events) = broadcast::channel(64);
         let wake = Arc::new(Notify::new());
-        let calls = Arc::new(Calls::new(runtime.clone(), store.clone(), 16));
+        let metrics = Arc::new(crate::admin::Metrics::new());
+        let calls = Arc::new(Calls::new(
+            runtime.clone(),
+            store.clone(),
+            16,
+            metrics.clone(),
+        ));
         let worker = Worker {
             store: store.clone(),
             plugins: Arc::new(crate::runtime::LivePlugins::new(plugins)),
@@ -96,6 +102,7 @@ impl Rig {
             calls,
             unrouted: Default::default(),
             handoff: super::handoff::Handoff::new(super::handoff::HANDOFF_BATCHES),
+            metrics,
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::Runtime;
+use crate::admin::Metrics;
 use super::live::LivePlugins;
 use super::plugins::{is_plugin_file, version_of};
 
@@ -113,11 +114,13 @@ impl FolderWatch {
         mut self,
         runtime: Arc<Runtime>,
         live: Arc<LivePlugins>,
+        metrics: Arc<Metrics>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut reloader = Reloader {
             runtime,
             live,
+            metrics,
             failed: HashMap::new(),
         };
         let mut settling: HashMap<PathBuf, Settling> = HashMap::new();
@@ -240,6 +243,8 @@ async fn settled(settling: &mut HashMap<PathBuf, Settling>) -> Vec<(PathBuf, Opt
 struct Reloader {
     runtime: Arc<Runtime>,
     live: Arc<LivePlugins>,
+    /// Plugins loaded, loads and failed loads (`/metrics`).
+    metrics: Arc<Metrics>,
     /// Per file, the version that last failed to load (reported once).
     failed: HashMap<PathBuf, String>,
 }
@@ -257,6 +262,7 @@ impl Reloader {
                 .get(name)
                 .is_some_and(|p| p.path == path);
             if loaded_here && let Some(old) = self.live.remove(name) {
+                self.metrics.plugins(self.live.snapshot().len(), 0);
                 info!(event = %"plugin-unloaded", name = %old.name, version = %old.short_version(), path = %path.display(), "plugin file removed; its messages wait until it is back");
             }
             return;
@@ -287,6 +293,7 @@ impl Reloader {
                 self.failed.remove(path);
                 let plugin = Arc::new(plugin);
                 let old = self.live.put(Arc::clone(&plugin));
+                self.metrics.plugins(self.live.snapshot().len(), 1);
                 info!(
                     event = %"plugin-loaded",
                     name = %plugin.name,
@@ -312,6 +319,7 @@ impl Reloader {
                     "plugin file failed to load; the running version (if any) stays"
                 );
                 self.failed.insert(path.to_path_buf(), version);
+                self.metrics.plugin_load_failed();
             }
         }
     }

@@ -1,0 +1,114 @@
+//! The admin endpoint (`[admin] listen`, off unless configured): Prometheus
+//! metrics at `/metrics`, liveness at `/health/live` and readiness at
+//! `/health/ready` (the store answers; the plugins are loaded and the
+//! listeners bound, which is so once the host has started).
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+
+use crate::store::MessageStore;
+
+/// How long readiness and a scrape wait for the store.
+const STORE_PROBE: Duration = Duration::from_secs(2);
+
+/// What the endpoint reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub store: Arc<dyn MessageStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The endpoint, bound.
+#[derive(Debug)]
+pub struct Bound {
+    /// The address as bound (a configured port 0 shows the real one).
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Why the endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on admin.listen = {addr:?}: {source}")]
+pub struct AdminError {
+    addr: String,
+    source: std::io::Error,
+}
+
+/// Bind `listen` and serve until `shutdown` turns true.
+pub async fn start(
+    listen: &str,
+    state: AdminState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Bound, AdminError> {
+    let err = |source| AdminError {
+        addr: listen.to_owned(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .with_state(state);
+    info!(%addr, event = %"admin-listening", "admin endpoint: /metrics, /health/live, /health/ready");
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            warn!(error = %e, "the admin endpoint stopped");
+        }
+    });
+    Ok(Bound { addr, task })
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    let counts = match tokio::time::timeout(STORE_PROBE, s.store.counts()).await {
+        Ok(Ok(c)) => Some(c),
+        _ => None,
+    };
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(counts.as_ref()),
+    )
+}
+
+async fn live() -> &'static str {
+    "live\n"
+}
+
+async fn ready(State(s): State<AdminState>) -> (StatusCode, String) {
+    match tokio::time::timeout(STORE_PROBE, s.store.check_schema()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store fails: {}\n", crate::error_chain(&e)),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store did not answer within {} ms\n",
+                STORE_PROBE.as_millis()
+            ),
+        ),
+    }
+}

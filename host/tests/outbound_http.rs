@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::temp_store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,20 +162,6 @@ async fn a_slow_server_times_out_and_a_large_body_is_cut_off() {
     assert!(matches!(err, HttpError::HttpResponseBodySize(_)), "{err:?}");
     let (status, body) = get(&p, &server.url("/small")).await.unwrap();
     assert_eq!((status, body.len()), (200, 100));
-}
-
-async fn temp_store(dir: &tempfile::TempDir) -> Arc<dyn MessageStore> {
-    let cfg = jasper_host::config::StorageConfig {
-        url: "sqlite://s.db".into(),
-        schema: "jasper".into(),
-        backend: jasper_host::config::Backend::Sqlite {
-            path: dir.path().join("s.db"),
-        },
-        ..Default::default()
-    };
-    let s = store::open(&cfg).await.unwrap();
-    s.migrate().await.unwrap();
-    s
 }
 
 /// The probe plugin under `allow_http`, and a way to run one message.

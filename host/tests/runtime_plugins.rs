@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::temp_store;
 
 use common::wasm;
 
@@ -20,20 +21,6 @@ use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HandleError, PluginError, Runtime, TrapKind};
 use jasper_host::store::{self, Counts, MessageStore, Selection};
 use serde_json::json;
-
-async fn temp_store(dir: &tempfile::TempDir) -> Arc<dyn MessageStore> {
-    let cfg = jasper_host::config::StorageConfig {
-        url: "sqlite://s.db".into(),
-        schema: "jasper".into(),
-        backend: jasper_host::config::Backend::Sqlite {
-            path: dir.path().join("s.db"),
-        },
-        ..Default::default()
-    };
-    let s = store::open(&cfg).await.unwrap();
-    s.migrate().await.unwrap();
-    s
-}
 
 #[tokio::test]
 async fn a_broken_plugin_is_reported_by_file_and_the_others_load() {

@@ -1,8 +1,10 @@
 //! Shared by the host's integration tests: where the built plugins are.
 
-#![allow(dead_code, clippy::panic)]
+#![allow(dead_code, clippy::panic, clippy::unwrap_used)]
 
 use std::path::PathBuf;
+
+pub mod log;
 
 /// The e2e harness's HTTP server (std and tokio only), shared by path.
 #[path = "../../../tests/src/http_server.rs"]
@@ -107,4 +109,21 @@ impl Drop for PgSchema {
         })
         .join();
     }
+}
+
+/// A fresh SQLite store in `dir`, its tables created.
+pub async fn temp_store(
+    dir: &tempfile::TempDir,
+) -> std::sync::Arc<dyn jasper_host::store::MessageStore> {
+    let cfg = jasper_host::config::StorageConfig {
+        url: "sqlite://s.db".into(),
+        schema: "jasper".into(),
+        backend: jasper_host::config::Backend::Sqlite {
+            path: dir.path().join("s.db"),
+        },
+        ..Default::default()
+    };
+    let s = jasper_host::store::open(&cfg).await.unwrap();
+    s.migrate().await.unwrap();
+    s
 }

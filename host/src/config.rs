@@ -404,7 +404,9 @@ impl Config {
         {
             return Err((
                 "admin.listen",
-                format!("must be HOST:PORT with an IP address, e.g. 127.0.0.1:9090, got {listen:?}"),
+                format!(
+                    "must be HOST:PORT with an IP address, e.g. 127.0.0.1:9090, got {listen:?}"
+                ),
             ));
         }
         if !valid_schema(&self.storage.schema) {

@@ -13,9 +13,10 @@ mod common;
 use common::log::{log, log_lines};
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jasper_host::address::Destination;

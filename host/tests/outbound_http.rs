@@ -21,7 +21,7 @@ use jasper_host::config::{PluginSettings, PluginsConfig};
 use jasper_host::envelope::Envelope;
 use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HttpPolicy, Runtime, TrapKind};
-use jasper_host::store::{self, MessageStore};
+use jasper_host::store::MessageStore;
 use wasmtime_wasi_http::Error as HttpError;
 
 fn policy(allow: &[String], timeout_ms: u64, max_bytes: u64) -> HttpPolicy {

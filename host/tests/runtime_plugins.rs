@@ -19,7 +19,7 @@ use jasper_host::config::{PluginSettings, PluginsConfig};
 use jasper_host::envelope::{Envelope, local_row};
 use jasper_host::runtime::state_view::StateView;
 use jasper_host::runtime::{CallError, HandleError, PluginError, Runtime, TrapKind};
-use jasper_host::store::{self, Counts, MessageStore, Selection};
+use jasper_host::store::{self, Counts, Selection};
 use serde_json::json;
 
 #[tokio::test]

@@ -10,7 +10,6 @@
 mod common;
 use common::log::{log, log_lines};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use jasper_host::config::Unrouted;

@@ -77,8 +77,14 @@ async fn a_scrape_after_a_thousand_orders_shows_the_exact_counts() {
         (r#"jasper_queue_depth{queue="dead_letters"}"#, 0.0),
         ("jasper_plugins_loaded", 2.0),
         ("jasper_plugin_loads_total", 2.0),
-        (r#"jasper_handler_duration_seconds_count{plugin="orders"}"#, n),
-        (r#"jasper_handler_duration_seconds_count{plugin="audit"}"#, n),
+        (
+            r#"jasper_handler_duration_seconds_count{plugin="orders"}"#,
+            n,
+        ),
+        (
+            r#"jasper_handler_duration_seconds_count{plugin="audit"}"#,
+            n,
+        ),
     ] {
         assert_eq!(sample(&text, series), Some(want), "{series} in:\n{text}");
     }
@@ -90,7 +96,10 @@ async fn a_scrape_after_a_thousand_orders_shows_the_exact_counts() {
     let messages = sample(&text, "jasper_batch_size_sum").unwrap();
     assert_eq!(messages, 2.0 * n, "messages over all committed batches");
     assert!(batches >= 1.0 && batches <= 2.0 * n, "batches {batches}");
-    assert_eq!(sample(&text, "jasper_commit_duration_seconds_count"), Some(batches));
+    assert_eq!(
+        sample(&text, "jasper_commit_duration_seconds_count"),
+        Some(batches)
+    );
     let st = host.stop();
     assert!(st.success(), "{st}");
 }
@@ -111,13 +120,22 @@ async fn readiness_follows_the_database() {
     let config = HostConfig::on(Backend::Postgres)
         .set("admin", "listen", format!("127.0.0.1:{port}"))
         .set("durability", "store_timeout_ms", 1000u64);
-    let text = config.clone().set("storage", "url", via_proxy.as_str()).render();
+    let text = config
+        .clone()
+        .set("storage", "url", via_proxy.as_str())
+        .render();
     let host = TestHost::with_config_text(&["orders"], &text, &config);
     host.spawn();
     let ready = |want: u16| {
         let what = format!("/health/ready answers {want}");
         async move {
-            wait_until(&what, TIMEOUT, || get(port, "/health/ready"), |(s, _)| *s == want).await
+            wait_until(
+                &what,
+                TIMEOUT,
+                || get(port, "/health/ready"),
+                |(s, _)| *s == want,
+            )
+            .await
         }
     };
     ready(200).await;

@@ -192,7 +192,8 @@ impl Metrics {
     /// `n` plugins are loaded now (after a start or a reload); `loads` more
     /// loads happened.
     pub fn plugins(&self, n: usize, loads: u64) {
-        self.plugins_loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.plugins_loaded
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         self.plugin_loads.inc_by(loads);
     }
 
@@ -241,7 +242,10 @@ mod tests {
     fn a_committed_batch_counts_each_outcome_by_type_and_plugin() {
         let m = Metrics::new();
         let tally = Tally {
-            handled: vec![labels("PlaceOrder", "orders"), labels("PlaceOrder", "orders")],
+            handled: vec![
+                labels("PlaceOrder", "orders"),
+                labels("PlaceOrder", "orders"),
+            ],
             failed: vec![FailureLabels {
                 message_type: "PlaceOrder".into(),
                 plugin: "orders".into(),
@@ -252,7 +256,9 @@ mod tests {
         m.committed(&tally, 3, Duration::from_millis(2));
         let text = m.render(None);
         assert!(
-            text.contains(r#"jasper_messages_handled_total{message_type="PlaceOrder",plugin="orders"} 2"#),
+            text.contains(
+                r#"jasper_messages_handled_total{message_type="PlaceOrder",plugin="orders"} 2"#
+            ),
             "{text}"
         );
         assert!(

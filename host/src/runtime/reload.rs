@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::Runtime;
-use crate::admin::Metrics;
 use super::live::LivePlugins;
 use super::plugins::{is_plugin_file, version_of};
+use crate::admin::Metrics;
 
 /// How long a file's size and modification time must stay the same before
 /// it is loaded.

@@ -35,6 +35,13 @@ pub(crate) trait Backend {
         when: Schedule,
         options: &SendOptions,
     ) -> Result<Vec<String>, SendError>;
+    /// Answer the current message (the context checked it asks for a reply).
+    fn reply(
+        &mut self,
+        message_type: &str,
+        body: &[u8],
+        options: &SendOptions,
+    ) -> Result<String, SendError>;
     fn state_get(&mut self, key: &str) -> Option<Vec<u8>>;
     fn state_put(&mut self, key: &str, value: &[u8]);
     fn state_delete(&mut self, key: &str);
@@ -129,6 +136,28 @@ impl Context {
     ) -> Result<Vec<String>, SendError> {
         let body = encode(msg)?;
         self.backend.schedule(M::TYPE, &body, when, &options)
+    }
+
+    /// Answers the message being handled with `msg`, sent to its reply
+    /// address (`reply_uri`): for a `POST /invoke/{type}` on the host's
+    /// admin endpoint, the HTTP response's body. Returns the reply's id, or
+    /// `None` when the message asks for no reply (queued work, a publish),
+    /// so a handler can always answer.
+    pub fn reply<M: Message>(&mut self, msg: &M) -> Result<Option<String>, SendError> {
+        self.reply_with(msg, SendOptions::default())
+    }
+
+    /// [`reply`](Self::reply) with options.
+    pub fn reply_with<M: Message>(
+        &mut self,
+        msg: &M,
+        options: SendOptions,
+    ) -> Result<Option<String>, SendError> {
+        if self.envelope.reply_uri.is_none() {
+            return Ok(None);
+        }
+        let body = encode(msg)?;
+        self.backend.reply(M::TYPE, &body, &options).map(Some)
     }
 
     /// The plugin's key-value state, written in the same transaction as the handled mark.

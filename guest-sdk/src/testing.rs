@@ -52,6 +52,7 @@ struct Recorded {
     sent: Vec<SentMessage>,
     published: Vec<SentMessage>,
     scheduled: Vec<SentMessage>,
+    replies: Vec<SentMessage>,
     state: BTreeMap<String, Vec<u8>>,
     logs: Vec<(Level, String)>,
     fail_sends: Option<SendError>,
@@ -131,6 +132,24 @@ impl Backend for Recorder {
             .borrow_mut()
             .record(None, message_type, body, options, Some(when))?;
         Ok(vec![id])
+    }
+
+    fn reply(
+        &mut self,
+        message_type: &str,
+        body: &[u8],
+        options: &SendOptions,
+    ) -> Result<String, SendError> {
+        let mut rec = self.0.borrow_mut();
+        let before = rec.sent.len();
+        // `Context::reply` calls here only when the envelope has a reply_uri.
+        let id = rec.record(Some("reply"), message_type, body, options, None)?;
+        if rec.sent.len() > before
+            && let Some(msg) = rec.sent.pop()
+        {
+            rec.replies.push(msg);
+        }
+        Ok(id)
     }
 
     fn state_get(&mut self, key: &str) -> Option<Vec<u8>> {
@@ -259,6 +278,12 @@ impl TestContext {
     /// Messages sent with `send`, oldest first.
     pub fn sent(&self) -> Vec<SentMessage> {
         self.recorded.borrow().sent.clone()
+    }
+
+    /// Replies made with `reply` (set `envelope_mut().reply_uri` so the
+    /// message asks for one), oldest first; `destination` is `"reply"`.
+    pub fn replies(&self) -> Vec<SentMessage> {
+        self.recorded.borrow().replies.clone()
     }
 
     /// Messages published with `publish`, oldest first.

@@ -82,6 +82,15 @@ impl Backend for WitBackend {
         outbox::schedule(message_type, body, when, &options(opts)).map_err(send_error)
     }
 
+    fn reply(
+        &mut self,
+        message_type: &str,
+        body: &[u8],
+        opts: &SendOptions,
+    ) -> Result<String, SendError> {
+        outbox::reply(message_type, body, &options(opts)).map_err(send_error)
+    }
+
     fn state_get(&mut self, key: &str) -> Option<Vec<u8>> {
         state::get(key)
     }

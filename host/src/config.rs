@@ -40,15 +40,58 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub rabbitmq: RabbitConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OpenTelemetry traces, off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (spans go to
+    /// its `/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans, default the node's name.
+    pub service_name: Option<String>,
+    /// How often buffered spans are sent, in ms, default 2000.
+    pub export_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: None,
+            export_interval_ms: 2000,
+        }
+    }
 }
 
 /// `[admin]`: the admin endpoint, off unless `listen` is set.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// `HOST:PORT` to serve `/metrics`, `/health/live` and `/health/ready`
     /// on, e.g. `127.0.0.1:9090`.
     pub listen: Option<String>,
+    /// The bearer token `POST /messages/{type}` and `POST /invoke/{type}`
+    /// require (`Authorization: Bearer TOKEN`); without one they answer 403.
+    pub token: Option<String>,
+    /// Largest request body the ingress takes, in bytes, default 1 MiB.
+    pub max_body_bytes: u64,
+    /// How long `POST /invoke/{type}` waits for the handler, in ms, default
+    /// 10000 (past it: 504, and the command stays in the inbox).
+    pub invoke_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            token: None,
+            max_body_bytes: 1 << 20,
+            invoke_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// `[node]`
@@ -308,7 +351,7 @@ impl Default for DurabilityConfig {
 impl Config {
     /// Reads and validates the file at `path`; relative paths in it are
     /// resolved against the file's folder (made absolute).
-    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
@@ -409,6 +452,34 @@ impl Config {
                 ),
             ));
         }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err((
+                "admin.token",
+                "must not be empty (leave it out to refuse the ingress)".into(),
+            ));
+        }
+        at_least("admin.max_body_bytes", self.admin.max_body_bytes, 1)?;
+        if let Some(e) = &self.telemetry.otlp_endpoint
+            && !(e.starts_with("http://") && e.len() > "http://".len())
+        {
+            return Err((
+                "telemetry.otlp_endpoint",
+                format!(
+                    "must be an http:// URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318, got {e:?} (https is not supported: run the collector on a private address)"
+                ),
+            ));
+        }
+        at_least(
+            "telemetry.export_interval_ms",
+            self.telemetry.export_interval_ms,
+            1,
+        )?;
+        at_least("admin.invoke_timeout_ms", self.admin.invoke_timeout_ms, 1)?;
         if !valid_schema(&self.storage.schema) {
             return Err((
                 "storage.schema",
@@ -728,6 +799,7 @@ max_connections = 8
             },
             rabbitmq: RabbitConfig::default(),
             admin: AdminConfig::default(),
+            telemetry: TelemetryConfig::default(),
         };
         assert_eq!(c, expected);
     }

@@ -18,6 +18,7 @@ use crate::durability;
 use crate::envelope::local_row;
 use crate::handling::handoff::{HANDOFF_BATCHES, Handoff};
 use crate::handling::parallel::Calls;
+use crate::handling::replies::Replies;
 use crate::handling::unrouted::UnroutedCount;
 use crate::handling::{BatchEvent, Worker};
 use crate::runtime::reload::FolderWatch;
@@ -109,13 +110,16 @@ impl Host {
             connect_timeout: std::time::Duration::from_millis(config.sending.connect_timeout_ms),
             confirm_timeout: std::time::Duration::from_millis(config.sending.ack_timeout_ms),
         });
-        let senders = Arc::new(Senders::new(
-            store.clone(),
-            config.sending.clone(),
-            tcp.clone(),
-            rabbit.clone(),
-            rx.clone(),
-        ));
+        let senders = Arc::new(
+            Senders::new(
+                store.clone(),
+                config.sending.clone(),
+                tcp.clone(),
+                rabbit.clone(),
+                rx.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let (memory_tx, memory_rx) = mpsc::channel(MEMORY_QUEUE_BATCHES);
         let handoff = Handoff::new(HANDOFF_BATCHES);
         let inbox = Inbox {
@@ -125,13 +129,16 @@ impl Host {
             memory: memory_tx,
             handoff: handoff.clone(),
             node_id,
+            metrics: metrics.clone(),
+            via: "tcp",
         };
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for l in &config.listen {
             match &l.uri {
                 Endpoint::Tcp(t) => {
-                    let bound = listener::start(t, tcp.clone(), inbox.clone(), rx.clone()).await?;
+                    let via = if t.durable { "durable" } else { "tcp" };
+                    let bound = listener::start(t, tcp.clone(), inbox.via(via), rx.clone()).await?;
                     listeners.push(bound.uri);
                     tasks.push(bound.task);
                 }
@@ -139,7 +146,7 @@ impl Host {
                     let (uri, task) = rabbitmq::listener::start(
                         q.clone(),
                         rabbit.clone(),
-                        inbox.clone(),
+                        inbox.via("rabbitmq"),
                         rx.clone(),
                     );
                     listeners.push(uri);
@@ -152,6 +159,7 @@ impl Host {
             }
         }
         let unrouted = UnroutedCount::default();
+        let replies = Arc::new(Replies::default());
         let worker = Worker {
             store: store.clone(),
             plugins: plugins.clone(),
@@ -169,6 +177,7 @@ impl Host {
             unrouted: unrouted.clone(),
             handoff,
             metrics: metrics.clone(),
+            replies: replies.clone(),
         };
         if let Some(folder_watch) = folder_watch {
             tasks.push(tokio::spawn(folder_watch.run(
@@ -202,6 +211,11 @@ impl Host {
                 let state = crate::admin::AdminState {
                     store: store.clone(),
                     metrics: metrics.clone(),
+                    ingress: Arc::new(crate::admin::ingress::Ingress::new(
+                        inbox.via("http"),
+                        replies,
+                        &config.admin,
+                    )),
                 };
                 let bound = crate::admin::start(listen, state, shutdown.subscribe()).await?;
                 tasks.push(bound.task);

@@ -27,7 +27,10 @@
 //! - `backoff` (`backoff.rs`): the one doubling delay every retry loop uses.
 //! - `host` (`host.rs`): all of the above started together, in-process
 //!   ([`Host`]).
-//! - [`admin`] (`admin/`): the admin endpoint: metrics and health.
+//! - [`admin`] (`admin/`): the admin endpoint: metrics and health, and the
+//!   command ingress over HTTP.
+//! - [`telemetry`] (`telemetry.rs`): OpenTelemetry traces and the trace
+//!   context in envelope headers.
 //! - `sending` (`sending.rs`): messages entering from outside a handler.
 //! - `testing` (`testing.rs`): tracked sessions for tests of a host in-process.
 //! - [`cli`] (`cli/`): the `jasper-host` command line, one file per command
@@ -51,6 +54,7 @@ mod paused;
 pub mod runtime;
 pub(crate) mod sending;
 pub mod store;
+pub mod telemetry;
 pub(crate) mod testing;
 pub mod transport;
 

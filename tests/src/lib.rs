@@ -24,7 +24,9 @@
 //! [`exactly_once`] (the checker of one store running orders and audit),
 //! [`cluster`] (many hosts on one store), [`proxy`] (a TCP proxy that
 //! freezes: a hung database), [`pg_outage`] (PostgreSQL stopped and
-//! started again) and [`http_server`] (a real HTTP server the plugins call).
+//! started again), [`http_server`] (a real HTTP server the plugins call),
+//! [`http_client`] (requests to the host's admin endpoint) and [`otlp`] (a
+//! traces receiver).
 //!
 //! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
 //! `E2E_KEEP=1` (keep the temp dirs and the server schemas), `JASPER_HOST_BIN`
@@ -47,9 +49,11 @@ pub mod cluster;
 mod config;
 pub mod exactly_once;
 mod host;
+pub mod http_client;
 pub mod http_server;
 pub mod kill;
 pub mod orders;
+pub mod otlp;
 mod output;
 mod paths;
 pub mod pg_outage;

@@ -6,33 +6,13 @@
 use std::time::Duration;
 
 use jasper_e2e::exactly_once::settled_with;
+use jasper_e2e::http_client::get;
 use jasper_e2e::orders::bodies;
 use jasper_e2e::proxy::FreezingProxy;
 use jasper_e2e::{Backend, HostConfig, ServerUrl, TestHost, free_port, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: usize = 1000;
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// `GET path` on `port`: (status, body). Plain HTTP/1.1, one request per
-/// connection.
-async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await??;
-    let text = String::from_utf8(raw)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
-}
 
 /// The value of the sample line that starts with `series` (name and labels).
 fn sample(text: &str, series: &str) -> Option<f64> {

@@ -7,6 +7,8 @@
 //! `seen/o-i` = 1 and `count` = 10,000, nothing left in A's outgoing table,
 //! no dead letters on either side.
 //!
+//! One more test follows an order's trace from A into B (OpenTelemetry).
+//!
 //! SQLite only: each host has its own db in its own temp dir, and its own
 //! port (`free_port`), so the tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use jasper_e2e::kill::{Catch, SenderKill, in_inbox, kill_sender_at, kill9_when, sender_counts};
 use jasper_e2e::orders::*;
-use jasper_e2e::{HostConfig, TestHost, free_port};
+use jasper_e2e::otlp::{OtlpReceiver, SpanSeen};
+use jasper_e2e::{HostConfig, TestHost, free_port, wait_until};
 
 /// Both hosts prove they know it before any frame is read.
 const SECRET: &str = "e2e-shared-secret-for-the-tcp-suite";
@@ -611,4 +614,102 @@ async fn receiver_down_ten_seconds_breaker_opens_holds_and_delivers() {
         "after B came back: no new opening, one closing"
     );
     println!("[outage] {:.1?} in all", started.elapsed());
+}
+
+/// With `[telemetry] otlp_endpoint` on both hosts, one trace follows an
+/// order: A's `handle` span of the PlaceOrder, its `send` span of the
+/// OrderPlaced to `durable://` (the hop; its context travels in the
+/// envelope's `traceparent` header), B's `receive` span on the listener and
+/// B's `handle` span in audit, each with the OpenTelemetry messaging
+/// attributes, all under one trace id, read back from a real OTLP/HTTP
+/// receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_order_from_a_over_durable_into_b() {
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let traced = |c: HostConfig| {
+        c.set("telemetry", "otlp_endpoint", otlp.endpoint()).set(
+            "telemetry",
+            "export_interval_ms",
+            200u64,
+        )
+    };
+    let uri = format!("durable://127.0.0.1:{}", free_port());
+    let pair = Pair {
+        a: TestHost::new(&["orders"], traced(common("a").route("OrderPlaced", &uri))),
+        b: TestHost::new(&["audit"], traced(common("b").listen(&uri))),
+        uri: uri.clone(),
+    };
+    pair.spawn_b().await;
+    pair.a.spawn();
+    let id = "0192f1c4-0000-7000-8000-00000000abcd";
+    pair.a
+        .send_body("PlaceOrder", &bodies(0..1)[0], Some(id))
+        .assert_sent(1);
+    let b_handled = |s: &SpanSeen| {
+        s.service == "b"
+            && s.name == "handle"
+            && s.attr("messaging.destination.name") == Some("local://audit")
+    };
+    let spans = wait_until(
+        "B's handler span exported",
+        START_TIMEOUT,
+        || async { otlp.spans() },
+        |spans: &Vec<SpanSeen>| spans.iter().any(b_handled),
+    )
+    .await;
+    let find = |what: &str, f: &dyn Fn(&SpanSeen) -> bool| {
+        spans
+            .iter()
+            .find(|s| f(s))
+            .unwrap_or_else(|| panic!("no span {what} among {spans:#?}"))
+            .clone()
+    };
+    let a_handle = find("of A handling the order", &|s| {
+        s.service == "a" && s.name == "handle" && s.attr("messaging.message.id") == Some(id)
+    });
+    let hop = find("of A sending OrderPlaced", &|s| {
+        s.service == "a"
+            && s.name == "send"
+            && s.attr("messaging.destination.name") == Some(uri.as_str())
+    });
+    let b_receive = find("of B receiving it", &|s| {
+        s.service == "b" && s.name == "receive"
+    });
+    let b_handle = find("of B handling it", &b_handled);
+    for (what, s) in [
+        ("A's send", &hop),
+        ("B's receive", &b_receive),
+        ("B's handle", &b_handle),
+    ] {
+        assert_eq!(
+            s.trace_id, a_handle.trace_id,
+            "{what} is in A's trace: {spans:#?}"
+        );
+    }
+    assert_eq!(
+        hop.parent_span_id, a_handle.span_id,
+        "the send is the handler's"
+    );
+    assert_eq!(
+        b_handle.parent_span_id, hop.span_id,
+        "B's handler follows the send"
+    );
+    assert_eq!(b_receive.parent_span_id, hop.span_id);
+    assert_eq!(
+        hop.attr("messaging.message.id"),
+        b_handle.attr("messaging.message.id")
+    );
+    for (s, op) in [
+        (&a_handle, "process"),
+        (&hop, "publish"),
+        (&b_receive, "receive"),
+        (&b_handle, "process"),
+    ] {
+        assert_eq!(s.attr("messaging.system"), Some("jasper"), "{s:?}");
+        assert_eq!(s.attr("messaging.operation"), Some(op), "{s:?}");
+    }
+    for h in [&pair.a, &pair.b] {
+        let st = h.stop();
+        assert!(st.success(), "{st}");
+    }
 }

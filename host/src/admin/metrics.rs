@@ -34,6 +34,19 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+/// A received message's type and how it came (`tcp`, `durable`,
+/// `rabbitmq`, `http`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceivedLabels {
+    message_type: String,
+    via: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabel {
     plugin: String,
@@ -68,6 +81,7 @@ pub(crate) struct Tally {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    received: Family<ReceivedLabels, Counter>,
     handled: Family<MessageLabels, Counter>,
     failed: Family<FailureLabels, Counter>,
     dead_lettered: Family<FailureLabels, Counter>,
@@ -78,6 +92,7 @@ pub struct Metrics {
     plugins_loaded: Gauge,
     plugin_loads: Counter,
     plugin_load_failures: Counter,
+    circuit_open: Family<PeerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -89,6 +104,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("jasper");
+        let received = Family::<ReceivedLabels, Counter>::default();
         let handled = Family::<MessageLabels, Counter>::default();
         let failed = Family::<FailureLabels, Counter>::default();
         let dead_lettered = Family::<FailureLabels, Counter>::default();
@@ -100,6 +116,12 @@ impl Metrics {
         let plugins_loaded = Gauge::default();
         let plugin_loads = Counter::default();
         let plugin_load_failures = Counter::default();
+        let circuit_open = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "messages_received",
+            "Messages taken in by a listener or the HTTP ingress (once committed to the inbox, or queued in memory for tcp://)",
+            received.clone(),
+        );
         registry.register(
             "messages_handled",
             "Messages handled successfully (counted once their batch committed)",
@@ -150,8 +172,15 @@ impl Metrics {
             "Plugin files that failed to load on a hot reload",
             plugin_load_failures.clone(),
         );
+        registry.register(
+            "circuit_open",
+            "1 while sending to the peer is paused by its circuit breaker, else 0 (peers sent to since start)",
+            circuit_open.clone(),
+        );
         Metrics {
+            circuit_open,
             registry,
+            received,
             handled,
             failed,
             dead_lettered,
@@ -178,6 +207,25 @@ impl Metrics {
         }
         self.batch_size.observe(rows as f64);
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// `n` messages of `message_type` came in `via` a listener or the ingress.
+    pub(crate) fn received(&self, message_type: &str, via: &'static str, n: u64) {
+        self.received
+            .get_or_create(&ReceivedLabels {
+                message_type: message_type.to_owned(),
+                via,
+            })
+            .inc_by(n);
+    }
+
+    /// The circuit breaker of `peer` opened (`true`) or closed.
+    pub(crate) fn circuit(&self, peer: &str, open: bool) {
+        self.circuit_open
+            .get_or_create(&PeerLabel {
+                peer: peer.to_owned(),
+            })
+            .set(i64::from(open));
     }
 
     /// One handler call of `plugin` took `took`.

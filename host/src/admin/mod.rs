@@ -1,8 +1,10 @@
 //! The admin endpoint (`[admin] listen`, off unless configured): Prometheus
 //! metrics at `/metrics`, liveness at `/health/live` and readiness at
 //! `/health/ready` (the store answers; the plugins are loaded and the
-//! listeners bound, which is so once the host has started).
+//! listeners bound, which is so once the host has started), and the command
+//! ingress (`POST /messages/{type}`, `POST /invoke/{type}`, see `ingress`).
 
+pub mod ingress;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -31,6 +33,7 @@ const STORE_PROBE: Duration = Duration::from_secs(2);
 pub struct AdminState {
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
+    pub ingress: Arc<ingress::Ingress>,
 }
 
 /// The endpoint, bound.
@@ -61,12 +64,17 @@ pub async fn start(
     };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
+    let commands = Router::new()
+        .route("/messages/{message_type}", post(ingress::post_message))
+        .route("/invoke/{message_type}", post(ingress::invoke))
+        .with_state(state.ingress.clone());
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .with_state(state);
-    info!(%addr, event = %"admin-listening", "admin endpoint: /metrics, /health/live, /health/ready");
+        .with_state(state)
+        .merge(commands);
+    info!(%addr, event = %"admin-listening", "admin endpoint: /metrics, /health/live, /health/ready, POST /messages/{{type}}, POST /invoke/{{type}}");
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

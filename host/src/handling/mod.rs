@@ -33,6 +33,7 @@ pub(crate) mod handoff;
 pub(crate) mod parallel;
 mod pipeline;
 pub(crate) mod policy;
+pub(crate) mod replies;
 #[cfg(test)]
 mod tests;
 pub(crate) mod unrouted;
@@ -64,6 +65,7 @@ use crate::transport::{Outgoing, Senders};
 use parallel::{Call, Calls};
 use pipeline::Pipeline;
 use policy::{Disposition, Failure, decide};
+use replies::{Answer, Replies};
 use unrouted::UnroutedCount;
 
 /// What handling one row came to: what its handler sent, or why it failed.
@@ -80,6 +82,8 @@ struct Prepared {
     event: Option<BatchEvent>,
     outgoing: Vec<Outgoing>,
     unrouted: Vec<Envelope>,
+    /// What HTTP callers waiting on messages of the batch are told after it.
+    answers: Vec<(Uuid, Answer)>,
 }
 
 /// The worker's wait after a failed claim or commit: doubling from 50 ms to 5 s.
@@ -174,6 +178,8 @@ pub(crate) struct Worker {
     pub handoff: Arc<handoff::Handoff>,
     /// Outcomes, batch sizes and commit times (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// HTTP callers waiting for what becomes of their commands (`/invoke`).
+    pub replies: Arc<Replies>,
 }
 
 /// Where a message a handler sent goes.
@@ -402,6 +408,7 @@ impl Worker {
                 event,
                 outgoing,
                 unrouted,
+                answers,
             } = if contended {
                 self.put_back(&rows, persisted)
             } else {
@@ -423,6 +430,9 @@ impl Worker {
                     unrouted::report(&unrouted, self.config.unrouted, &self.unrouted);
                     if !outgoing.is_empty() {
                         self.senders.dispatch(outgoing).await;
+                    }
+                    for (id, answer) in answers {
+                        self.replies.answer(id, answer);
                     }
                     if let Some(event) = event {
                         // Nobody listening is fine.
@@ -534,6 +544,7 @@ impl Worker {
             event: None,
             outgoing: Vec::new(),
             unrouted: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -579,6 +590,11 @@ impl Worker {
                         destination = %row.destination,
                         attempt = row.attempts + 1,
                     );
+                    if crate::telemetry::enabled() {
+                        crate::telemetry::adopt(&span, &env.headers);
+                        let id = env.id.to_string();
+                        crate::telemetry::describe(&span, "process", &row.destination, &id);
+                    }
                     let env = Arc::new(env);
                     match span.in_scope(|| self.handler_of(&plugins, row, &env, now)) {
                         Ok(plugin) => {
@@ -620,6 +636,8 @@ impl Worker {
         let mut report = BatchReport::default();
         let mut tally = Tally::default();
         let mut unrouted_all = Vec::new();
+        let waiting = self.replies.any();
+        let mut answers = Vec::new();
         for ((row, outcome), envelope) in rows.iter().zip(outcomes).zip(envelopes) {
             let envelope = envelope.map(Arc::unwrap_or_clone);
             let result = outcome.unwrap_or_else(|| {
@@ -629,6 +647,10 @@ impl Worker {
             });
             match result {
                 Ok(sent) => {
+                    let (sent, reply) = replies::split(sent);
+                    if waiting {
+                        answers.push((row.id, Answer::Handled(reply)));
+                    }
                     let (sent, unrouted) = unrouted::split(sent);
                     report.handled += 1;
                     tally.handled.push(message_labels(row, envelope.as_ref()));
@@ -724,6 +746,15 @@ impl Worker {
                             cause,
                             now,
                         );
+                        if waiting {
+                            answers.push((
+                                row.id,
+                                Answer::DeadLettered {
+                                    kind: dead.error_kind.to_string(),
+                                    message: dead.error_message.clone(),
+                                },
+                            ));
+                        }
                         if let Some(ev) = event.as_mut() {
                             ev.dead_lettered.push(dead.clone());
                         }
@@ -742,6 +773,7 @@ impl Worker {
             event,
             outgoing,
             unrouted: unrouted_all,
+            answers,
         }
     }
 

@@ -103,6 +103,7 @@ impl Rig {
             unrouted: Default::default(),
             handoff: super::handoff::Handoff::new(super::handoff::HANDOFF_BATCHES),
             metrics,
+            replies: Default::default(),
         };
         let (memory, memory_rx) = mpsc::channel(1);
         Rig {
@@ -240,6 +241,8 @@ fn listener_inbox(rig: &Rig) -> crate::transport::receive::Inbox {
         memory: mpsc::channel(1).0,
         handoff: rig.worker.handoff.clone(),
         node_id: rig.worker.node_id,
+        metrics: rig.worker.metrics.clone(),
+        via: "durable",
     }
 }
 

@@ -24,6 +24,7 @@ use super::routing::{Egress, RouteError, Router};
 use super::state_view::StateView;
 use crate::address::{Destination, Endpoint};
 use crate::envelope::{Envelope, now_ms};
+use crate::handling::replies;
 
 /// Largest body a handler may send (one message; the total per call is
 /// `plugins.max_send_bytes`).
@@ -41,6 +42,8 @@ pub(crate) struct Origin {
     pub id: Option<String>,
     pub correlation_id: Option<String>,
     pub conversation_id: Option<String>,
+    /// Where `outbox.reply` sends (the message's `reply_uri`).
+    pub reply_uri: Option<String>,
 }
 
 /// Data of one wasmtime `Store`: one handler call.
@@ -164,6 +167,12 @@ impl HostState {
             .clone()
             .or_else(|| self.origin.id.clone());
         env.headers = options.headers.iter().cloned().collect::<BTreeMap<_, _>>();
+        if crate::telemetry::enabled() {
+            // The handler's span is the current one: the message joins its trace.
+            let to = env.destination.as_ref().map(|d| d.uri()).unwrap_or("");
+            let id = env.id.to_string();
+            crate::telemetry::on_send(&tracing::Span::current(), to, &id, &mut env.headers);
+        }
         env.deliver_by = options.deliver_by;
         env.scheduled_at = scheduled_at;
         env
@@ -284,6 +293,42 @@ impl outbox::Host for HostState {
         options: SendOptions,
     ) -> wasmtime::Result<Result<Vec<String>, SendError>> {
         self.publish_at(message_type, body, options, None)
+    }
+
+    fn reply(
+        &mut self,
+        message_type: String,
+        body: Vec<u8>,
+        options: SendOptions,
+    ) -> wasmtime::Result<Result<String, SendError>> {
+        let Some(to) = self.origin.reply_uri.clone() else {
+            return Ok(Err(SendError::Invalid(format!(
+                "message {} asks for no reply (it has no reply-uri)",
+                self.origin.id.as_deref().unwrap_or("?")
+            ))));
+        };
+        if !replies::is_invoke(&to) {
+            // A reply address from the message is checked like any send.
+            return outbox::Host::send(self, to, message_type, body, options);
+        }
+        if let Err(e) = Self::check_send(&message_type, &body) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.usage.send(1, body.len()) {
+            return Err(self.past_bound(e));
+        }
+        // An HTTP caller waits for it: the worker hands it over after the
+        // commit (`handling::replies`).
+        let env = self.new_envelope(
+            Some(Destination::parse(to)),
+            &message_type,
+            body,
+            &options,
+            None,
+        );
+        let id = env.id.to_string();
+        self.sent.push(env);
+        Ok(Ok(id))
     }
 
     fn schedule(

@@ -245,6 +245,7 @@ impl Runtime {
             id: Some(envelope.id.to_string()),
             correlation_id: envelope.correlation_id.clone(),
             conversation_id: envelope.conversation_id.clone(),
+            reply_uri: envelope.reply_uri.clone(),
         };
         let limits = &plugin.limits;
         let data = HostState::new(

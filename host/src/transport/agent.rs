@@ -22,6 +22,7 @@ use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{Connector, Link, LinkError, Outgoing, Verdict, dead_letter_outgoing};
+use crate::admin::Metrics;
 use crate::backoff::{Backoff, Wake, pause};
 use crate::config::SendingConfig;
 #[cfg(not(test))]
@@ -46,6 +47,8 @@ pub(crate) struct Agent {
     link: Option<Box<dyn Link>>,
     pending: VecDeque<Outgoing>,
     failures: u32,
+    /// `circuit_open{peer}`, when the host keeps metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -71,7 +74,15 @@ impl Agent {
             link: None,
             pending: VecDeque::new(),
             failures: 0,
+            metrics: None,
         }
+    }
+
+    /// Report the circuit's state to `metrics` (closed now).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Agent {
+        metrics.circuit(self.connector.peer(), false);
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Send what arrives on `rx` until shutdown, then close the link. Durable
@@ -452,6 +463,9 @@ impl Agent {
     ) -> Wake {
         let peer = self.connector.peer().to_string();
         warn!(event = %"circuit-open", peer = %peer, failures = self.failures, held = self.pending.len(), "circuit open: sending to this peer paused until a ping succeeds");
+        if let Some(m) = &self.metrics {
+            m.circuit(&peer, true);
+        }
         let interval = Duration::from_millis(self.cfg.ping_interval_ms);
         loop {
             if let Wake::Shutdown = pause(shutdown, interval).await {
@@ -471,6 +485,9 @@ impl Agent {
                     self.link = Some(link);
                     self.failures = 0;
                     info!(event = %"circuit-closed", peer = %peer, held = self.pending.len(), "circuit closed: the peer answered a ping; sending resumes");
+                    if let Some(m) = &self.metrics {
+                        m.circuit(&peer, false);
+                    }
                     return Wake::Go;
                 }
                 Err(e) => debug!(peer = %peer, error = %e, "ping failed; circuit stays open"),

@@ -181,6 +181,8 @@ struct Rig {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     store: Arc<Frozen>,
+    /// The agent reports its circuit here.
+    metrics: Arc<crate::admin::Metrics>,
     /// When the agent started; call times are offsets from it.
     t0: Instant,
     _dir: tempfile::TempDir,
@@ -211,7 +213,9 @@ impl Rig {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let agent = Agent::new(Arc::new(peer.clone()), store.clone(), cfg);
+        let metrics = Arc::new(crate::admin::Metrics::new());
+        let agent =
+            Agent::new(Arc::new(peer.clone()), store.clone(), cfg).with_metrics(metrics.clone());
         let task = tokio::spawn(agent.run(rx, shutdown_rx));
         Rig {
             peer,
@@ -220,9 +224,18 @@ impl Rig {
             shutdown,
             task,
             store,
+            metrics,
             t0: Instant::now(),
             _dir: dir,
         }
+    }
+
+    /// `circuit_open` of the fake peer as `/metrics` shows it.
+    fn circuit_open(&self) -> Option<String> {
+        let text = self.metrics.render(None);
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"jasper_circuit_open{peer="tcp://fake-peer:1"} "#))
+            .map(str::to_owned)
     }
 
     /// The agent's next call to the peer and when (since start) it came.
@@ -394,6 +407,7 @@ async fn the_breaker_opens_after_breaker_failures_pings_and_closes_on_the_first_
         ..SendingConfig::default()
     })
     .await;
+    assert_eq!(rig.circuit_open().as_deref(), Some("0"), "closed at start");
     rig.peer.set_down(true);
     let first = volatile(1);
     rig.queue(&first);
@@ -420,6 +434,7 @@ async fn the_breaker_opens_after_breaker_failures_pings_and_closes_on_the_first_
             (ms(2300), Call::Ping { ok: false }),
         ]
     );
+    assert_eq!(rig.circuit_open().as_deref(), Some("1"), "open in /metrics");
     // Queued while open: held with the first.
     let later = volatile(2);
     rig.queue(&later);
@@ -434,6 +449,7 @@ async fn the_breaker_opens_after_breaker_failures_pings_and_closes_on_the_first_
             (ms(3300), sent(&held)),
         ]
     );
+    assert_eq!(rig.circuit_open().as_deref(), Some("0"), "closed again");
     rig.quiet_for(ms(60_000)).await;
     // Closed again: a failure backs off (100 ms), it does not reopen at once.
     rig.peer.reply([Reply::Fail]);

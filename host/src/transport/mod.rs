@@ -190,6 +190,8 @@ pub struct Senders {
     agents: Mutex<HashMap<String, mpsc::UnboundedSender<Vec<Outgoing>>>>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where agents report their circuit (`with_metrics`).
+    metrics: Option<Arc<crate::admin::Metrics>>,
 }
 
 impl Senders {
@@ -208,7 +210,14 @@ impl Senders {
             agents: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            metrics: None,
         }
+    }
+
+    /// Agents report their circuit state to `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::admin::Metrics>) -> Senders {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Hand envelopes to their peers' agents. An envelope whose destination
@@ -267,7 +276,11 @@ impl Senders {
                     Endpoint::Local { .. } => unreachable!("grouped above"),
                 };
                 let (tx, rx) = mpsc::unbounded_channel();
-                let agent = agent::Agent::new(connector, self.store.clone(), self.config.clone());
+                let mut agent =
+                    agent::Agent::new(connector, self.store.clone(), self.config.clone());
+                if let Some(m) = &self.metrics {
+                    agent = agent.with_metrics(m.clone());
+                }
                 #[allow(clippy::unwrap_used)]
                 self.tasks
                     .lock()

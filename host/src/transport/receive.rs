@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::wire::Verdict;
 use crate::address::{Destination, Endpoint};
+use crate::admin::Metrics;
 use crate::envelope::{CodecError, Envelope, local_row, now_ms};
 use crate::handling::handoff::Handoff;
 use crate::runtime::{LivePlugins, Plugins};
@@ -49,6 +50,10 @@ pub(crate) struct Inbox {
     pub handoff: Arc<Handoff>,
     /// This node: the owner of rows claimed as they are written.
     pub node_id: i64,
+    /// `messages_received`, labelled with `via`.
+    pub metrics: Arc<Metrics>,
+    /// How messages come in here: `tcp`, `durable`, `rabbitmq` or `http`.
+    pub via: &'static str,
 }
 
 /// Where a listener keeps what it received.
@@ -64,6 +69,14 @@ pub(crate) enum Keep {
 }
 
 impl Inbox {
+    /// This inbox for messages that come `via` a listener kind.
+    pub(crate) fn via(&self, via: &'static str) -> Inbox {
+        Inbox {
+            via,
+            ..self.clone()
+        }
+    }
+
     /// Route, store or queue one batch; a verdict per entry, in order.
     pub(crate) async fn receive(
         &self,
@@ -84,6 +97,8 @@ impl Inbox {
         let mut verdicts = Vec::with_capacity(entries.len());
         let mut accepted = Vec::with_capacity(entries.len());
         let plugins = self.plugins.snapshot();
+        // Accepted messages per type (a batch holds few types).
+        let mut received: Vec<(String, u64)> = Vec::new();
         for entry in entries {
             match entry {
                 Err(e) => verdicts.push(Verdict::Rejected(format!(
@@ -94,13 +109,24 @@ impl Inbox {
                     info!(message_id = %env.id, message_type = %env.message_type, "received after its deliver_by; discarded");
                     verdicts.push(Verdict::Accepted);
                 }
-                Ok(env) => match route(&plugins, env) {
-                    Ok(copies) => {
-                        accepted.extend(copies);
-                        verdicts.push(Verdict::Accepted);
+                Ok(env) => {
+                    if crate::telemetry::enabled() {
+                        received_span(&env, self.via);
                     }
-                    Err(v) => verdicts.push(v),
-                },
+                    match route(&plugins, env) {
+                        Ok(copies) => {
+                            if let Some(t) = copies.first().map(|c| c.message_type.as_str()) {
+                                match received.iter_mut().find(|(k, _)| k == t) {
+                                    Some((_, n)) => *n += 1,
+                                    None => received.push((t.to_owned(), 1)),
+                                }
+                            }
+                            accepted.extend(copies);
+                            verdicts.push(Verdict::Accepted);
+                        }
+                        Err(v) => verdicts.push(v),
+                    }
+                }
             }
         }
         if accepted.is_empty() {
@@ -154,11 +180,23 @@ impl Inbox {
                 .await
                 .map_err(|_| ReceiveError::ShuttingDown)?;
         }
+        for (message_type, n) in received {
+            self.metrics.received(&message_type, self.via, n);
+        }
         Ok(verdicts)
     }
 }
 
 /// The local copies of one envelope, or the verdict refusing it.
+/// The `receive` span of a message that came in (traces only): part of
+/// its sender's trace.
+fn received_span(env: &Envelope, via: &'static str) {
+    let span = tracing::info_span!("receive", via);
+    crate::telemetry::adopt(&span, &env.headers);
+    let to = env.destination.as_ref().map(|d| d.uri()).unwrap_or("");
+    crate::telemetry::describe(&span, "receive", to, &env.id.to_string());
+}
+
 fn route(plugins: &Plugins, env: Envelope) -> Result<Vec<Envelope>, Verdict> {
     // Only a TCP URI names a queue on this host; anything else (none, a
     // RabbitMQ listener, a URI that does not parse) is routed by type.

@@ -1,5 +1,7 @@
 //! Example plugin `orders`: takes `PlaceOrder`, stores it, publishes `OrderPlaced`
 //! and schedules an `OrderReminder`; the reminder marks the order as reminded.
+//! A `PlaceOrder` that asks for a reply (`POST /invoke/PlaceOrder` on the
+//! admin endpoint, or a sender's `reply_uri`) is answered with `OrderAccepted`.
 
 use jasper_guest::{Context, HandleError, Schedule};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,15 @@ pub struct OrderPlaced {
     pub amount_cents: u64,
 }
 
+/// The answer to a `PlaceOrder` that asks for one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAccepted {
+    /// The order's id.
+    pub order_id: String,
+    /// The order's total.
+    pub amount_cents: u64,
+}
+
 /// Scheduled `remind_after_ms` after an order is placed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderReminder {
@@ -43,9 +54,11 @@ jasper_guest::message!(
     PlaceOrder = "PlaceOrder",
     OrderPlaced = "OrderPlaced",
     OrderReminder = "OrderReminder",
+    OrderAccepted = "OrderAccepted",
 );
 
-/// Stores the order at `order/{id}`, publishes `OrderPlaced`, schedules the reminder.
+/// Stores the order at `order/{id}`, publishes `OrderPlaced`, schedules the
+/// reminder, and answers `OrderAccepted` when asked.
 pub fn place_order(ctx: &mut Context, order: PlaceOrder) -> Result<(), HandleError> {
     if order.amount_cents == 0 {
         return Err(HandleError::reject("amount_cents must be positive"));
@@ -58,10 +71,14 @@ pub fn place_order(ctx: &mut Context, order: PlaceOrder) -> Result<(), HandleErr
     })?;
     ctx.schedule(
         &OrderReminder {
-            order_id: order.order_id,
+            order_id: order.order_id.clone(),
         },
         Schedule::after_ms(order.remind_after_ms),
     )?;
+    ctx.reply(&OrderAccepted {
+        order_id: order.order_id,
+        amount_cents: order.amount_cents,
+    })?;
     Ok(())
 }
 
@@ -115,6 +132,26 @@ mod tests {
         assert_eq!(scheduled.len(), 1);
         assert_eq!(scheduled[0].message_type, OrderReminder::TYPE);
         assert_eq!(scheduled[0].when, Some(Schedule::after_ms(5_000)));
+        assert!(ctx.sent().is_empty());
+        // Nobody asked for an answer.
+        assert!(ctx.replies().is_empty());
+    }
+
+    #[test]
+    fn place_order_answers_when_asked() {
+        let mut ctx = TestContext::new();
+        ctx.envelope_mut().reply_uri = Some("local://replies".into());
+        place_order(&mut ctx, order(990)).unwrap();
+        let replies = ctx.replies();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].message_type, OrderAccepted::TYPE);
+        assert_eq!(
+            replies[0].decode::<OrderAccepted>().unwrap(),
+            OrderAccepted {
+                order_id: "o-1".into(),
+                amount_cents: 990
+            }
+        );
         assert!(ctx.sent().is_empty());
     }
 

@@ -7,12 +7,13 @@ CARGO ?= cargo
 PLUGINS := orders audit noop misbehave versioned probe webhook
 PLUGIN_DIR := target/wasm32-wasip2/plugin
 
-.PHONY: help plugins build test lint quickstart bench
+.PHONY: help plugins build browser test lint quickstart bench
 
 help:
 	@echo "make plugins     build the example and test plugins (wasm32-wasip2) into $(PLUGIN_DIR)/"
 	@echo "make build       build the host: target/release/jasper-host"
-	@echo "make test        plugins + build + every test (unit and end-to-end)"
+	@echo "make browser     install Debian's chromium and chromium-driver (the dead-letter page test) if missing"
+	@echo "make test        plugins + build + browser + every test (unit and end-to-end)"
 	@echo "make lint        cargo fmt --check and clippy (-D warnings) over every crate and target"
 	@echo "make quickstart  run a host on examples/jasper.toml and send it demo orders"
 	@echo "make bench       run the benchmarks (jasper-bench, jasper-cluster-bench, jasper-tcp-bench, jasper-rabbit-bench)"
@@ -26,7 +27,12 @@ plugins:
 build:
 	$(CARGO) build --release
 
-test: plugins build
+# Headless Chromium and its WebDriver for tests/suites/dead_letter_page.rs.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium and chromedriver are installed"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+test: plugins build browser
 	$(CARGO) test --release --no-fail-fast
 	$(CARGO) test --release -p orders -p audit -p misbehave -p versioned -p webhook -p probe
 

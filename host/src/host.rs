@@ -216,6 +216,11 @@ impl Host {
                         replies,
                         &config.admin,
                     )),
+                    dead_letters: Arc::new(crate::admin::dead_letters::DeadLetterPage {
+                        store: store.clone(),
+                        token: config.admin.token.clone(),
+                        wake: wake.clone(),
+                    }),
                 };
                 let bound = crate::admin::start(listen, state, shutdown.subscribe()).await?;
                 tasks.push(bound.task);

@@ -1,7 +1,7 @@
 //! [`request`]: one plain HTTP/1.1 request to a port on 127.0.0.1 (one per
 //! connection, `Connection: close`), for the suites that call the host's
-//! admin endpoint. Bodies are read whole; chunked answers are not expected
-//! (axum sends a length for every answer the suites read).
+//! admin endpoint and chromedriver. Bodies are read to their
+//! `Content-Length` (or to the close); chunked answers are not expected.
 
 use std::time::Duration;
 
@@ -59,8 +59,25 @@ pub async fn request(
         // A server may answer (413) before reading a large body and close:
         // a failed write still leaves its answer to read.
         let _ = s.write_all(body).await;
+        // To the end of the body its length gives (a server may keep the
+        // connection open despite `Connection: close`), else to the close.
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if let Ok(a) = parse(&raw)
+                && let Some(len) = a
+                    .header("content-length")
+                    .and_then(|l| l.parse::<usize>().ok())
+                && a.body.len() >= len
+            {
+                return Ok(a);
+            }
+        }
         parse(&raw)
     };
     tokio::time::timeout(Duration::from_secs(30), exchange).await?

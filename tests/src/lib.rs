@@ -25,8 +25,8 @@
 //! [`cluster`] (many hosts on one store), [`proxy`] (a TCP proxy that
 //! freezes: a hung database), [`pg_outage`] (PostgreSQL stopped and
 //! started again), [`http_server`] (a real HTTP server the plugins call),
-//! [`http_client`] (requests to the host's admin endpoint) and [`otlp`] (a
-//! traces receiver).
+//! [`http_client`] (requests to the host's admin endpoint), [`otlp`] (a
+//! traces receiver) and [`browser`] (headless Chromium over WebDriver).
 //!
 //! Environment knobs: `E2E_RUST_LOG` (the host's RUST_LOG, default `info`),
 //! `E2E_KEEP=1` (keep the temp dirs and the server schemas), `JASPER_HOST_BIN`
@@ -44,6 +44,7 @@ pub use serde_json::json;
 pub mod amqp;
 mod backends;
 mod bodies;
+pub mod browser;
 mod cli_json;
 pub mod cluster;
 mod config;

@@ -68,7 +68,7 @@ fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
 }
 
 /// Equal in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -2,8 +2,10 @@
 //! metrics at `/metrics`, liveness at `/health/live` and readiness at
 //! `/health/ready` (the store answers; the plugins are loaded and the
 //! listeners bound, which is so once the host has started), and the command
-//! ingress (`POST /messages/{type}`, `POST /invoke/{type}`, see `ingress`).
+//! ingress (`POST /messages/{type}`, `POST /invoke/{type}`, see `ingress`)
+//! and the dead-letter page (`/dead-letters`, see `dead_letters`).
 
+pub mod dead_letters;
 pub mod ingress;
 pub mod metrics;
 
@@ -34,6 +36,7 @@ pub struct AdminState {
     pub store: Arc<dyn MessageStore>,
     pub metrics: Arc<Metrics>,
     pub ingress: Arc<ingress::Ingress>,
+    pub dead_letters: Arc<dead_letters::DeadLetterPage>,
 }
 
 /// The endpoint, bound.
@@ -68,13 +71,21 @@ pub async fn start(
         .route("/messages/{message_type}", post(ingress::post_message))
         .route("/invoke/{message_type}", post(ingress::invoke))
         .with_state(state.ingress.clone());
+    let page = Router::new()
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/dead-letters/{id}", get(dead_letters::show))
+        .route("/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/dead-letters/{id}/purge", post(dead_letters::purge))
+        .route("/login", post(dead_letters::login))
+        .with_state(state.dead_letters.clone());
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .with_state(state)
-        .merge(commands);
-    info!(%addr, event = %"admin-listening", "admin endpoint: /metrics, /health/live, /health/ready, POST /messages/{{type}}, POST /invoke/{{type}}");
+        .merge(commands)
+        .merge(page);
+    info!(%addr, event = %"admin-listening", "admin endpoint: /metrics, /health/live, /health/ready, POST /messages/{{type}}, POST /invoke/{{type}}, /dead-letters");
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -6,7 +6,7 @@ mod dead_letters;
 mod new;
 mod plugins;
 mod send;
-mod shown;
+pub(crate) mod shown;
 mod state;
 mod storage;
 

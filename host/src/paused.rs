@@ -254,6 +254,10 @@ impl Admin for Frozen {
         let _hold = hold();
         self.inner.counts().await
     }
+    async fn outgoing_by_destination(&self) -> StoreResult<Vec<(String, i64)>> {
+        let _hold = hold();
+        self.inner.outgoing_by_destination().await
+    }
     async fn clear(&self) -> StoreResult<()> {
         let _hold = hold();
         self.inner.clear().await

@@ -707,6 +707,11 @@ async fn outgoing_rows_commit_with_the_batch_and_are_claimed_and_deleted(kind: K
     .await
     .unwrap();
     assert_eq!(s.counts().await.unwrap().outgoing, 4);
+    assert_eq!(
+        s.outgoing_by_destination().await.unwrap(),
+        [("tcp://h:2".to_owned(), 3), ("tcp://h:1".to_owned(), 1)],
+        "per destination, busiest first"
+    );
     let got = s.claim_outgoing(9, 2).await.unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].id, free[0].id);

@@ -43,6 +43,11 @@ struct ReceivedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
     peer: String,
 }
@@ -93,6 +98,7 @@ pub struct Metrics {
     plugin_loads: Counter,
     plugin_load_failures: Counter,
     circuit_open: Family<PeerLabel, Gauge>,
+    outgoing_depth: Family<DestinationLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -117,6 +123,12 @@ impl Metrics {
         let plugin_loads = Counter::default();
         let plugin_load_failures = Counter::default();
         let circuit_open = Family::<PeerLabel, Gauge>::default();
+        let outgoing_depth = Family::<DestinationLabel, Gauge>::default();
+        registry.register(
+            "outgoing_depth",
+            "Outgoing rows (durable messages not yet confirmed by their peer) per destination, read at scrape",
+            outgoing_depth.clone(),
+        );
         registry.register(
             "messages_received",
             "Messages taken in by a listener or the HTTP ingress (once committed to the inbox, or queued in memory for tcp://)",
@@ -179,6 +191,7 @@ impl Metrics {
         );
         Metrics {
             circuit_open,
+            outgoing_depth,
             registry,
             received,
             handled,
@@ -250,6 +263,19 @@ impl Metrics {
         self.plugin_load_failures.inc();
     }
 
+    /// The outgoing rows per destination as the store counts them now (a
+    /// destination with none left is dropped from the family).
+    pub fn outgoing(&self, by_destination: &[(String, i64)]) {
+        self.outgoing_depth.clear();
+        for (destination, n) in by_destination {
+            self.outgoing_depth
+                .get_or_create(&DestinationLabel {
+                    destination: destination.clone(),
+                })
+                .set(*n);
+        }
+    }
+
     /// The text exposition, with queue depths from `counts` (when the store
     /// answered).
     pub fn render(&self, counts: Option<&Counts>) -> String {
@@ -316,5 +342,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("jasper_batch_size_count 1"), "{text}");
+    }
+
+    #[test]
+    fn outgoing_depth_follows_the_last_reading() {
+        let m = Metrics::new();
+        m.outgoing(&[("durable://b:1".into(), 7), ("tcp://c:2".into(), 1)]);
+        let text = m.render(None);
+        assert!(
+            text.contains(r#"jasper_outgoing_depth{destination="durable://b:1"} 7"#),
+            "{text}"
+        );
+        m.outgoing(&[("durable://b:1".into(), 2)]);
+        let text = m.render(None);
+        assert!(
+            text.contains(r#"jasper_outgoing_depth{destination="durable://b:1"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains("tcp://c:2"), "a drained destination is dropped: {text}");
     }
 }

@@ -141,6 +141,8 @@ pub trait Admin: Send + Sync + Debug {
     fn schema_script(&self) -> String;
     /// Row counts per kind.
     async fn counts(&self) -> StoreResult<Counts>;
+    /// Outgoing rows per destination, busiest first (`queue_depth` per peer).
+    async fn outgoing_by_destination(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Delete every persisted message of every kind; keep schema and state.
     async fn clear(&self) -> StoreResult<()>;
 }

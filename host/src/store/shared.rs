@@ -371,6 +371,21 @@ pub(crate) fn counts(row: &impl Columns) -> StoreResult<Counts> {
     })
 }
 
+/// `destination, count` rows of `outgoing_by_destination`.
+pub(crate) fn destination_counts<R: Columns>(rows: &[R]) -> StoreResult<Vec<(String, i64)>> {
+    let op = "outgoing by destination";
+    rows.iter()
+        .map(|r| Ok((r.text(0, op)?, r.int(1, op)?)))
+        .collect()
+}
+
+/// The query of `outgoing_by_destination` over table `outgoing`.
+pub(crate) fn outgoing_by_destination_sql(outgoing: &str, count: &str) -> String {
+    format!(
+        "SELECT destination, {count} AS n FROM {outgoing} GROUP BY destination ORDER BY n DESC, destination"
+    )
+}
+
 /// `id, owner_id, attempts, status` of rows the fence locked.
 pub(crate) fn fenced_rows<R: Columns>(rows: &[R]) -> StoreResult<Vec<FencedRow>> {
     let op = "fence claimed rows";

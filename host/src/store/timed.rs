@@ -205,6 +205,9 @@ impl Admin for Timed {
     async fn counts(&self) -> StoreResult<Counts> {
         self.inner.counts().await
     }
+    async fn outgoing_by_destination(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.inner.outgoing_by_destination().await
+    }
     async fn clear(&self) -> StoreResult<()> {
         self.inner.clear().await
     }

@@ -126,6 +126,17 @@ impl Admin for MysqlStore {
         shared::counts(&shared::fetch_one(&self.pool, query, op).await?)
     }
 
+    async fn outgoing_by_destination(&self) -> StoreResult<Vec<(String, i64)>> {
+        let sql = shared::outgoing_by_destination_sql(&self.t.outgoing, "CAST(COUNT(*) AS SIGNED)");
+        let rows = shared::fetch_all(
+            &self.pool,
+            sqlx::query(AssertSqlSafe(sql)),
+            "outgoing by destination",
+        )
+        .await?;
+        shared::destination_counts(&rows)
+    }
+
     async fn clear(&self) -> StoreResult<()> {
         maintenance::clear(self).await
     }

@@ -201,3 +201,58 @@ async fn dead_letter_bodies(backend: Backend) {
     let st = host.stop();
     assert!(st.success(), "exit status after SIGTERM: {st}");
 }
+
+/// Long CLI work reports its progress; not on a terminal (as here) it is
+/// plain lines on stderr, at the start and end of each phase: a `send` of
+/// 10,000 bodies, a `dead-letters replay` of them all (in chunks) and a
+/// `storage clear`. What stdout says is unchanged. SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_cli_work_reports_progress_in_plain_lines() {
+    const N: usize = 10_000;
+    let host = TestHost::new(&["orders"], HostConfig::new());
+    let db = host.db();
+    let zero: Vec<Value> = (0..N)
+        .map(|i| place_order(&format!("o-{i}"), 0, REMIND_LATER_MS))
+        .collect();
+    let sent = host.send_file("PlaceOrder", &zero);
+    sent.assert_sent(N);
+    for line in [
+        "checking bodies: 10000 done",
+        "making envelopes: 10000 done",
+        "writing messages to the inbox: 10000 done",
+    ] {
+        sent.assert_stderr_contains(line);
+    }
+    host.spawn();
+    host.wait_for(
+        "every zero-amount order in dead letters",
+        SETTLE,
+        || db.progress(),
+        |p| p.dead_letters == N as i64,
+    )
+    .await;
+    let st = host.stop();
+    assert!(st.success(), "{st}");
+
+    let replayed = host.cli(&["dead-letters", "replay"], &[]);
+    replayed.assert_success();
+    assert!(
+        replayed
+            .stdout
+            .contains(&format!("replayed {N} dead letter(s)")),
+        "{}",
+        replayed.stdout
+    );
+    replayed.assert_stderr_contains("replaying dead letters: 10000 done");
+    let p = db.progress().await.unwrap();
+    assert_eq!(
+        (p.dead_letters, p.of_type("PlaceOrder")),
+        (0, N as i64),
+        "{p:?}"
+    );
+
+    let cleared = host.cli(&["storage", "clear"], &[]);
+    cleared.assert_success();
+    cleared.assert_stderr_contains("clearing persisted messages");
+    assert_eq!(db.progress().await.unwrap().of_type("PlaceOrder"), 0);
+}

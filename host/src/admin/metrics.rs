@@ -359,6 +359,9 @@ mod tests {
             text.contains(r#"jasper_outgoing_depth{destination="durable://b:1"} 2"#),
             "{text}"
         );
-        assert!(!text.contains("tcp://c:2"), "a drained destination is dropped: {text}");
+        assert!(
+            !text.contains("tcp://c:2"),
+            "a drained destination is dropped: {text}"
+        );
     }
 }

@@ -105,9 +105,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         Ok(Ok(c)) => Some(c),
         _ => None,
     };
-    if let Ok(Ok(by)) =
-        tokio::time::timeout(STORE_PROBE, s.store.outgoing_by_destination()).await
-    {
+    if let Ok(Ok(by)) = tokio::time::timeout(STORE_PROBE, s.store.outgoing_by_destination()).await {
         s.metrics.outgoing(&by);
     }
     (

@@ -5,6 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::ConfigArg;
+use super::progress::Progress;
 use super::shown::MessageShown;
 use crate::envelope::Envelope;
 use crate::store::{DeadLetter, Selection};
@@ -134,7 +135,7 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
         }
         DeadLettersCommand::Replay { config, ids } => {
             let store = config.open_store().await?;
-            let n = store.replay_dead_letters(&Selection::all_or(ids)).await?;
+            let n = replay(&*store, ids).await?;
             println!("replayed {n} dead letter(s) into the inbox");
         }
         DeadLettersCommand::Purge { config, ids } => {
@@ -144,6 +145,36 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Dead letters replayed per transaction by `replay` (a crash between
+/// two leaves the rest in dead letters, to replay again).
+const REPLAY_CHUNK: usize = 500;
+
+/// Replay `ids` (all replayable dead letters when empty) in chunks, with
+/// progress; returns how many went back into the inbox.
+async fn replay(store: &dyn crate::store::MessageStore, ids: Vec<Uuid>) -> anyhow::Result<u64> {
+    let ids = if ids.is_empty() {
+        store
+            .dead_letters(usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|d| d.replayable)
+            .map(|d| d.id)
+            .collect()
+    } else {
+        ids
+    };
+    let progress = Progress::bar("replaying dead letters", ids.len() as u64);
+    let mut n = 0;
+    for chunk in ids.chunks(REPLAY_CHUNK) {
+        n += store
+            .replay_dead_letters(&Selection::Ids(chunk.to_vec()))
+            .await?;
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    Ok(n)
 }
 
 #[cfg(test)]

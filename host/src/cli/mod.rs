@@ -5,6 +5,7 @@
 mod dead_letters;
 mod new;
 mod plugins;
+mod progress;
 mod send;
 pub(crate) mod shown;
 mod state;

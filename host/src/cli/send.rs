@@ -10,6 +10,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::ConfigArg;
+use super::progress::Progress;
 use crate::envelope::local_row;
 use crate::runtime::Runtime;
 use crate::sending::envelopes_for;
@@ -59,7 +60,9 @@ fn read_bodies(args: &SendArgs) -> anyhow::Result<Vec<String>> {
     } else {
         text.lines().collect()
     };
+    let progress = Progress::bar("checking bodies", lines.len() as u64);
     for (i, line) in lines.iter().enumerate() {
+        progress.inc(1);
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -72,6 +75,7 @@ fn read_bodies(args: &SendArgs) -> anyhow::Result<Vec<String>> {
         }
         bodies.push(line.to_string());
     }
+    progress.finish();
     if bodies.is_empty() {
         bail!("{origin} holds no message body; nothing was sent");
     }
@@ -96,7 +100,9 @@ pub(crate) async fn send(args: &SendArgs) -> anyhow::Result<()> {
     // host's worker forwards it (outgoing row, then the sender).
     plugins.add_routes(&cfg.route);
     let mut rows = Vec::with_capacity(bodies.len());
+    let progress = Progress::bar("making envelopes", bodies.len() as u64);
     for body in &bodies {
+        progress.inc(1);
         let envelopes = match envelopes_for(
             plugins.router(),
             &args.message_type,
@@ -119,9 +125,14 @@ pub(crate) async fn send(args: &SendArgs) -> anyhow::Result<()> {
         };
         rows.extend(envelopes.iter().map(local_row));
     }
+    progress.finish();
     let store = store::open(&cfg.storage).await?;
     store.migrate().await?;
-    let report = store.insert_incoming(&rows).await?;
+    // One insert: all or nothing.
+    let progress = Progress::spinner("writing messages to the inbox", rows.len() as u64);
+    let report = store.insert_incoming(&rows).await;
+    progress.finish();
+    let report = report?;
     println!("sent {} message(s)", report.inserted);
     if !report.duplicates.is_empty() {
         println!(

@@ -61,7 +61,16 @@ pub(crate) async fn run(cmd: StorageCommand) -> anyhow::Result<()> {
         }
         StorageCommand::Clear(config) => {
             let store = config.open_store().await?;
-            store.clear().await?;
+            let total = store.counts().await.map_or(0, |c| {
+                c.incoming + c.scheduled + c.handled + c.outgoing + c.dead_letters
+            });
+            let progress = super::progress::Progress::spinner(
+                "clearing persisted messages",
+                u64::try_from(total).unwrap_or(0),
+            );
+            let cleared = store.clear().await;
+            progress.finish();
+            cleared?;
             println!("cleared every persisted message");
         }
         StorageCommand::Release(config) => {

@@ -17,6 +17,10 @@ use crate::{free_port, wait_until};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// How long a page may take to show what a test waits for after a click
+/// (a click that submits a form need not wait for the next page).
+const SHOW_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -139,8 +143,8 @@ impl Browser {
             .await;
     }
 
-    /// The element `css` selects; panics with the page when there is none.
-    pub async fn find(&self, css: &str) -> String {
+    /// The element `css` selects now, if there is one.
+    async fn try_find(&self, css: &str) -> Option<String> {
         let a = request(
             self.port,
             "POST",
@@ -151,18 +155,82 @@ impl Browser {
                 .as_bytes(),
         )
         .await
-        .unwrap();
+        .ok()?;
         if a.status != 200 {
-            panic!(
-                "no element {css:?} on the page:\n{}",
-                self.text("body").await
-            );
+            return None;
         }
-        let v = a.json().unwrap();
-        v["value"][ELEMENT]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element id in {v}"))
-            .to_owned()
+        let v = a.json().ok()?;
+        v["value"][ELEMENT].as_str().map(str::to_owned)
+    }
+
+    /// The element `css` selects, waiting for it to show (the page may be
+    /// loading after a click); panics with the page's text when it does not.
+    pub async fn find(&self, css: &str) -> String {
+        let deadline = tokio::time::Instant::now() + SHOW_TIMEOUT;
+        loop {
+            if let Some(el) = self.try_find(css).await {
+                return el;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let page = match self.try_find("body").await {
+                    Some(body) => self.text_of(&body).await,
+                    None => String::new(),
+                };
+                panic!("no element {css:?} on the page within {SHOW_TIMEOUT:?}:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the element `css` selects shows `needle` in its text;
+    /// that text.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + SHOW_TIMEOUT;
+        loop {
+            let text = match self.try_find(css).await {
+                Some(el) => self.text_of(&el).await,
+                None => String::new(),
+            };
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css:?} did not show {needle:?} within {SHOW_TIMEOUT:?}; it shows:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the page's URL ends with `suffix`.
+    pub async fn wait_for_url(&self, suffix: &str) {
+        let deadline = tokio::time::Instant::now() + SHOW_TIMEOUT;
+        loop {
+            let url = self.url().await;
+            if url.ends_with(suffix) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page stayed at {url}, not …{suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn text_of(&self, el: &str) -> String {
+        let a = request(
+            self.port,
+            "GET",
+            &self.at(&format!("/element/{el}/text")),
+            &[],
+            b"",
+        )
+        .await;
+        a.ok()
+            .and_then(|a| a.json().ok())
+            .and_then(|v| v["value"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// How many elements `css` selects.
@@ -199,20 +267,10 @@ impl Browser {
         .await;
     }
 
-    /// The visible text of the element `css` selects.
+    /// The visible text of the element `css` selects (waiting for it).
     pub async fn text(&self, css: &str) -> String {
-        let v = self
-            .call(
-                "POST",
-                &self.at("/element"),
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let el = v[ELEMENT].as_str().unwrap_or_default().to_owned();
-        let t = self
-            .call("GET", &self.at(&format!("/element/{el}/text")), None)
-            .await;
-        t.as_str().unwrap_or_default().to_owned()
+        let el = self.find(css).await;
+        self.text_of(&el).await
     }
 
     /// The current page's URL.

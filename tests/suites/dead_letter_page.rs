@@ -70,19 +70,15 @@ async fn an_operator_signs_in_filters_inspects_and_replays_in_a_browser() {
         .type_into("input[name=token]", "not-the-token")
         .await;
     browser.click("#sign-in").await;
-    assert!(
-        browser
-            .text("body")
-            .await
-            .contains("not the one configured"),
-        "a wrong token is refused"
-    );
+    // A wrong token is refused: the form again, saying so.
+    browser
+        .wait_for_text("body", "not the one configured")
+        .await;
     browser.type_into("input[name=token]", TOKEN).await;
     browser.click("#sign-in").await;
-    assert!(
-        browser.url().await.ends_with("/dead-letters"),
-        "signed in: the list"
-    );
+    // Signed in: the list.
+    browser.wait_for_url("/dead-letters").await;
+    browser.wait_for_text("#count", "2 of 2").await;
     assert_eq!(browser.count("tr[data-id]").await, 2, "both listed");
 
     browser
@@ -98,15 +94,14 @@ async fn an_operator_signs_in_filters_inspects_and_replays_in_a_browser() {
 
     browser.open(&format!("{base}/dead-letters")).await;
     browser.click(&format!("{row} a")).await;
-    let message = browser.text("#message").await;
+    let message = browser.wait_for_text("#message", "o-dl").await;
     assert!(message.contains("o-dl"), "the body is shown: {message}");
     let error = browser.text("#error").await;
     assert!(error.contains("audit"), "the error is shown: {error}");
     assert_eq!(browser.text("#kind").await, "no-handler");
 
     browser.click("button.replay").await;
-    let done = browser.text("#done").await;
-    assert!(done.contains("Replayed"), "{done}");
+    browser.wait_for_text("#done", "Replayed").await;
     let seen = wait_until(
         "the replayed OrderPlaced handled by audit",
         TIMEOUT,

@@ -348,28 +348,20 @@ pub(crate) async fn show(
     html(StatusCode::OK, "Dead letter", &body)
 }
 
+/// What the Replay and Purge buttons do.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Replay,
+    Purge,
+}
+
 /// `POST /dead-letters/{id}/replay`.
 pub(crate) async fn replay(
     State(p): State<Arc<DeadLetterPage>>,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Response {
-    if !signed_in(p.token.as_deref(), &headers) {
-        return sign_in(p.token.as_deref(), false);
-    }
-    match p.store.replay_dead_letters(&Selection::Ids(vec![id])).await {
-        Ok(n) => {
-            info!(dead_letter = %id, replayed = n, event = %"dead-letter-replayed", "a dead letter was replayed from the admin page");
-            p.wake.notify_one();
-            let done = if n == 1 {
-                format!("Replayed {id}: it is back in the inbox.")
-            } else {
-                format!("{id} was not replayed (gone, not replayable, or still in the inbox).")
-            };
-            see_other(&format!("/dead-letters?done={}", q(&done)))
-        }
-        Err(e) => store_error(&e),
-    }
+    act(&p, &headers, id, Act::Replay).await
 }
 
 /// `POST /dead-letters/{id}/purge`.
@@ -378,21 +370,40 @@ pub(crate) async fn purge(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Response {
-    if !signed_in(p.token.as_deref(), &headers) {
+    act(&p, &headers, id, Act::Purge).await
+}
+
+/// Replay or purge one dead letter, log it, and go back to the list with
+/// what came of it.
+async fn act(p: &DeadLetterPage, headers: &HeaderMap, id: Uuid, what: Act) -> Response {
+    if !signed_in(p.token.as_deref(), headers) {
         return sign_in(p.token.as_deref(), false);
     }
-    match p.store.purge_dead_letters(&Selection::Ids(vec![id])).await {
-        Ok(n) => {
-            info!(dead_letter = %id, purged = n, event = %"dead-letter-purged", "a dead letter was purged from the admin page");
-            let done = if n == 1 {
-                format!("Purged {id}.")
-            } else {
-                format!("{id} was not there any more.")
-            };
-            see_other(&format!("/dead-letters?done={}", q(&done)))
+    let which = Selection::Ids(vec![id]);
+    let done = match what {
+        Act::Replay => p.store.replay_dead_letters(&which).await,
+        Act::Purge => p.store.purge_dead_letters(&which).await,
+    };
+    let n = match done {
+        Ok(n) => n,
+        Err(e) => return store_error(&e),
+    };
+    let done = match (what, n) {
+        (Act::Replay, 1) => {
+            info!(dead_letter = %id, event = %"dead-letter-replayed", "a dead letter was replayed from the admin page");
+            p.wake.notify_one();
+            format!("Replayed {id}: it is back in the inbox.")
         }
-        Err(e) => store_error(&e),
-    }
+        (Act::Replay, _) => {
+            format!("{id} was not replayed (gone, not replayable, or still in the inbox).")
+        }
+        (Act::Purge, 1) => {
+            info!(dead_letter = %id, event = %"dead-letter-purged", "a dead letter was purged from the admin page");
+            format!("Purged {id}.")
+        }
+        (Act::Purge, _) => format!("{id} was not there any more."),
+    };
+    see_other(&format!("/dead-letters?done={}", q(&done)))
 }
 
 #[cfg(test)]

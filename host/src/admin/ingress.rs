@@ -201,6 +201,21 @@ async fn store(ingress: &Ingress, env: Envelope) -> Result<(), Response> {
     }
 }
 
+/// What every command request checks first: the token, the body's size,
+/// the type; the envelope and how many plugins here handle its type.
+async fn accept(
+    ingress: &Ingress,
+    message_type: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Envelope, usize), Response> {
+    authorize(ingress.token.as_deref(), headers)?;
+    let body = read_body(headers, body, ingress.max_body).await?;
+    let env = envelope(message_type, headers, body)?;
+    let n = handlers_of(ingress, message_type)?;
+    Ok((env, n))
+}
+
 /// `POST /messages/{type}`.
 pub(crate) async fn post_message(
     State(ingress): State<Arc<Ingress>>,
@@ -219,10 +234,7 @@ async fn post_message_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    authorize(ingress.token.as_deref(), headers)?;
-    let body = read_body(headers, body, ingress.max_body).await?;
-    let mut env = envelope(message_type, headers, body)?;
-    handlers_of(ingress, message_type)?;
+    let (mut env, _) = accept(ingress, message_type, headers, body).await?;
     if let Some(key) = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -263,10 +275,7 @@ async fn invoke_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    authorize(ingress.token.as_deref(), headers)?;
-    let body = read_body(headers, body, ingress.max_body).await?;
-    let mut env = envelope(message_type, headers, body)?;
-    let n = handlers_of(ingress, message_type)?;
+    let (mut env, n) = accept(ingress, message_type, headers, body).await?;
     if n > 1 {
         return Err(refuse(
             StatusCode::CONFLICT,

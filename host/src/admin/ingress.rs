@@ -222,19 +222,8 @@ pub(crate) async fn post_message(
     Path(message_type): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    match post_message_inner(&ingress, &message_type, &headers, body).await {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-async fn post_message_inner(
-    ingress: &Ingress,
-    message_type: &str,
-    headers: &HeaderMap,
-    body: Body,
 ) -> Result<Response, Response> {
-    let (mut env, _) = accept(ingress, message_type, headers, body).await?;
+    let (mut env, _) = accept(&ingress, &message_type, &headers, body).await?;
     if let Some(key) = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -248,7 +237,7 @@ async fn post_message_inner(
     let id = env.id;
     let span = info_span!("ingress", message_id = %id, message_type = %message_type);
     crate::telemetry::on_send(&span, "http", &id.to_string(), &mut env.headers);
-    store(ingress, env).instrument(span).await?;
+    store(&ingress, env).instrument(span).await?;
     debug!(message_id = %id, %message_type, "message taken over HTTP");
     Ok((
         StatusCode::ACCEPTED,
@@ -263,19 +252,8 @@ pub(crate) async fn invoke(
     Path(message_type): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    match invoke_inner(&ingress, &message_type, &headers, body).await {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-async fn invoke_inner(
-    ingress: &Ingress,
-    message_type: &str,
-    headers: &HeaderMap,
-    body: Body,
 ) -> Result<Response, Response> {
-    let (mut env, n) = accept(ingress, message_type, headers, body).await?;
+    let (mut env, n) = accept(&ingress, &message_type, &headers, body).await?;
     if n > 1 {
         return Err(refuse(
             StatusCode::CONFLICT,
@@ -291,7 +269,7 @@ async fn invoke_inner(
     let mut waiter = ingress.replies.wait(id);
     let span = info_span!("invoke", message_id = %id, message_type = %message_type);
     crate::telemetry::on_send(&span, "http", &id.to_string(), &mut env.headers);
-    store(ingress, env).instrument(span).await?;
+    store(&ingress, env).instrument(span).await?;
     let id_header = HeaderValue::from_str(&id.to_string()).ok();
     let with_id = |mut r: Response| {
         if let Some(v) = id_header.clone() {

@@ -204,7 +204,7 @@ async fn dead_letter_bodies(backend: Backend) {
 
 /// Long CLI work reports its progress; not on a terminal (as here) it is
 /// plain lines on stderr, at the start and end of each phase: a `send` of
-/// 10,000 bodies, a `dead-letters replay` of them all (in chunks) and a
+/// 10,000 bodies, a `dead-letters replay` of them all (one statement) and a
 /// `storage clear`. What stdout says is unchanged. SQLite only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_cli_work_reports_progress_in_plain_lines() {

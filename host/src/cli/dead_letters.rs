@@ -151,20 +151,18 @@ pub(crate) async fn run(cmd: DeadLettersCommand) -> anyhow::Result<()> {
 /// two leaves the rest in dead letters, to replay again).
 const REPLAY_CHUNK: usize = 500;
 
-/// Replay `ids` (all replayable dead letters when empty) in chunks, with
-/// progress; returns how many went back into the inbox.
+/// Replay `ids` in chunks with a bar, or every replayable dead letter in
+/// one statement (no `--id`) with a spinner; returns how many went back
+/// into the inbox.
 async fn replay(store: &dyn crate::store::MessageStore, ids: Vec<Uuid>) -> anyhow::Result<u64> {
-    let ids = if ids.is_empty() {
-        store
-            .dead_letters(usize::MAX)
-            .await?
-            .into_iter()
-            .filter(|d| d.replayable)
-            .map(|d| d.id)
-            .collect()
-    } else {
-        ids
-    };
+    if ids.is_empty() {
+        let held = store.counts().await.map_or(0, |c| c.dead_letters);
+        let progress =
+            Progress::spinner("replaying dead letters", u64::try_from(held).unwrap_or(0));
+        let n = store.replay_dead_letters(&Selection::All).await;
+        progress.finish();
+        return Ok(n?);
+    }
     let progress = Progress::bar("replaying dead letters", ids.len() as u64);
     let mut n = 0;
     for chunk in ids.chunks(REPLAY_CHUNK) {

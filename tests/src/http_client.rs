@@ -18,11 +18,7 @@ pub struct Answer {
 impl Answer {
     /// The first value of `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        crate::http_server::header_in(&self.headers, name)
     }
 
     /// The body as text (lossy).

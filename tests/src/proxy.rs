@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::{Backend, ServerUrl};
+
 /// The proxy; dropping it closes every connection through it.
 #[derive(Debug)]
 pub struct FreezingProxy {
@@ -26,6 +28,23 @@ pub struct FreezingProxy {
 }
 
 impl FreezingProxy {
+    /// A proxy in front of the test PostgreSQL server, and the URL of the
+    /// test database through it.
+    pub async fn before_postgres() -> (FreezingProxy, String) {
+        let server = ServerUrl::parse(&Backend::Postgres.server_url().expect("a PostgreSQL URL"))
+            .expect("the PostgreSQL URL parses");
+        let proxy = FreezingProxy::start(&format!("{}:{}", server.host, server.port))
+            .await
+            .expect("start the proxy");
+        let via_proxy = ServerUrl {
+            host: "127.0.0.1".to_owned(),
+            port: proxy.port(),
+            ..server.clone()
+        }
+        .with_database(&server.database);
+        (proxy, via_proxy)
+    }
+
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream`
     /// (`host:port`), thawed. Runs on the caller's tokio runtime.
     pub async fn start(upstream: &str) -> std::io::Result<FreezingProxy> {

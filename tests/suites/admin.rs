@@ -9,7 +9,7 @@ use jasper_e2e::exactly_once::settled_with;
 use jasper_e2e::http_client::get;
 use jasper_e2e::orders::bodies;
 use jasper_e2e::proxy::FreezingProxy;
-use jasper_e2e::{Backend, HostConfig, ServerUrl, TestHost, free_port, wait_until};
+use jasper_e2e::{Backend, HostConfig, TestHost, free_port, wait_until};
 
 const N: usize = 1000;
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -85,16 +85,7 @@ async fn a_scrape_after_a_thousand_orders_shows_the_exact_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_database() {
-    let server = ServerUrl::parse(&Backend::Postgres.server_url().unwrap()).unwrap();
-    let proxy = FreezingProxy::start(&format!("{}:{}", server.host, server.port))
-        .await
-        .unwrap();
-    let via_proxy = ServerUrl {
-        host: "127.0.0.1".to_owned(),
-        port: proxy.port(),
-        ..server.clone()
-    }
-    .with_database(&server.database);
+    let (proxy, via_proxy) = FreezingProxy::before_postgres().await;
     let port = free_port();
     let config = HostConfig::on(Backend::Postgres)
         .set("admin", "listen", format!("127.0.0.1:{port}"))

@@ -22,7 +22,7 @@ use jasper_e2e::exactly_once::{check_orders_once, settled_with};
 use jasper_e2e::orders::bodies;
 use jasper_e2e::pg_outage::{PostgresOutage, postgres_answers};
 use jasper_e2e::proxy::FreezingProxy;
-use jasper_e2e::{Backend, HostConfig, ServerUrl};
+use jasper_e2e::{Backend, HostConfig};
 
 const ORDERS: usize = 20_000;
 /// The outage: the one fixed duration of the suite, it is the spec.
@@ -139,16 +139,7 @@ async fn postgres_hung_ten_seconds() {
     let label = "postgres hung";
     let started = Instant::now();
     let config = config().set("durability", "store_timeout_ms", STORE_TIMEOUT_MS);
-    let server = ServerUrl::parse(&Backend::Postgres.server_url().unwrap()).unwrap();
-    let proxy = FreezingProxy::start(&format!("{}:{}", server.host, server.port))
-        .await
-        .unwrap();
-    let via_proxy = ServerUrl {
-        host: "127.0.0.1".to_owned(),
-        port: proxy.port(),
-        ..server.clone()
-    }
-    .with_database(&server.database);
+    let (proxy, via_proxy) = FreezingProxy::before_postgres().await;
     let cluster = Cluster::with_url(&["orders", "audit"], &config, &["a", "b"], Some(&via_proxy));
     start_and_load(&cluster, label, started).await;
 

@@ -1,4 +1,5 @@
-//! Addresses: what `local://`, `tcp://`, `durable://` and `rabbitmq://` URIs
+//! Addresses: what `local://`, `tcp://`, `durable://`, `rabbitmq://`,
+//! `amqp://`/`amqps://` (AMQP 1.0) and `asb://` (Azure Service Bus) URIs
 //! mean, parsed once. [`Endpoint`] is a URI the host understands;
 //! [`Destination`] is a destination as envelopes and outgoing messages carry
 //! it (the text exactly as it travels, and what it means). The `local://`
@@ -32,6 +33,67 @@ pub enum Endpoint {
     Tcp(TcpEndpoint),
     /// A RabbitMQ queue or exchange.
     Rabbit(RabbitEndpoint),
+    /// A node of an AMQP 1.0 broker or an Azure Service Bus entity.
+    Amqp(AmqpEndpoint),
+}
+
+/// `amqp://HOST:PORT/ADDRESS`, `amqps://HOST:PORT/ADDRESS` or
+/// `asb://NAMESPACE/ENTITY`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AmqpEndpoint {
+    pub broker: AmqpBroker,
+    /// The node's address: the path after the `/` that ends the authority,
+    /// as the broker spells it (`amqp://h:5672//amq/queue/orders` is
+    /// RabbitMQ's `/amq/queue/orders`; `asb://ns/orders` is `orders`).
+    pub address: String,
+}
+
+/// Where an [`AmqpEndpoint`]'s node lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AmqpBroker {
+    /// A plain AMQP 1.0 broker at `HOST:PORT`; `tls` for `amqps://`.
+    Plain { addr: String, tls: bool },
+    /// An Azure Service Bus namespace (`NAME.servicebus.windows.net`; a
+    /// bare `NAME` gets that suffix).
+    ServiceBus { namespace: String },
+}
+
+/// The kind of a Service Bus entity path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntityKind {
+    /// `NAME`: a queue or a topic (the same to a sender).
+    QueueOrTopic,
+    /// `TOPIC/Subscriptions/NAME`: read only.
+    Subscription,
+}
+
+impl AmqpEndpoint {
+    /// The peer (`amqp://HOST:PORT`, `asb://NAMESPACE`).
+    pub(crate) fn peer(&self) -> String {
+        match &self.broker {
+            AmqpBroker::Plain { addr, tls } => {
+                format!("{}://{addr}", if *tls { "amqps" } else { "amqp" })
+            }
+            AmqpBroker::ServiceBus { namespace } => format!("asb://{namespace}"),
+        }
+    }
+
+    /// Whether this is a Service Bus entity.
+    pub(crate) fn is_service_bus(&self) -> bool {
+        matches!(self.broker, AmqpBroker::ServiceBus { .. })
+    }
+
+    /// A Service Bus entity path's kind; `None` for a plain broker's node.
+    pub(crate) fn entity_kind(&self) -> Option<EntityKind> {
+        if !self.is_service_bus() {
+            return None;
+        }
+        let parts: Vec<&str> = self.address.split('/').collect();
+        Some(match parts.as_slice() {
+            [_, s, _] if s.eq_ignore_ascii_case("subscriptions") => EntityKind::Subscription,
+            _ => EntityKind::QueueOrTopic,
+        })
+    }
 }
 
 /// `rabbitmq://queue/NAME` or `rabbitmq://exchange/NAME[/ROUTING_KEY]`.
@@ -61,7 +123,8 @@ pub struct TcpEndpoint {
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
 pub(crate) const SCHEMES: &str = "local://PLUGIN, tcp://HOST:PORT[/PLUGIN], durable://HOST:PORT[/PLUGIN], \
-     rabbitmq://queue/NAME, rabbitmq://exchange/NAME[/ROUTING_KEY]";
+     rabbitmq://queue/NAME, rabbitmq://exchange/NAME[/ROUTING_KEY], amqp[s]://HOST:PORT/ADDRESS, \
+     asb://NAMESPACE/ENTITY";
 
 /// Why a URI is not an endpoint. Every variant names the URI and what is
 /// wrong with it.
@@ -92,6 +155,18 @@ pub enum AddressError {
     /// `rabbitmq://` followed by neither `queue/NAME` nor `exchange/NAME`.
     #[error("{uri:?}: want rabbitmq://queue/NAME or rabbitmq://exchange/NAME[/ROUTING_KEY]")]
     BadRabbit { uri: String },
+    /// `amqp://HOST:PORT` or `asb://NAMESPACE` without a node address.
+    #[error("{uri:?} names no node: want {scheme}://{authority}/ADDRESS")]
+    NoAddress {
+        uri: String,
+        scheme: String,
+        authority: &'static str,
+    },
+    /// An `asb://` entity path Service Bus does not take.
+    #[error(
+        "{uri:?}: {entity:?} is not a Service Bus entity (want QUEUE, TOPIC or TOPIC/Subscriptions/NAME)"
+    )]
+    BadEntity { uri: String, entity: String },
 }
 
 impl AddressError {
@@ -106,7 +181,9 @@ impl AddressError {
             | AddressError::BadHostPort { uri, .. }
             | AddressError::BadQueue { uri, .. }
             | AddressError::BadExchange { uri, .. }
-            | AddressError::BadRabbit { uri } => uri,
+            | AddressError::BadRabbit { uri }
+            | AddressError::NoAddress { uri, .. }
+            | AddressError::BadEntity { uri, .. } => uri,
         }
     }
 }
@@ -138,6 +215,7 @@ impl fmt::Display for Endpoint {
                     None => Ok(()),
                 }
             }
+            Endpoint::Amqp(a) => write!(f, "{}/{}", a.peer(), a.address),
         }
     }
 }
@@ -224,6 +302,60 @@ impl Endpoint {
                     _ => Err(AddressError::BadRabbit { uri: uri.into() }),
                 }
             }
+            s @ ("amqp" | "amqps") => {
+                let (addr, address) = rest.split_once('/').unwrap_or((rest, ""));
+                let Some((host, port)) = addr.rsplit_once(':') else {
+                    return Err(AddressError::NoPort {
+                        uri: uri.into(),
+                        scheme: s.into(),
+                    });
+                };
+                if host.is_empty() || host.contains('@') || port.parse::<u16>().is_err() {
+                    return Err(AddressError::BadHostPort {
+                        uri: uri.into(),
+                        addr: addr.into(),
+                    });
+                }
+                if address.is_empty() {
+                    return Err(AddressError::NoAddress {
+                        uri: uri.into(),
+                        scheme: s.into(),
+                        authority: "HOST:PORT",
+                    });
+                }
+                Ok(Endpoint::Amqp(AmqpEndpoint {
+                    broker: AmqpBroker::Plain {
+                        addr: addr.to_string(),
+                        tls: s == "amqps",
+                    },
+                    address: address.to_string(),
+                }))
+            }
+            "asb" => {
+                let (namespace, entity) = rest.split_once('/').unwrap_or((rest, ""));
+                if namespace.is_empty() || entity.is_empty() {
+                    return Err(AddressError::NoAddress {
+                        uri: uri.into(),
+                        scheme: "asb".into(),
+                        authority: "NAMESPACE",
+                    });
+                }
+                if !valid_entity(entity) {
+                    return Err(AddressError::BadEntity {
+                        uri: uri.into(),
+                        entity: entity.into(),
+                    });
+                }
+                let namespace = if namespace.contains('.') {
+                    namespace.to_ascii_lowercase()
+                } else {
+                    format!("{}.servicebus.windows.net", namespace.to_ascii_lowercase())
+                };
+                Ok(Endpoint::Amqp(AmqpEndpoint {
+                    broker: AmqpBroker::ServiceBus { namespace },
+                    address: entity.to_string(),
+                }))
+            }
             _ => Err(AddressError::UnsupportedScheme { uri: uri.into() }),
         }
     }
@@ -233,7 +365,7 @@ impl Endpoint {
     pub(crate) fn is_durable(&self) -> bool {
         match self {
             Endpoint::Tcp(t) => t.durable,
-            Endpoint::Local { .. } | Endpoint::Rabbit(_) => true,
+            Endpoint::Local { .. } | Endpoint::Rabbit(_) | Endpoint::Amqp(_) => true,
         }
     }
 
@@ -265,6 +397,23 @@ impl TryFrom<String> for Endpoint {
     fn try_from(uri: String) -> Result<Endpoint, AddressError> {
         Endpoint::parse(&uri)
     }
+}
+
+/// A Service Bus entity path: `NAME` or `TOPIC/Subscriptions/NAME`, each
+/// name of letters, digits, `.`, `-`, `_` (at most 260 bytes in all).
+fn valid_entity(path: &str) -> bool {
+    let name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    path.len() <= 260
+        && match parts.as_slice() {
+            [q] => name(q),
+            [t, s, n] => name(t) && s.eq_ignore_ascii_case("subscriptions") && name(n),
+            _ => false,
+        }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -366,9 +515,26 @@ mod tests {
             "rabbitmq://queue/orders",
             "rabbitmq://exchange/events",
             "rabbitmq://exchange/events/billing.paid",
+            "amqp://127.0.0.1:5672//amq/queue/orders",
+            "amqps://broker.example:5671/orders",
+            "asb://jasper.servicebus.windows.net/orders",
+            "asb://jasper.servicebus.windows.net/events/Subscriptions/billing",
         ] {
             assert_eq!(Endpoint::parse(uri).unwrap().to_string(), uri);
         }
+        let Endpoint::Amqp(a) = Endpoint::parse("amqp://h:5672//amq/queue/q").unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(a.address, "/amq/queue/q");
+        assert_eq!(a.peer(), "amqp://h:5672");
+        assert_eq!(a.entity_kind(), None);
+        // A bare namespace name is Azure's.
+        let Endpoint::Amqp(a) = Endpoint::parse("asb://Jasper/events/subscriptions/b").unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(a.peer(), "asb://jasper.servicebus.windows.net");
+        assert_eq!(a.entity_kind(), Some(EntityKind::Subscription));
         let Endpoint::Tcp(t) = Endpoint::parse("durable://h:9/q").unwrap() else {
             unreachable!()
         };
@@ -389,6 +555,12 @@ mod tests {
             ("local://", "no valid plugin"),
             ("rabbitmq://topic/x", "want rabbitmq://queue"),
             ("rabbitmq://queue/", "want rabbitmq://queue"),
+            ("amqp://h:5672", "names no node"),
+            ("amqp://h/q", "no port"),
+            ("amqp://guest:pw@h:5672/q", "not HOST:PORT"),
+            ("asb://ns", "names no node"),
+            ("asb://ns/a/b", "not a Service Bus entity"),
+            ("asb://ns/a b", "not a Service Bus entity"),
         ] {
             let e = Endpoint::parse(uri).unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains(uri), "{uri}: {e}");

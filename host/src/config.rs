@@ -10,6 +10,7 @@
 //! every path in the config is resolved (absolute when the base dir is), and
 //! `storage.backend` matches `storage.url`.
 
+mod amqp;
 mod plugins;
 pub(crate) mod transport;
 
@@ -17,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use amqp::{AmqpConfig, ServiceBusConfig};
 pub(crate) use plugins::valid_plugin_name;
 pub use plugins::{EffectiveSettings, PluginSettings};
 pub use transport::{
@@ -39,6 +41,8 @@ pub struct Config {
     pub sending: SendingConfig,
     pub tcp: TcpConfig,
     pub rabbitmq: RabbitConfig,
+    pub amqp: AmqpConfig,
+    pub azure_service_bus: ServiceBusConfig,
     pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -408,6 +412,16 @@ impl Config {
             .plugins
             .validate_each()
             .map_err(|(key, message)| invalid(&key, message))?;
+        for p in [
+            &mut config.amqp.ca_file,
+            &mut config.azure_service_bus.ca_file,
+            &mut config.azure_service_bus.sas_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve(base_dir, p);
+        }
         let tcp = &mut config.tcp;
         for p in [
             &mut tcp.secret_file,
@@ -426,6 +440,13 @@ impl Config {
             &config.sending,
             &config.tcp,
             &config.rabbitmq,
+        )
+        .map_err(|(key, message)| invalid(&key, message))?;
+        amqp::validate(
+            &config.listen,
+            &config.route,
+            &config.amqp,
+            &config.azure_service_bus,
         )
         .map_err(|(key, message)| invalid(&key, message))?;
         config
@@ -798,6 +819,8 @@ max_connections = 8
                 ..TcpConfig::default()
             },
             rabbitmq: RabbitConfig::default(),
+            amqp: AmqpConfig::default(),
+            azure_service_bus: ServiceBusConfig::default(),
             admin: AdminConfig::default(),
             telemetry: TelemetryConfig::default(),
         };

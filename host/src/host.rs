@@ -24,6 +24,7 @@ use crate::handling::{BatchEvent, Worker};
 use crate::runtime::reload::FolderWatch;
 use crate::runtime::{LivePlugins, Runtime};
 use crate::store::{self, CommitBatch, MessageStore};
+use crate::transport::amqp1::{self, AmqpSettings};
 use crate::transport::rabbitmq::{self, RabbitSettings};
 use crate::transport::receive::{Inbox, MEMORY_QUEUE_BATCHES};
 use crate::transport::tcp::{TcpSettings, listener};
@@ -110,12 +111,19 @@ impl Host {
             connect_timeout: std::time::Duration::from_millis(config.sending.connect_timeout_ms),
             confirm_timeout: std::time::Duration::from_millis(config.sending.ack_timeout_ms),
         });
+        let amqp = Arc::new(AmqpSettings::new(
+            config.amqp.clone(),
+            config.azure_service_bus.clone(),
+            std::time::Duration::from_millis(config.sending.connect_timeout_ms),
+            std::time::Duration::from_millis(config.sending.ack_timeout_ms),
+        )?);
         let senders = Arc::new(
             Senders::new(
                 store.clone(),
                 config.sending.clone(),
                 tcp.clone(),
                 rabbit.clone(),
+                amqp.clone(),
                 rx.clone(),
             )
             .with_metrics(metrics.clone()),
@@ -149,6 +157,13 @@ impl Host {
                         inbox.via("rabbitmq"),
                         rx.clone(),
                     );
+                    listeners.push(uri);
+                    tasks.push(task);
+                }
+                Endpoint::Amqp(a) => {
+                    let via = if a.is_service_bus() { "asb" } else { "amqp" };
+                    let (uri, task) =
+                        amqp1::listener::start(a.clone(), amqp.clone(), inbox.via(via), rx.clone());
                     listeners.push(uri);
                     tasks.push(task);
                 }

@@ -16,7 +16,9 @@ use crate::address::{Endpoint, RabbitEndpoint};
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// `tcp://HOST:PORT` or `durable://HOST:PORT` (port 0: any free port),
-    /// or `rabbitmq://queue/NAME`.
+    /// `rabbitmq://queue/NAME`, `amqp[s]://HOST:PORT/ADDRESS` (an AMQP 1.0
+    /// node) or `asb://NAMESPACE/ENTITY` (a Service Bus queue or
+    /// `TOPIC/Subscriptions/NAME`).
     pub uri: Endpoint,
 }
 
@@ -248,6 +250,7 @@ pub(super) fn validate(
             Endpoint::Tcp(t) if t.queue.is_none() => continue,
             Endpoint::Rabbit(RabbitEndpoint::Queue(_)) => continue,
             Endpoint::Rabbit(_) => "a RabbitMQ listener is rabbitmq://queue/NAME",
+            Endpoint::Amqp(_) => continue,
             Endpoint::Tcp(_) => "a listener takes no queue path",
             Endpoint::Local { .. } => "a listener is tcp://HOST:PORT or durable://HOST:PORT",
         };

@@ -185,17 +185,23 @@ pub(crate) struct Worker {
 /// Where a message a handler sent goes.
 enum Route {
     /// Into the inbox: a local queue, or anything scheduled (a scheduled
-    /// remote message waits in the inbox and is forwarded when due).
+    /// remote message waits in the inbox and is forwarded when due; but
+    /// for Service Bus, which holds it itself).
     Inbox,
     /// To a peer; `durable` ones get an outgoing row in the same commit.
     Remote { durable: bool },
 }
 
 fn route_of(env: &Envelope) -> Route {
-    if env.scheduled_at.is_some() {
+    let endpoint = env.destination.as_ref().map(Destination::endpoint);
+    // Service Bus holds a scheduled message itself
+    // (`x-opt-scheduled-enqueue-time`): it leaves at once.
+    if env.scheduled_at.is_some()
+        && !matches!(endpoint, Some(Ok(Endpoint::Amqp(a))) if a.is_service_bus())
+    {
         return Route::Inbox;
     }
-    match env.destination.as_ref().map(Destination::endpoint) {
+    match endpoint {
         Some(Ok(e)) if e.is_remote() => Route::Remote {
             durable: e.is_durable(),
         },

@@ -77,6 +77,15 @@ impl Rig {
                 connect_timeout: ms(1000),
                 confirm_timeout: ms(1000),
             }),
+            Arc::new(
+                crate::transport::amqp1::AmqpSettings::new(
+                    Default::default(),
+                    Default::default(),
+                    ms(1000),
+                    ms(1000),
+                )
+                .unwrap(),
+            ),
             shutdown_rx,
         ));
         let (events_tx, events) = broadcast::channel(64);

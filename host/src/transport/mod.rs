@@ -13,9 +13,12 @@
 //!   acknowledgement.
 //!
 //! `wire` is the TCP protocol; `tcp` the TCP transport; `rabbitmq` the
-//! RabbitMQ transport. What URIs mean is [`crate::address`]'s.
+//! RabbitMQ transport; `amqp1` the AMQP 1.0 transport (plain brokers and
+//! Azure Service Bus); `broker` what the broker listeners share. What URIs mean is [`crate::address`]'s.
 
 pub(crate) mod agent;
+pub(crate) mod amqp1;
+pub(crate) mod broker;
 pub mod rabbitmq;
 pub(crate) mod receive;
 pub mod tcp;
@@ -187,6 +190,7 @@ pub struct Senders {
     config: SendingConfig,
     tcp: Arc<tcp::TcpSettings>,
     rabbit: Arc<rabbitmq::RabbitSettings>,
+    amqp: Arc<amqp1::AmqpSettings>,
     agents: Mutex<HashMap<String, mpsc::UnboundedSender<Vec<Outgoing>>>>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -200,6 +204,7 @@ impl Senders {
         config: SendingConfig,
         tcp: Arc<tcp::TcpSettings>,
         rabbit: Arc<rabbitmq::RabbitSettings>,
+        amqp: Arc<amqp1::AmqpSettings>,
         shutdown: watch::Receiver<bool>,
     ) -> Senders {
         Senders {
@@ -207,6 +212,7 @@ impl Senders {
             config,
             tcp,
             rabbit,
+            amqp,
             agents: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -229,7 +235,8 @@ impl Senders {
             let (key, endpoint) = match o.destination.endpoint() {
                 // One agent per TCP peer, whatever queue on it.
                 Ok(Endpoint::Tcp(t)) => (t.peer_uri(), Endpoint::Tcp(t.clone())),
-                Ok(e @ Endpoint::Rabbit(_)) => (e.to_string(), e.clone()),
+                // One agent per queue, exchange or AMQP 1.0 node.
+                Ok(e @ (Endpoint::Rabbit(_) | Endpoint::Amqp(_))) => (e.to_string(), e.clone()),
                 Ok(other) => {
                     let why = format!("{other} is not a remote destination");
                     unroutable.push((o, why));
@@ -272,6 +279,11 @@ impl Senders {
                         peer.clone(),
                         r,
                         self.rabbit.clone(),
+                    )),
+                    Endpoint::Amqp(a) => Arc::new(amqp1::sender::AmqpConnector::new(
+                        peer.clone(),
+                        a,
+                        self.amqp.clone(),
                     )),
                     Endpoint::Local { .. } => unreachable!("grouped above"),
                 };

@@ -25,10 +25,9 @@ use tracing::{Instrument, error, field, info, info_span, warn};
 use super::mapping::from_amqp;
 use super::{RabbitSettings, close_quietly};
 use crate::backoff::{Backoff, Wake, pause};
-use crate::envelope::{Envelope, Limits, now_ms};
-use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
+use crate::envelope::Limits;
 use crate::transport::receive::Inbox;
-use crate::transport::{LinkError, Verdict};
+use crate::transport::{LinkError, broker};
 
 /// Start consuming `queue` until shutdown.
 pub(crate) fn start(
@@ -238,60 +237,16 @@ async fn take_batch(
     inbox: &Inbox,
     limits: &Limits,
 ) -> Result<usize, String> {
-    let mut refused: Vec<(Envelope, DeadLetterKind, String)> = Vec::new();
-    let mut typed = Vec::with_capacity(batch.len());
-    for d in batch {
-        match from_amqp(&d.properties, &d.data, uri, limits) {
-            Ok(env) => typed.push(env),
-            Err(reason) => {
-                // Kept as an envelope of no type, so it can be looked at.
-                let mut env = Envelope::new("", d.data.clone());
-                env.destination = Some(uri.into());
-                refused.push((env, DeadLetterKind::BadMessage, reason));
-            }
-        }
-    }
-    let entries = typed.iter().cloned().map(Ok).collect();
-    let verdicts = inbox
-        .receive(entries, true)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
-    for (env, v) in typed.into_iter().zip(verdicts) {
-        match v {
-            Verdict::Accepted => {}
-            Verdict::Rejected(why) | Verdict::UnknownDestination(why) => {
-                refused.push((env, DeadLetterKind::NoHandler, why));
-            }
-        }
-    }
-    let n = refused.len();
-    if n > 0 {
-        dead_letter(&*inbox.store, uri, refused).await?;
-    }
-    Ok(n)
-}
-
-async fn dead_letter(
-    store: &dyn GroupCommit,
-    uri: &str,
-    refused: Vec<(Envelope, DeadLetterKind, String)>,
-) -> Result<(), String> {
-    let now = now_ms();
-    let mut commit = CommitBatch::default();
-    for (env, kind, why) in refused {
-        warn!(listener = %uri, message_id = %env.id, message_type = %env.message_type, kind = %kind, reason = %why, "received message moved to dead letters");
-        commit.dead_letters.push(DeadLetter::new(
-            env.id,
-            env.message_type.clone(),
-            uri.to_string(),
-            env.source.clone(),
-            env.encode(),
-            DeadLetterCause::unhandled(kind, why),
-            now,
-        ));
-    }
-    store
-        .commit(&commit)
-        .await
-        .map_err(|e| crate::error_chain(&e))
+    let decoded = batch
+        .iter()
+        .map(|d| {
+            from_amqp(&d.properties, &d.data, uri, limits)
+                .map_err(|why| (broker::unreadable(d.data.clone(), uri), why))
+        })
+        .collect();
+    let taken = broker::take(inbox, decoded, uri, true).await?;
+    Ok(taken
+        .iter()
+        .filter(|t| **t != broker::Taken::Stored)
+        .count())
 }

@@ -7,7 +7,7 @@
 pub mod conn;
 pub(crate) mod listener;
 pub(crate) mod sender;
-mod tls;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::SettingsError;
 use crate::config::TcpConfig;
 
-fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, SettingsError> {
+pub(crate) fn certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, SettingsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| SettingsError::Invalid {
             what,

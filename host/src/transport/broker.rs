@@ -1,0 +1,114 @@
+//! What the broker listeners (RabbitMQ, AMQP 1.0, Service Bus) share: one
+//! received batch, decoded, is stored through the shared [`Inbox`] in one
+//! transaction, and each message's fate comes back in order: stored, or
+//! refused (no type, a bad body, no plugin here takes it) with the
+//! dead-letter kind and reason. A broker with no dead-letter queue of its
+//! own has the refused ones written to the store's dead letters here.
+
+use tracing::warn;
+
+use crate::envelope::{Envelope, now_ms};
+use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
+use crate::transport::Verdict;
+use crate::transport::receive::Inbox;
+
+/// A received message as the listener decoded it: an envelope, or why it
+/// cannot be one (with the raw body kept in an envelope of no type, so it
+/// can be looked at).
+pub(crate) type Decoded = Result<Envelope, (Envelope, String)>;
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// In the inbox (or a duplicate of what is there, or expired).
+    Stored,
+    /// Not for this host; `dead_letters` wrote it to the store if asked.
+    Refused(DeadLetterKind, String),
+}
+
+/// An envelope of no type holding a body that could not be read.
+pub(crate) fn unreadable(body: Vec<u8>, listener: &str) -> Envelope {
+    let mut env = Envelope::new("", body);
+    env.destination = Some(listener.into());
+    env
+}
+
+/// Store one batch. With `dead_letter_here`, refused messages are written
+/// to the store's dead letters (after the inbox commit) before this
+/// returns; else the caller hands them to the broker's dead-letter queue.
+/// An error: nothing can be settled; the broker should deliver the batch
+/// again.
+pub(crate) async fn take(
+    inbox: &Inbox,
+    batch: Vec<Decoded>,
+    listener: &str,
+    dead_letter_here: bool,
+) -> Result<Vec<Taken>, String> {
+    let mut taken = Vec::with_capacity(batch.len());
+    let mut typed = Vec::with_capacity(batch.len());
+    let mut refused: Vec<(Envelope, DeadLetterKind, String)> = Vec::new();
+    let mut at = Vec::with_capacity(batch.len());
+    for d in batch {
+        match d {
+            Ok(env) => {
+                at.push(taken.len());
+                taken.push(Taken::Stored);
+                typed.push(env);
+            }
+            Err((env, why)) => {
+                taken.push(Taken::Refused(DeadLetterKind::BadMessage, why.clone()));
+                refused.push((env, DeadLetterKind::BadMessage, why));
+            }
+        }
+    }
+    let entries = typed.iter().cloned().map(Ok).collect();
+    let verdicts = inbox
+        .receive(entries, true)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    for ((env, v), i) in typed.into_iter().zip(verdicts).zip(at) {
+        match v {
+            Verdict::Accepted => {}
+            Verdict::Rejected(why) | Verdict::UnknownDestination(why) => {
+                taken[i] = Taken::Refused(DeadLetterKind::NoHandler, why.clone());
+                refused.push((env, DeadLetterKind::NoHandler, why));
+            }
+        }
+    }
+    let to = if dead_letter_here {
+        "received message moved to dead letters"
+    } else {
+        "received message refused: to the broker's dead-letter queue"
+    };
+    for (env, kind, why) in &refused {
+        warn!(listener = %listener, message_id = %env.id, message_type = %env.message_type, kind = %kind, reason = %why, "{to}");
+    }
+    if dead_letter_here && !refused.is_empty() {
+        dead_letter(&*inbox.store, listener, refused).await?;
+    }
+    Ok(taken)
+}
+
+async fn dead_letter(
+    store: &dyn GroupCommit,
+    listener: &str,
+    refused: Vec<(Envelope, DeadLetterKind, String)>,
+) -> Result<(), String> {
+    let now = now_ms();
+    let mut commit = CommitBatch::default();
+    for (env, kind, why) in refused {
+        commit.dead_letters.push(DeadLetter::new(
+            env.id,
+            env.message_type.clone(),
+            listener.to_string(),
+            env.source.clone(),
+            env.encode(),
+            DeadLetterCause::unhandled(kind, why),
+            now,
+        ));
+    }
+    store
+        .commit(&commit)
+        .await
+        .map_err(|e| crate::error_chain(&e))
+}

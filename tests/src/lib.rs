@@ -42,6 +42,7 @@ use std::time::Duration;
 pub use serde_json::json;
 
 pub mod amqp;
+pub mod asb_double;
 mod backends;
 mod bodies;
 pub mod browser;

@@ -28,8 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use jasper_e2e::amqp::{Amqp, Proxy, exchange_uri, queue_uri, typed_message, unique_name};
-use jasper_e2e::kill::{Catch, SenderKill, kill_sender_at, kill9_when};
-use jasper_e2e::{TestHost, json, wait_until};
+use jasper_e2e::{TestHost, json};
 use rabbit_common::*;
 
 // ---------------------------------------------------------------------------
@@ -43,89 +42,7 @@ use rabbit_common::*;
 /// letters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_from_a_plain_client_handled_exactly_once() {
-    let started = Instant::now();
-    let amqp = Amqp::connect().await;
-    let queue = unique_name("e2e-plain-in");
-    amqp.declare_queue(&queue).await;
-    let host = TestHost::new(&["audit"], common("b").listen(queue_uri(&queue)));
-    let db = host.db();
-
-    let backlog = amqp
-        .publish_to_queue(&queue, (0..N / 2).map(|i| plain_order_placed("p", i)))
-        .await;
-    assert_eq!(backlog, N / 2);
-    assert_eq!(
-        amqp.queue_len(&queue).await.unwrap(),
-        Some((N / 2) as u32),
-        "the backlog waits in the queue"
-    );
-    spawn_consuming(&host, &queue).await;
-    let live = (N / 2..N).flat_map(|i| {
-        let m = plain_order_placed("p", i);
-        if i % 100 == 0 {
-            vec![m.clone(), m]
-        } else {
-            vec![m]
-        }
-    });
-    let published = amqp.publish_to_queue(&queue, live).await;
-    let copies = (N / 2..N).filter(|i| i % 100 == 0).count();
-    assert_eq!(published, N / 2 + copies);
-    println!(
-        "[plain] published {} ({} copies) in {:.1?}",
-        backlog + published,
-        copies,
-        started.elapsed()
-    );
-
-    let p = host
-        .wait_for(
-            "10,000 OrderPlaced handled and the queue empty",
-            FINAL_TIMEOUT,
-            || {
-                let (db, amqp, queue) = (&db, &amqp, &queue);
-                async move {
-                    let p = db.progress().await?;
-                    let q = amqp.queue_info(queue).await?;
-                    Ok((p, q))
-                }
-            },
-            |(p, q)| {
-                p.dead_letters > 0
-                    || (p.get("OrderPlaced", "handled") >= N as i64
-                        && p.with_status("incoming") == 0
-                        && *q == Some((0, 1)))
-            },
-        )
-        .await
-        .0;
-    println!("[plain] settled after {:.1?}: {p:?}", started.elapsed());
-    host.assert_alive("after settling");
-    let st = host.stop();
-    assert!(st.success(), "exit status after SIGTERM: {st}");
-    // Every delivery was acknowledged: none went back to the queue when the
-    // host's connection closed.
-    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
-
-    let ids: Vec<String> = (0..N).map(|i| format!("p-{i}")).collect();
-    let c = audit_check(&db, &ids).await;
-    let dead = db.dead_letter_rows().await.unwrap();
-    println!(
-        "=== rabbitmq checker (plain client -> audit): {N} orders, {copies} published twice ==="
-    );
-    c.print("B");
-    println!(
-        "B OrderPlaced rows:   {} (want {N})",
-        p.of_type("OrderPlaced")
-    );
-    println!("dead letters:         {}", dead.len());
-    c.assert_exactly_once(N);
-    assert!(dead.is_empty(), "dead letters: {dead:?}");
-    assert_eq!(p.of_type("OrderPlaced"), N as i64, "{p:?}");
-    assert_eq!(p.get("OrderPlaced", "handled"), N as i64, "{p:?}");
-    assert_no_error_lines(&host, "B");
-    amqp.cleanup().await.unwrap();
-    println!("[plain] {:.1?} in all", started.elapsed());
+    plain_client_exactly_once(Via::Rabbit).await;
 }
 
 /// The other way: A (orders) routes OrderPlaced to an exchange, a binding
@@ -260,172 +177,12 @@ async fn orders_routed_to_an_exchange_reach_a_plain_client_through_a_binding() {
 // 2. The consumer SIGKILLed
 // ---------------------------------------------------------------------------
 
-/// What a kill point counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Rows the listener put in the inbox (any status): the kill lands
-    /// while it receives, between a batch's commit and its ack, or with
-    /// deliveries unacknowledged.
-    Received,
-    /// Rows the worker handled.
-    Handled,
-}
-
-/// Kill points: what is counted, its share of N, and how long after
-/// crossing it the SIGKILL goes out (counts move by whole batches; the
-/// offsets land the kills at other phases of the next one).
-const CONSUMER_KILLS: [(Phase, i64, u64); 3] = [
-    (Phase::Received, 15, 0),
-    (Phase::Received, 45, 3),
-    (Phase::Handled, 75, 11),
-];
-
 /// 10,000 OrderPlaced from a plain client, queued before B (audit) starts;
-/// B SIGKILLed three times mid-stream, twice while its listener receives and
-/// once while its worker handles, and restarted. A batch committed but not yet acknowledged is delivered again
-/// and dropped by the inbox; unacknowledged deliveries go back to the queue.
-/// In the end: every order counted once, the queue empty.
+/// B SIGKILLed three times mid-stream and restarted
+/// ([`consumer_sigkills`]): every order counted once, the queue empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_consuming_loses_and_duplicates_nothing() {
-    let started = Instant::now();
-    let amqp = Amqp::connect().await;
-    let queue = unique_name("e2e-killed-consumer");
-    amqp.declare_queue(&queue).await;
-    let host = TestHost::new(&["audit"], common("b").listen(queue_uri(&queue)));
-    let db = host.db();
-
-    // All of them first: then after each kill, what the inbox holds plus
-    // what the queue holds again must be at least N (less: deliveries
-    // acknowledged but never committed, lost), and what is over N was
-    // committed but not acknowledged (it comes again; the inbox drops it).
-    let published = amqp
-        .publish_to_queue(&queue, (0..N).map(|i| plain_order_placed("k", i)))
-        .await;
-    assert_eq!(published, N);
-    spawn_consuming(&host, &queue).await;
-    let mut copies_due = 0;
-
-    for (k, (phase, pct, offset_ms)) in CONSUMER_KILLS.into_iter().enumerate() {
-        let threshold = N as i64 * pct / 100;
-        let status = match phase {
-            Phase::Received => None,
-            Phase::Handled => Some("handled"),
-        };
-        let seen = kill9_when(
-            &host,
-            &format!(
-                "{phase:?} OrderPlaced >= {threshold} ({pct}%) before kill #{}",
-                k + 1
-            ),
-            PHASE_TIMEOUT,
-            Duration::from_millis(2),
-            || db.incoming_count(status, Some("OrderPlaced")),
-            threshold,
-            Duration::from_millis(offset_ms),
-        )
-        .await;
-        let p = db.progress().await.unwrap();
-        let received = p.of_type("OrderPlaced");
-        // The broker takes back what the dead connection had unacknowledged
-        // once it notices the connection closed (nothing consumes meanwhile).
-        let q = i64::from(
-            wait_until(
-                &format!(
-                    "the queue to hold again all the inbox lacks ({received} of {N} received)"
-                ),
-                Duration::from_secs(10),
-                || amqp.queue_len(&queue),
-                |q| received + i64::from(q.unwrap_or(0)) >= N as i64,
-            )
-            .await
-            .unwrap_or(0),
-        );
-        let overlap = received + q - N as i64;
-        copies_due += overlap;
-        let in_inbox = p.with_status("incoming");
-        println!(
-            "[consumer kill] #{} at {:.1?}: {phase:?} {seen} when polled (threshold {threshold}), killed {offset_ms} ms later; \
-             after the kill: {received} received, {} handled, {in_inbox} incoming in the inbox, {q} ready in the queue, \
-             {overlap} committed but unacknowledged (to come again)",
-            k + 1,
-            started.elapsed(),
-            p.get("OrderPlaced", "handled"),
-        );
-        assert!(
-            p.get("OrderPlaced", "handled") < N as i64 && (q > 0 || in_inbox > 0),
-            "kill #{} was not mid-stream: no work left ({p:?}, queue {q})",
-            k + 1
-        );
-        if phase == Phase::Received {
-            // The listener had more to receive: it died receiving.
-            assert!(
-                p.of_type("OrderPlaced") < N as i64 && q > 0,
-                "kill #{} did not land while the listener received ({p:?}, queue {q})",
-                k + 1
-            );
-        }
-        let mark = host.log_mark();
-        host.spawn();
-        wait_consuming(&host, &queue, mark).await;
-    }
-    let p = host
-        .wait_for(
-            "all 10,000 handled after the last restart, the queue empty",
-            FINAL_TIMEOUT,
-            || {
-                let (db, amqp, queue) = (&db, &amqp, &queue);
-                async move { Ok((db.progress().await?, amqp.queue_info(queue).await?)) }
-            },
-            |(p, q)| {
-                p.dead_letters > 0
-                    || (p.get("OrderPlaced", "handled") >= N as i64
-                        && p.with_status("incoming") == 0
-                        && *q == Some((0, 1)))
-            },
-        )
-        .await
-        .0;
-    println!(
-        "[consumer kill] settled after {:.1?}: {p:?}",
-        started.elapsed()
-    );
-    host.assert_alive("after the last restart settled");
-    let st = host.stop();
-    assert!(st.success(), "exit status after SIGTERM: {st}");
-    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
-
-    let ids: Vec<String> = (0..N).map(|i| format!("k-{i}")).collect();
-    let c = audit_check(&db, &ids).await;
-    let dead = db.dead_letter_rows().await.unwrap();
-    println!(
-        "=== rabbitmq checker (consumer SIGKILLed {}x): {N} orders from a plain client ===",
-        CONSUMER_KILLS.len()
-    );
-    c.print("B");
-    println!(
-        "B OrderPlaced rows:   {} (want {N})",
-        p.of_type("OrderPlaced")
-    );
-    println!("redelivered copies:   {copies_due} (committed, unacknowledged at a kill; dropped)");
-    println!("dead letters:         {}", dead.len());
-    c.assert_exactly_once(N);
-    assert!(dead.is_empty(), "dead letters: {dead:?}");
-    assert_eq!(p.of_type("OrderPlaced"), N as i64, "{p:?}");
-    assert_eq!(p.get("OrderPlaced", "handled"), N as i64, "{p:?}");
-    let counts = host.counts();
-    assert_eq!(
-        (
-            counts.incoming,
-            counts.handled,
-            counts.dead_letters,
-            counts.outgoing
-        ),
-        (0, N as u64, 0, 0),
-        "storage counts: {counts:?}"
-    );
-    assert_no_error_lines(&host, "B");
-    amqp.cleanup().await.unwrap();
-    println!("[consumer kill] {:.1?} in all", started.elapsed());
+    consumer_sigkills(Via::Rabbit).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -433,80 +190,11 @@ async fn sigkill_while_consuming_loses_and_duplicates_nothing() {
 // ---------------------------------------------------------------------------
 
 /// A (orders) routes OrderPlaced to `rabbitmq://queue/Q`, B (audit) consumes
-/// Q. A is SIGKILLed twice mid-stream while rows in its outgoing table are
-/// unconfirmed (the first time: rows B already committed, so they are
-/// published twice), and restarted; its next run publishes what it left.
-/// Every OrderPlaced reaches B, which handles each once.
+/// Q; A SIGKILLed twice with unconfirmed outgoing rows
+/// ([`publisher_sigkills`]): every OrderPlaced reaches B, handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_unconfirmed_outgoing_every_message_arrives() {
-    let started = Instant::now();
-    let amqp = Amqp::connect().await;
-    let pair = Pair::new(&amqp);
-    let da = pair.a.db();
-    pair.spawn_b().await;
-    pair.a.send_file("PlaceOrder", &bodies(0..N)).assert_sent(N);
-    pair.a.spawn();
-
-    let mut restarts = Vec::new();
-    let mut b_had = 0;
-    let mut left_by_kills = 0;
-    for (k, (pct, catch)) in [(15, Catch::CommittedByB), (55, Catch::Unsettled)]
-        .into_iter()
-        .enumerate()
-    {
-        let min_handled = N as i64 * pct / 100;
-        let caught = kill_sender_at(
-            &pair.a,
-            &pair.b.db(),
-            SenderKill {
-                label: "[publisher kill]",
-                min_handled,
-                catch,
-                earlier: &BTreeSet::new(),
-                window: Duration::from_millis(500),
-                move_on_after_miss: true,
-            },
-        )
-        .await;
-        let pa = da.progress().await.unwrap();
-        println!(
-            "[publisher kill] #{} at {:.1?} ({catch:?}, try {}, {} SIGKILL(s)): A had handled {} PlaceOrder (>= {min_handled}); \
-             left {} rows in outgoing, {} of them already in B's inbox",
-            k + 1,
-            started.elapsed(),
-            caught.tries,
-            caught.kills,
-            pa.get("PlaceOrder", "handled"),
-            caught.rows.len(),
-            caught.in_b.len(),
-        );
-        assert!(
-            pa.outgoing > 0 && pa.get("PlaceOrder", "handled") < N as i64,
-            "kill #{} was not mid-stream with unconfirmed rows: {pa:?}",
-            k + 1
-        );
-        b_had += caught.in_b.len();
-        left_by_kills += pa.outgoing;
-        restarts.push((pair.a.log_mark(), pa.outgoing));
-        pair.a.spawn();
-    }
-
-    settle_and_check(&pair, &amqp, "publisher SIGKILLed 2x mid-stream", started).await;
-    // The restart after the last kill relayed the rows that kill left.
-    let (last_mark, last_left) = *restarts.last().unwrap();
-    let relayed = relayed_rows(&pair.a, restarts[0].0);
-    let relayed_last = relayed_rows(&pair.a, last_mark);
-    println!(
-        "[publisher kill] rows left by the kills {left_by_kills} (B already had {b_had} of them), \
-         relayed after the restarts {relayed}; {:.1?} in all",
-        started.elapsed()
-    );
-    assert!(b_had > 0, "no kill left rows B already had");
-    assert!(
-        relayed_last >= last_left,
-        "the last restart relays the {last_left} rows the last kill left: relayed {relayed_last}"
-    );
-    amqp.cleanup().await.unwrap();
+    publisher_sigkills(Via::Rabbit).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -12,10 +12,27 @@ use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, Gro
 use crate::transport::Verdict;
 use crate::transport::receive::Inbox;
 
-/// A received message as the listener decoded it: an envelope, or why it
-/// cannot be one (with the raw body kept in an envelope of no type, so it
-/// can be looked at).
-pub(crate) type Decoded = Result<Envelope, (Envelope, String)>;
+/// A received message as the listener decoded it.
+pub(crate) enum Decoded {
+    Read(Envelope),
+    /// Why it cannot be an envelope, with the raw body kept in an envelope
+    /// of no type ([`unreadable`]), so it can be looked at.
+    Unreadable(Envelope, String),
+}
+
+impl Decoded {
+    /// `decoded`, or the body kept with why it is not a message.
+    pub(crate) fn of(
+        decoded: Result<Envelope, String>,
+        body: impl FnOnce() -> Vec<u8>,
+        listener: &str,
+    ) -> Decoded {
+        match decoded {
+            Ok(env) => Decoded::Read(env),
+            Err(why) => Decoded::Unreadable(unreadable(body(), listener), why),
+        }
+    }
+}
 
 /// What became of one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +44,7 @@ pub(crate) enum Taken {
 }
 
 /// An envelope of no type holding a body that could not be read.
-pub(crate) fn unreadable(body: Vec<u8>, listener: &str) -> Envelope {
+fn unreadable(body: Vec<u8>, listener: &str) -> Envelope {
     let mut env = Envelope::new("", body);
     env.destination = Some(listener.into());
     env
@@ -50,12 +67,12 @@ pub(crate) async fn take(
     let mut at = Vec::with_capacity(batch.len());
     for d in batch {
         match d {
-            Ok(env) => {
+            Decoded::Read(env) => {
                 at.push(taken.len());
                 taken.push(Taken::Stored);
                 typed.push(env);
             }
-            Err((env, why)) => {
+            Decoded::Unreadable(env, why) => {
                 taken.push(Taken::Refused(DeadLetterKind::BadMessage, why.clone()));
                 refused.push((env, DeadLetterKind::BadMessage, why));
             }

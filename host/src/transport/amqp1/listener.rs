@@ -162,7 +162,7 @@ async fn consume(
     let max = usize::try_from(settings.prefetch(endpoint) / 2)
         .unwrap_or(usize::MAX)
         .max(1);
-    info!(listener = %uri, credit = settings.prefetch(endpoint), batch = max, "receiving");
+    info!(listener = %uri, credit = settings.prefetch(endpoint), batch = max, "consuming");
     let limits = Limits::default();
     let result = loop {
         let first = tokio::select! {
@@ -272,10 +272,8 @@ async fn store_batch(
     let decoded = batch
         .iter()
         .map(|d| {
-            from_message(d.message(), uri, limits).map_err(|why| {
-                let raw = super::mapping::raw_body(d.message());
-                (broker::unreadable(raw, uri), why)
-            })
+            let read = from_message(d.message(), uri, limits);
+            broker::Decoded::of(read, || super::mapping::raw_body(d.message()), uri)
         })
         .collect();
     let (locks, until) = if service_bus {

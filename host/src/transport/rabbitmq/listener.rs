@@ -240,8 +240,8 @@ async fn take_batch(
     let decoded = batch
         .iter()
         .map(|d| {
-            from_amqp(&d.properties, &d.data, uri, limits)
-                .map_err(|why| (broker::unreadable(d.data.clone(), uri), why))
+            let read = from_amqp(&d.properties, &d.data, uri, limits);
+            broker::Decoded::of(read, || d.data.clone(), uri)
         })
         .collect();
     let taken = broker::take(inbox, decoded, uri, true).await?;

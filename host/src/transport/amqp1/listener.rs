@@ -14,7 +14,8 @@
 //!   then ends and is opened again with backoff.
 //!
 //! While a batch is stored, Service Bus locks are renewed halfway to their
-//! end, and the connection's token is put again before it expires. A lost
+//! end; the connection's token is put again before it expires (in the
+//! background, `servicebus::KeepToken`). A lost
 //! connection returns every unsettled delivery to the broker; the inbox
 //! drops the copies it already holds.
 
@@ -33,7 +34,7 @@ use tracing::{Instrument, error, field, info, info_span, warn};
 use uuid::Uuid;
 
 use super::mapping::from_message;
-use super::servicebus::{self, Authorizer, LockRenewer};
+use super::servicebus::{self, LockRenewer};
 use super::{AmqpSettings, Opened};
 use crate::address::AmqpEndpoint;
 use crate::backoff::{Backoff, Wake, pause};
@@ -170,10 +171,6 @@ async fn consume(
                 Ok(d) => d,
                 Err(e) => break Err(LinkError(format!("receiving: {e}"))),
             },
-            r = token_due(&mut link.opened.auth) => match r {
-                Ok(()) => continue,
-                Err(e) => break Err(e),
-            },
             _ = shutdown.changed() => break Ok(()),
         };
         let mut batch = vec![first];
@@ -207,53 +204,35 @@ async fn finish(link: Link, result: Result<(), LinkError>) -> Result<(), LinkErr
     result
 }
 
-/// Wait until the connection's token is due, then put a new one; never,
-/// without one.
-async fn token_due(auth: &mut Option<Authorizer>) -> Result<(), LinkError> {
-    match auth {
-        Some(a) => {
-            tokio::time::sleep_until(a.refresh_at()).await;
-            a.put().await
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Keep a stored batch's locks (and the token) alive until the store ends;
-/// a failed renewal is logged, and the batch goes on (a lock lost means a
-/// redelivery, which the inbox drops as a duplicate).
-async fn keep_alive(
+/// Keep a stored batch's locks alive until the store ends (every half
+/// lock, from the earliest lock's end); a failed renewal is logged, and the
+/// batch goes on (a lock lost means a redelivery, which the inbox drops as
+/// a duplicate).
+async fn keep_locks(
     renewer: &mut Option<LockRenewer>,
-    auth: &mut Option<Authorizer>,
     locks: &[Uuid],
     locked_until: Option<i64>,
     uri: &str,
 ) {
-    let mut renew = renewer.as_mut().filter(|_| !locks.is_empty());
-    let next = locked_until.map(|until| servicebus::renew_after(until, now_ms()));
+    let (Some(renewer), Some(until)) = (renewer.as_mut(), locked_until) else {
+        return std::future::pending().await;
+    };
+    if locks.is_empty() {
+        return std::future::pending().await;
+    }
+    // Renewed, a lock runs as long again: renew every half lock.
+    let every = servicebus::renew_after(until, now_ms());
     loop {
-        let wait = match (&renew, next) {
-            (Some(_), Some(d)) => d,
-            _ => Duration::MAX,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait.min(Duration::from_secs(86_400))) => {
-                if let Some(r) = renew.as_mut() {
-                    match r.renew(locks).await {
-                        Ok(()) => info!(listener = %uri, locks = locks.len(), "renewed the locks of a batch being stored"),
-                        Err(e) => {
-                            warn!(listener = %uri, error = %e, "renewing locks failed; the batch may be delivered again");
-                            renew = None;
-                        }
-                    }
-                }
+        tokio::time::sleep(every).await;
+        match renewer.renew(locks).await {
+            Ok(()) => {
+                info!(listener = %uri, locks = locks.len(), "renewed the locks of a batch being stored");
             }
-            r = token_due(auth) => if let Err(e) = r {
-                warn!(listener = %uri, error = %e, "putting a new token failed");
-                std::future::pending::<()>().await;
-            },
+            Err(e) => {
+                warn!(listener = %uri, error = %e, "renewing locks failed; the batch may be delivered again");
+                return std::future::pending().await;
+            }
         }
-        // Renewed: the lock runs as long again; renew halfway again.
     }
 }
 
@@ -291,10 +270,10 @@ async fn store_batch(
     };
     let taken = {
         let store = broker::take(inbox, decoded, uri, !service_bus).instrument(span.clone());
-        let keep = keep_alive(&mut link.renewer, &mut link.opened.auth, &locks, until, uri);
+        let keep = keep_locks(&mut link.renewer, &locks, until, uri);
         tokio::select! {
             t = store => t,
-            _ = keep => unreachable!("keep_alive never ends"),
+            _ = keep => unreachable!("keep_locks never ends"),
         }
     };
     let receiver = &link.receiver;

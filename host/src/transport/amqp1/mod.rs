@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::address::{AmqpBroker, AmqpEndpoint};
 use crate::config::{AmqpConfig, ServiceBusConfig};
 use crate::transport::LinkError;
-use servicebus::{Authorizer, Credentials};
+use servicebus::{Authorizer, Credentials, KeepToken};
 
 /// Service Bus's AMQP-over-TLS port.
 const SERVICE_BUS_PORT: u16 = 5671;
@@ -87,17 +87,18 @@ fn tls_config(
 }
 
 /// An open connection and its session; on Service Bus with the entity's
-/// token put.
+/// token put, and put again in the background before it expires.
 pub(crate) struct Opened {
     pub conn: ConnectionHandle<()>,
     pub session: SessionHandle<()>,
-    pub auth: Option<Authorizer>,
+    pub token: Option<KeepToken>,
 }
 
 impl Opened {
     /// End the session and close the connection, waiting at most
     /// [`CLOSE_TIMEOUT`]: a broker that hangs never answers.
     pub(crate) async fn close(mut self) {
+        drop(self.token.take());
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             let _ = self.session.end().await;
             let _ = self.conn.close().await;
@@ -248,14 +249,14 @@ impl AmqpSettings {
                 return Err(LinkError(format!("beginning a session: {err}")));
             }
         };
-        let auth = match credentials {
+        let token = match credentials {
             Some(c) => match Authorizer::attach(&mut session, c, &e.address, link_name).await {
-                Ok(a) => Some(a),
+                Ok(a) => Some(a.keep()),
                 Err(err) => {
                     Opened {
                         conn,
                         session,
-                        auth: None,
+                        token: None,
                     }
                     .close()
                     .await;
@@ -267,7 +268,7 @@ impl AmqpSettings {
         Ok(Opened {
             conn,
             session,
-            auth,
+            token,
         })
     }
 }

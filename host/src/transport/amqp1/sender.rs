@@ -6,7 +6,8 @@
 //! deleted), Rejected is a refusal (a dead letter naming the broker's
 //! error), and Released, Modified, a lost link or an outcome that never
 //! comes fail the batch so the agent sends it again. On Service Bus the
-//! token is put again before it expires, and a scheduled envelope carries
+//! token is put again in the background before it expires (an idle link
+//! keeps its authorization), and a scheduled envelope carries
 //! `x-opt-scheduled-enqueue-time` so the broker holds it.
 
 use std::sync::Arc;
@@ -104,18 +105,6 @@ impl Drop for AmqpLink {
     }
 }
 
-impl AmqpLink {
-    /// Put a new token when the one in use is due.
-    async fn keep_token(&mut self) -> Result<(), LinkError> {
-        if let Some(auth) = self.opened.as_mut().and_then(|o| o.auth.as_mut())
-            && tokio::time::Instant::now() >= auth.refresh_at()
-        {
-            auth.put().await?;
-        }
-        Ok(())
-    }
-}
-
 fn verdict(outcome: Outcome) -> Result<Verdict, LinkError> {
     match outcome {
         Outcome::Accepted(_) => Ok(Verdict::Accepted),
@@ -143,7 +132,6 @@ fn verdict(outcome: Outcome) -> Result<Verdict, LinkError> {
 #[async_trait]
 impl Link for AmqpLink {
     async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
-        self.keep_token().await?;
         let schedule = self.schedule;
         let sender = self
             .sender
@@ -195,10 +183,9 @@ impl Link for AmqpLink {
 
     async fn ping(&mut self) -> Result<(), LinkError> {
         match &self.opened {
-            Some(o) if !o.conn.is_closed() && !o.session.is_ended() => {}
-            _ => return Err(LinkError("the connection is closed".into())),
+            Some(o) if !o.conn.is_closed() && !o.session.is_ended() => Ok(()),
+            _ => Err(LinkError("the connection is closed".into())),
         }
-        self.keep_token().await
     }
 
     async fn close(&mut self) {

@@ -137,6 +137,35 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Put a new token whenever one is due, in the background, for as long
+    /// as the returned guard lives (a link idle past its token's life must
+    /// still have one). A refused or failed put is logged; the broker then
+    /// detaches the links, and the link's next use fails and reconnects.
+    pub(crate) fn keep(mut self) -> KeepToken {
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep_until(self.refresh_at()).await;
+                if let Err(e) = self.put().await {
+                    tracing::warn!(audience = %self.audience, error = %e, "putting a new Service Bus token failed");
+                    return;
+                }
+            }
+        });
+        KeepToken(task)
+    }
+}
+
+/// Keeps a connection's token fresh until dropped ([`Authorizer::keep`]).
+#[derive(Debug)]
+pub(crate) struct KeepToken(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepToken {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The lock token of a delivery: the `x-opt-lock-token` annotation when
 /// the broker sends one, else the delivery tag read as a .NET GUID (how
 /// Service Bus makes its tags).

@@ -149,3 +149,80 @@ async fn what_the_host_sends_a_plain_amqp_1_0_client_reads() {
     amqp.cleanup().await.unwrap();
     println!("[amqp 1.0 out] {:.1?} in all", started.elapsed());
 }
+
+/// A plain client's message with no type and one of a type no plugin here
+/// handles: a plain AMQP 1.0 broker has no dead-letter queue the host could
+/// use, so both are written to the store's dead letters (`bad-message`,
+/// `no-handler`, with the reason) and accepted: the queue ends empty, and
+/// the orders sent with them are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_from_a_plain_amqp_1_0_client_are_dead_lettered_in_the_store() {
+    let amqp = Amqp::connect().await;
+    let queue = unique_name("e2e-amqp10-strangers");
+    amqp.declare_queue(&queue).await;
+    let host = TestHost::new(
+        &["audit"],
+        Via::Amqp10
+            .common("b")
+            .listen(Via::Amqp10.queue_uri(&queue)),
+    );
+    let db = host.db();
+    spawn_consuming_via(&host, Via::Amqp10, &queue).await;
+    let (user, password) = broker_user();
+    let url = format!("amqp://{user}:{password}@{}", broker_addr());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "{\"what\":\"stranger\"}\n").unwrap();
+    let path = file.path().display().to_string();
+    for (message_type, prefix) in [("", "typeless"), ("Nobody.Handles.This", "stranger")] {
+        let out = amqp_client(&[
+            "send",
+            "--url",
+            &url,
+            "--address",
+            &format!("/amq/queue/{queue}"),
+            "--type",
+            message_type,
+            "--bodies",
+            &path,
+            "--id-prefix",
+            prefix,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Via::Amqp10.publish(&amqp, &queue, "s", 0..20, None).await;
+    let p = host
+        .wait_for(
+            "the orders handled and two dead letters",
+            FINAL_TIMEOUT,
+            || db.progress(),
+            |p| p.get("OrderPlaced", "handled") >= 20 && p.dead_letters >= 2,
+        )
+        .await;
+    let mut dead = db.dead_letter_rows().await.unwrap();
+    dead.sort_by(|a, b| a.error_kind.cmp(&b.error_kind));
+    println!("[strangers] {p:?}; {dead:?}");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].error_kind, "bad-message");
+    assert!(
+        dead[0]
+            .error_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no type")
+    );
+    assert_eq!(dead[1].error_kind, "no-handler");
+    assert!(
+        dead[1]
+            .error_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("Nobody.Handles.This")
+    );
+    assert_eq!(amqp.queue_len(&queue).await.unwrap(), Some(0));
+    assert!(host.stop().success());
+    amqp.cleanup().await.unwrap();
+}

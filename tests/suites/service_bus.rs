@@ -589,3 +589,53 @@ async fn real_azure_service_bus() {
     audit_check(&db, &ids("z", M)).await.assert_exactly_once(M);
     assert!(a.stop().success() && b.stop().success());
 }
+
+/// Service Bus rejects three of the OrderPlaced the host sends (a
+/// `com.microsoft:...` condition with a description): the host moves those
+/// three to its dead letters (kind `rejected`, naming the condition and the
+/// description) and deletes their outgoing rows; the rest are in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_service_bus_rejects_is_dead_lettered_with_the_broker_s_reason() {
+    const M: usize = 10;
+    let d = AsbDouble::start(AsbOptions::default());
+    d.reject_sends(
+        "placed",
+        3,
+        "com.microsoft:message-size-exceeded",
+        "too big for this tier",
+    )
+    .await;
+    let config = asb_config(&d, HostConfig::new()).route("OrderPlaced", uri(&d, "placed"));
+    let host = TestHost::new(&["orders"], config);
+    let db = host.db();
+    let bodies: Vec<Value> = (0..M)
+        .map(|i| place_order(&format!("x-{i}"), amount(i), 864_000_000))
+        .collect();
+    host.send_file("PlaceOrder", &bodies).assert_sent(M);
+    host.spawn();
+    let p = host
+        .wait_for(
+            "every OrderPlaced accepted or dead-lettered",
+            SETTLE,
+            || db.progress(),
+            |p| {
+                p.get("PlaceOrder", "handled") == M as i64 && p.outgoing == 0 && p.dead_letters >= 3
+            },
+        )
+        .await;
+    let dead = db.dead_letter_rows().await.unwrap();
+    println!("[rejected] {p:?}; dead letters {dead:?}");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for row in &dead {
+        assert_eq!(row.error_kind, "rejected", "{row:?}");
+        let why = row.error_message.clone().unwrap_or_default();
+        assert!(
+            why.contains("com.microsoft:message-size-exceeded")
+                && why.contains("too big for this tier"),
+            "{why}"
+        );
+    }
+    let s = d.state().await;
+    assert_eq!(n(entity_of(&s, "placed"), "active"), (M - 3) as i64, "{s}");
+    assert!(host.stop().success());
+}

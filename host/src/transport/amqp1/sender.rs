@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fe2o3_amqp::Sender;
+use fe2o3_amqp::types::definitions::ErrorCondition;
 use fe2o3_amqp::types::messaging::Outcome;
+use fe2o3_amqp::types::primitives::Symbol;
 use uuid::Uuid;
 
 use super::mapping::to_message;
@@ -105,13 +107,26 @@ impl Drop for AmqpLink {
     }
 }
 
+/// An error condition as the broker spelled it (`amqp:not-found`).
+fn condition(c: &ErrorCondition) -> String {
+    match c {
+        ErrorCondition::AmqpError(e) => Symbol::from(e).0,
+        ErrorCondition::ConnectionError(e) => Symbol::from(e).0,
+        ErrorCondition::SessionError(e) => Symbol::from(e).0,
+        ErrorCondition::LinkError(e) => Symbol::from(e).0,
+        ErrorCondition::Custom(s) => s.0.clone(),
+        #[allow(unreachable_patterns)]
+        other => format!("{other:?}"),
+    }
+}
+
 fn verdict(outcome: Outcome) -> Result<Verdict, LinkError> {
     match outcome {
         Outcome::Accepted(_) => Ok(Verdict::Accepted),
         Outcome::Rejected(r) => Ok(Verdict::Rejected(match r.error {
             Some(e) => format!(
-                "the broker rejected it: {:?}{}",
-                e.condition,
+                "the broker rejected it: {}{}",
+                condition(&e.condition),
                 e.description.map(|d| format!(" ({d})")).unwrap_or_default()
             ),
             None => "the broker rejected it".into(),

@@ -235,7 +235,7 @@ async fn a_wrong_key_is_refused_and_named_and_nothing_is_taken() {
 
 /// A host on PostgreSQL through a proxy, with a 1 s store timeout.
 fn on_frozen_postgres(d: &AsbDouble, via_proxy: &str, store_timeout_ms: u64) -> TestHost {
-    let config = asb_config(&d, HostConfig::on(Backend::Postgres))
+    let config = asb_config(d, HostConfig::on(Backend::Postgres))
         .set("durability", "store_timeout_ms", store_timeout_ms)
         .set("azure_service_bus", "batch_window_ms", 200u64)
         .listen(uri(d, "orders"));

@@ -52,7 +52,7 @@ pub(crate) struct Inbox {
     pub node_id: i64,
     /// `messages_received`, labelled with `via`.
     pub metrics: Arc<Metrics>,
-    /// How messages come in here: `tcp`, `durable`, `rabbitmq` or `http`.
+    /// How messages come in here: `tcp`, `durable`, `rabbitmq`, `amqp`, `asb` or `http`.
     pub via: &'static str,
 }
 

@@ -5,12 +5,55 @@
 //! dead-letter kind and reason. A broker with no dead-letter queue of its
 //! own has the refused ones written to the store's dead letters here.
 
+use std::time::Duration;
+
+use tokio::sync::watch;
 use tracing::warn;
+
+use crate::backoff::{Backoff, Wake, pause};
+use crate::transport::LinkError;
 
 use crate::envelope::{Envelope, now_ms};
 use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
 use crate::transport::Verdict;
 use crate::transport::receive::Inbox;
+
+/// A listener's reconnection: after each connection's life, whether to
+/// start another and when (backoff from 100 ms doubling to 5 s, from the
+/// bottom again once a connection consumed), each loss a WARN `lost`.
+pub(crate) struct Reconnect {
+    backoff: Backoff,
+    lost: &'static str,
+}
+
+impl Reconnect {
+    pub(crate) fn new(lost: &'static str) -> Reconnect {
+        Reconnect {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            lost,
+        }
+    }
+
+    /// After a connection ended with `result` (`Ok`: at shutdown): wait
+    /// for the next one; false when the listener should stop.
+    pub(crate) async fn again(
+        &mut self,
+        uri: &str,
+        result: Result<(), LinkError>,
+        consumed: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Err(e) = result else {
+            return false;
+        };
+        if consumed {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.next_delay();
+        warn!(listener = %uri, error = %e, retry_in = ?delay, "{}", self.lost);
+        matches!(pause(shutdown, delay).await, Wake::Go)
+    }
+}
 
 /// A received message as the listener decoded it.
 pub(crate) enum Decoded {

@@ -146,6 +146,46 @@ pub(crate) trait Link: Send + Sync {
     async fn close(&mut self) {}
 }
 
+/// The verdicts of a batch a broker link sent: `verdicts` holds one entry
+/// per envelope, `None` for those `pending` answers (its index and the
+/// broker's answer to come), which are awaited together within `timeout`
+/// and turned into verdicts by `judge` (an error fails the whole batch:
+/// the agent sends it again).
+pub(crate) async fn await_answers<F, T, E>(
+    mut verdicts: Vec<Option<Verdict>>,
+    pending: Vec<(usize, F)>,
+    timeout: std::time::Duration,
+    what: &str,
+    judge: impl Fn(Result<T, E>) -> Result<Verdict, LinkError>,
+) -> Result<Vec<Verdict>, LinkError>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let answers = tokio::time::timeout(
+        timeout,
+        futures::future::join_all(
+            pending
+                .into_iter()
+                .map(|(i, f)| async move { (i, f.await) }),
+        ),
+    )
+    .await
+    .map_err(|_| {
+        LinkError(format!(
+            "no {what} within {timeout:?}; the batch will be sent again"
+        ))
+    })?;
+    for (i, answer) in answers {
+        if let Some(v) = verdicts.get_mut(i) {
+            *v = Some(judge(answer)?);
+        }
+    }
+    verdicts
+        .into_iter()
+        .map(|v| v.ok_or_else(|| LinkError(format!("a {what} is missing"))))
+        .collect()
+}
+
 /// Move outgoing envelopes that can never be delivered to dead letters, then
 /// delete their rows: two commits, dead letters first. A crash between them
 /// leaves the row to be sent again; the peer refuses it again and the dead

@@ -37,7 +37,6 @@ use super::mapping::from_message;
 use super::servicebus::{self, LockRenewer};
 use super::{AmqpSettings, Opened};
 use crate::address::AmqpEndpoint;
-use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::{Limits, now_ms};
 use crate::transport::LinkError;
 use crate::transport::broker::{self, Taken};
@@ -62,7 +61,7 @@ async fn run(
     inbox: Inbox,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut reconnect = broker::Reconnect::new("AMQP 1.0 listener lost its link; reconnecting");
     loop {
         let mut consumed = false;
         let result = consume(
@@ -74,15 +73,7 @@ async fn run(
             &mut consumed,
         )
         .await;
-        let Err(e) = result else {
-            return; // shutdown
-        };
-        if consumed {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        warn!(listener = %uri, error = %e, retry_in = ?delay, "AMQP 1.0 listener lost its link; reconnecting");
-        if let Wake::Shutdown = pause(&mut shutdown, delay).await {
+        if !reconnect.again(&uri, result, consumed, &mut shutdown).await {
             return;
         }
     }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::envelope::{DEFAULT_CONTENT_TYPE, Envelope, Limits, now_ms};
 use crate::transport::rabbitmq::mapping::{
     H_CAUSATION, H_CONVERSATION, H_DELIVER_BY, H_MESSAGE_TYPE, H_SENT_AT, H_SOURCE, id_of,
+    within_limits,
 };
 
 /// Service Bus: when a sent message becomes visible (ms since the epoch).
@@ -192,20 +193,7 @@ pub(crate) fn from_message(
         );
     }
     let body = body_bytes(&message.body)?;
-    if body.len() > limits.max_body {
-        return Err(format!(
-            "body of {} bytes exceeds the limit of {}",
-            body.len(),
-            limits.max_body
-        ));
-    }
-    if headers.len() > limits.max_headers {
-        return Err(format!(
-            "{} headers exceed the limit of {}",
-            headers.len(),
-            limits.max_headers
-        ));
-    }
+    within_limits(body.len(), headers.len(), limits)?;
     let mut env = Envelope::new(message_type, body);
     env.id = match props.message_id.as_ref().map(id_text) {
         Some(m) if !m.is_empty() => id_of(&m),

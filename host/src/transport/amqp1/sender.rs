@@ -171,29 +171,16 @@ impl Link for AmqpLink {
             verdicts.push(None);
             pending.push((i, fut));
         }
-        let outcomes = tokio::time::timeout(
+        crate::transport::await_answers(
+            verdicts,
+            pending,
             self.confirm_timeout,
-            futures::future::join_all(
-                pending
-                    .into_iter()
-                    .map(|(i, f)| async move { (i, f.await) }),
-            ),
+            "outcome",
+            |outcome| {
+                verdict(outcome.map_err(|e| LinkError(format!("waiting for an outcome: {e}")))?)
+            },
         )
         .await
-        .map_err(|_| {
-            LinkError(format!(
-                "no outcome within {:?}; the batch will be sent again",
-                self.confirm_timeout
-            ))
-        })?;
-        for (i, outcome) in outcomes {
-            let outcome = outcome.map_err(|e| LinkError(format!("waiting for an outcome: {e}")))?;
-            verdicts[i] = Some(verdict(outcome)?);
-        }
-        verdicts
-            .into_iter()
-            .map(|v| v.ok_or_else(|| LinkError("an outcome is missing".into())))
-            .collect()
     }
 
     async fn ping(&mut self) -> Result<(), LinkError> {

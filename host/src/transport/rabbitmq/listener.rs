@@ -20,11 +20,10 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{FieldTable, ShortString};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, error, field, info, info_span, warn};
+use tracing::{Instrument, error, field, info, info_span};
 
 use super::mapping::from_amqp;
 use super::{RabbitSettings, close_quietly};
-use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::Limits;
 use crate::transport::receive::Inbox;
 use crate::transport::{LinkError, broker};
@@ -48,7 +47,8 @@ async fn run(
     inbox: Inbox,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut reconnect =
+        broker::Reconnect::new("RabbitMQ listener lost its connection; reconnecting");
     loop {
         let mut consumed = false;
         let result = consume(
@@ -60,15 +60,7 @@ async fn run(
             &mut consumed,
         )
         .await;
-        let Err(e) = result else {
-            return; // shutdown
-        };
-        if consumed {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        warn!(listener = %uri, error = %e, retry_in = ?delay, "RabbitMQ listener lost its connection; reconnecting");
-        if let Wake::Shutdown = pause(&mut shutdown, delay).await {
+        if !reconnect.again(&uri, result, consumed, &mut shutdown).await {
             return;
         }
     }

@@ -103,6 +103,24 @@ pub fn id_of(message_id: &str) -> Uuid {
         .unwrap_or_else(|_| Uuid::new_v5(&ID_NAMESPACE, message_id.as_bytes()))
 }
 
+/// Whether a received message's body and headers fit the envelope codec's
+/// bounds; else why not.
+pub(crate) fn within_limits(body: usize, headers: usize, limits: &Limits) -> Result<(), String> {
+    if body > limits.max_body {
+        return Err(format!(
+            "body of {body} bytes exceeds the limit of {}",
+            limits.max_body
+        ));
+    }
+    if headers > limits.max_headers {
+        return Err(format!(
+            "{headers} headers exceed the limit of {}",
+            limits.max_headers
+        ));
+    }
+    Ok(())
+}
+
 /// The envelope of a received AMQP message, or why it cannot be one.
 /// `listener` becomes its destination (the inbox routes it by type).
 pub(crate) fn from_amqp(
@@ -135,20 +153,7 @@ pub(crate) fn from_amqp(
                 .into(),
         );
     }
-    if body.len() > limits.max_body {
-        return Err(format!(
-            "body of {} bytes exceeds the limit of {}",
-            body.len(),
-            limits.max_body
-        ));
-    }
-    if headers.len() > limits.max_headers {
-        return Err(format!(
-            "{} headers exceed the limit of {}",
-            headers.len(),
-            limits.max_headers
-        ));
-    }
+    within_limits(body.len(), headers.len(), limits)?;
     let mut env = Envelope::new(message_type, body.to_vec());
     env.id = match props.message_id() {
         Some(m) if !m.as_str().is_empty() => id_of(m.as_str()),

@@ -145,40 +145,23 @@ impl Link for RabbitLink {
             verdicts.push(None);
             confirms.push((i, confirm));
         }
-        let waited = tokio::time::timeout(
+        crate::transport::await_answers(
+            verdicts,
+            confirms,
             self.confirm_timeout,
-            futures::future::join_all(
-                confirms
-                    .into_iter()
-                    .map(|(i, c)| async move { (i, c.await) }),
-            ),
-        )
-        .await
-        .map_err(|_| {
-            LinkError(format!(
-                "no publisher confirm within {:?}; the batch will be sent again",
-                self.confirm_timeout
-            ))
-        })?;
-        for (i, result) in waited {
-            let v = match result.map_err(lapin_err("waiting for a publisher confirm"))? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Verdict::Accepted,
-                Confirmation::Ack(Some(ret)) => Verdict::UnknownDestination(format!(
+            "publisher confirm",
+            |result| match result.map_err(lapin_err("waiting for a publisher confirm"))? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Verdict::Accepted),
+                Confirmation::Ack(Some(ret)) => Ok(Verdict::UnknownDestination(format!(
                     "unroutable: the broker returned it ({} {})",
                     ret.reply_code, ret.reply_text
+                ))),
+                Confirmation::Nack(_) => Err(LinkError(
+                    "the broker nacked a message; the batch will be sent again".into(),
                 )),
-                Confirmation::Nack(_) => {
-                    return Err(LinkError(
-                        "the broker nacked a message; the batch will be sent again".into(),
-                    ));
-                }
-            };
-            verdicts[i] = Some(v);
-        }
-        verdicts
-            .into_iter()
-            .map(|v| v.ok_or_else(|| LinkError("a confirm is missing".into())))
-            .collect()
+            },
+        )
+        .await
     }
 
     async fn ping(&mut self) -> Result<(), LinkError> {

@@ -2,7 +2,9 @@
 //! handle with the no-op plugin's `bench.Relay` → publish one `bench.Relayed`
 //! → confirmed, outgoing row deleted) beside raw lapin on the same broker in
 //! the same run: publish with confirms (awaited per 500), and consume with
-//! one ack per message and with one `multiple` ack per 500.
+//! one ack per message and with one `multiple` ack per 500; then the same
+//! host path over RabbitMQ's AMQP 1.0 plugin (`amqp://…//amq/queue/…`, the
+//! fe2o3-amqp transport; skipped with a note when the plugin is off).
 //!
 //! Usage: `jasper-rabbit-bench [--messages N] [--noop PATH] [--url AMQP_URL]`
 //! (`make bench` runs it). Queues are named per run and deleted after.
@@ -205,32 +207,16 @@ async fn bench() -> anyhow::Result<()> {
     publish(&ch, &raw_q, a.messages, "bench.Noop").await?;
     let ack_multi = consume(&conn, &raw_q, a.messages, true).await?;
 
-    // The host: the input queue filled first, then timed from start to the
-    // last confirmed output (outgoing table empty).
-    publish(&ch, &in_q, a.messages, "bench.Relay").await?;
-    let dir = tempfile::tempdir()?;
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins)?;
-    std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
-    let mut config = Config::for_dir(dir.path());
-    config.handling.batch_size = 500;
-    config.handling.poll_interval_ms = 10;
-    config.rabbitmq.url = a.url.clone();
-    config.listen.push(ListenConfig {
-        uri: format!("rabbitmq://queue/{in_q}").parse()?,
-    });
-    config.route.push(RouteConfig {
-        message_type: "bench.Relayed".into(),
-        to: format!("rabbitmq://queue/{out_q}").parse()?,
-    });
-    // Timed from a started host (plugins compiled), as the raw consumer is
-    // timed from a declared queue.
-    let host = Host::start(config).await?;
-    let t = Instant::now();
-    relayed(&host, &conn, &out_q, a.messages).await?;
-    let host_rate = a.messages as f64 / t.elapsed().as_secs_f64();
-    host.shutdown().await?;
-    for q in [&raw_q, &in_q, &out_q] {
+    let host_rate = host_relay(&a, &ch, &conn, &in_q, &out_q, Via::Rabbit).await?;
+    let (in10, out10) = (format!("bench-in10-{run}"), format!("bench-out10-{run}"));
+    declare(&ch, &in10).await?;
+    declare(&ch, &out10).await?;
+    let amqp10 = if amqp10_plugin_on(&a.url).await {
+        Some(host_relay(&a, &ch, &conn, &in10, &out10, Via::Amqp10).await?)
+    } else {
+        None
+    };
+    for q in [&raw_q, &in_q, &out_q, &in10, &out10] {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -246,5 +232,152 @@ async fn bench() -> anyhow::Result<()> {
         host_rate / ack_multi,
         host_rate / pub_rate
     );
+    match amqp10 {
+        Some(r) => println!(
+            "  jasper-host over AMQP 1.0 (same path, amqp:// listener and route): {r:>7.0} msgs/s \
+             = {:.2}x raw consume (ack each), {:.2}x the host over AMQP 0-9-1",
+            r / ack_one,
+            r / host_rate
+        ),
+        None => println!(
+            "  jasper-host over AMQP 1.0: skipped (enable it: rabbitmq-plugins enable rabbitmq_amqp1_0)"
+        ),
+    }
     Ok(())
+}
+
+/// Publish `n` persistent messages of type `kind` to queue `q` over AMQP
+/// 1.0 (fe2o3-amqp, SASL PLAIN), the outcomes awaited per [`BATCH`].
+async fn publish10(url: &str, q: &str, n: usize, kind: &str) -> anyhow::Result<f64> {
+    use fe2o3_amqp::types::messaging::{
+        ApplicationProperties, Body, Data, Header, Message, Properties,
+    };
+    use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+    let (addr, user, pass) = broker_of(url);
+    let mut conn = fe2o3_amqp::Connection::open(
+        "jasper-rabbit-bench",
+        format!("amqp://{user}:{pass}@{addr}").as_str(),
+    )
+    .await
+    .context("an AMQP 1.0 connection (is rabbitmq_amqp1_0 enabled?)")?;
+    let mut session = fe2o3_amqp::Session::begin(&mut conn).await?;
+    let mut sender =
+        fe2o3_amqp::Sender::attach(&mut session, "bench-sender", format!("/amq/queue/{q}")).await?;
+    let body = body();
+    let t = Instant::now();
+    let mut pending = Vec::with_capacity(BATCH);
+    for i in 0..n {
+        let mut app = ApplicationProperties::default();
+        app.0
+            .insert("message-type".into(), SimpleValue::String(kind.into()));
+        let m: Message<Body<Value>> = Message {
+            header: Some(Header {
+                durable: true,
+                ..Header::default()
+            }),
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: Some(Properties {
+                message_id: Some(uuid::Uuid::now_v7().to_string().into()),
+                subject: Some(kind.into()),
+                ..Properties::default()
+            }),
+            application_properties: Some(app),
+            body: Body::from(Data(Binary::from(body.clone()))),
+            footer: None,
+        };
+        pending.push(sender.send_batchable(m).await?);
+        if pending.len() == BATCH || i + 1 == n {
+            for f in pending.drain(..) {
+                f.await?
+                    .accepted_or_else(|o| anyhow::anyhow!("not accepted: {o:?}"))?;
+            }
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = sender.close().await;
+    let _ = session.end().await;
+    let _ = conn.close().await;
+    Ok(rate)
+}
+
+/// How the host reaches the broker in a run.
+#[derive(Clone, Copy)]
+enum Via {
+    Rabbit,
+    Amqp10,
+}
+
+/// `HOST:PORT` and the user and password of an `amqp://` URL.
+fn broker_of(url: &str) -> (String, String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (creds, at) = rest.rsplit_once('@').unwrap_or(("guest:guest", rest));
+    let addr = at.split('/').next().unwrap_or(at).to_string();
+    let (user, pass) = creds.split_once(':').unwrap_or((creds, ""));
+    (addr, user.to_string(), pass.to_string())
+}
+
+/// Whether the broker speaks AMQP 1.0 on its port: the plugin answers the
+/// AMQP 1.0 SASL header with one of its own.
+async fn amqp10_plugin_on(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, ..) = broker_of(url);
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(b"AMQP\x03\x01\x00\x00").await.ok()?;
+        let mut head = [0u8; 8];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head == *b"AMQP\x03\x01\x00\x00")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// The host's run: `in_q` filled first, then timed from a started host
+/// (plugins compiled, as the raw consumer is timed from a declared queue)
+/// to the last confirmed output in `out_q` (outgoing table empty).
+async fn host_relay(
+    a: &Args,
+    ch: &Channel,
+    conn: &Connection,
+    in_q: &str,
+    out_q: &str,
+    via: Via,
+) -> anyhow::Result<f64> {
+    match via {
+        Via::Rabbit => publish(ch, in_q, a.messages, "bench.Relay").await?,
+        // Over 1.0 too: RabbitMQ 3.x hands a 0-9-1 message to a 1.0
+        // consumer with its routing key as the subject and no type.
+        Via::Amqp10 => publish10(&a.url, in_q, a.messages, "bench.Relay").await?,
+    };
+    let dir = tempfile::tempdir()?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
+    let mut config = Config::for_dir(dir.path());
+    config.handling.batch_size = 500;
+    config.handling.poll_interval_ms = 10;
+    config.rabbitmq.url = a.url.clone();
+    let (addr, user, pass) = broker_of(&a.url);
+    config.amqp.username = user;
+    config.amqp.password = pass;
+    let uri = |q: &str| match via {
+        Via::Rabbit => format!("rabbitmq://queue/{q}"),
+        Via::Amqp10 => format!("amqp://{addr}//amq/queue/{q}"),
+    };
+    config.listen.push(ListenConfig {
+        uri: uri(in_q).parse()?,
+    });
+    config.route.push(RouteConfig {
+        message_type: "bench.Relayed".into(),
+        to: uri(out_q).parse()?,
+    });
+    let host = Host::start(config).await?;
+    let t = Instant::now();
+    relayed(&host, conn, out_q, a.messages).await?;
+    let rate = a.messages as f64 / t.elapsed().as_secs_f64();
+    host.shutdown().await?;
+    Ok(rate)
 }

@@ -65,27 +65,8 @@ def entity_path(address):
     return a.strip("/")
 
 
-def plain(v):
-    """An AMQP value as JSON data."""
-    if v is None or isinstance(v, bool):
-        return v
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return bytes(v).decode("utf-8", "replace")
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return float(v)
-    if isinstance(v, str):
-        return str(v)
-    if isinstance(v, dict):
-        return {str(plain(k)): plain(x) for k, x in v.items()}
-    if isinstance(v, Array):
-        return [plain(x) for x in v.elements]
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    return repr(v)
+# An AMQP value as JSON data: the double's conversion, one for both.
+from asb_double import jsonable as plain  # noqa: E402
 
 
 def tag_bytes(tag):

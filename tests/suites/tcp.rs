@@ -650,11 +650,30 @@ async fn one_trace_follows_an_order_from_a_over_durable_into_b() {
             && s.name == "handle"
             && s.attr("messaging.destination.name") == Some("local://audit")
     };
+    let a_handled = |s: &SpanSeen| {
+        s.service == "a" && s.name == "handle" && s.attr("messaging.message.id") == Some(id)
+    };
+    let a_sent = |s: &SpanSeen| {
+        s.service == "a"
+            && s.name == "send"
+            && s.attr("messaging.destination.name") == Some(uri.as_str())
+    };
+    let b_received = |s: &SpanSeen| s.service == "b" && s.name == "receive";
+    // Each host exports on its own clock (every 200 ms): wait for all four.
     let spans = wait_until(
-        "B's handler span exported",
+        "A's and B's spans exported",
         START_TIMEOUT,
         || async { otlp.spans() },
-        |spans: &Vec<SpanSeen>| spans.iter().any(b_handled),
+        |spans: &Vec<SpanSeen>| {
+            [
+                &a_handled as &dyn Fn(&SpanSeen) -> bool,
+                &a_sent,
+                &b_received,
+                &b_handled,
+            ]
+            .iter()
+            .all(|f| spans.iter().any(|s| f(s)))
+        },
     )
     .await;
     let find = |what: &str, f: &dyn Fn(&SpanSeen) -> bool| {
@@ -664,17 +683,9 @@ async fn one_trace_follows_an_order_from_a_over_durable_into_b() {
             .unwrap_or_else(|| panic!("no span {what} among {spans:#?}"))
             .clone()
     };
-    let a_handle = find("of A handling the order", &|s| {
-        s.service == "a" && s.name == "handle" && s.attr("messaging.message.id") == Some(id)
-    });
-    let hop = find("of A sending OrderPlaced", &|s| {
-        s.service == "a"
-            && s.name == "send"
-            && s.attr("messaging.destination.name") == Some(uri.as_str())
-    });
-    let b_receive = find("of B receiving it", &|s| {
-        s.service == "b" && s.name == "receive"
-    });
+    let a_handle = find("of A handling the order", &a_handled);
+    let hop = find("of A sending OrderPlaced", &a_sent);
+    let b_receive = find("of B receiving it", &b_received);
     let b_handle = find("of B handling it", &b_handled);
     for (what, s) in [
         ("A's send", &hop),

@@ -672,7 +672,7 @@ async fn one_trace_follows_an_order_from_a_over_durable_into_b() {
                 &b_handled,
             ]
             .iter()
-            .all(|f| spans.iter().any(|s| f(s)))
+            .all(|f| spans.iter().any(f))
         },
     )
     .await;

@@ -24,34 +24,6 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 const BROKER: &str = "127.0.0.1:5672";
 
-/// A CA (its PEM in `dir`) and a TLS acceptor with a certificate it signed
-/// for `localhost`.
-fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, issuer.pem()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &*issuer)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    (ca, tokio_rustls::TlsAcceptor::from(Arc::new(server)))
-}
-
 /// TLS on a free port of 127.0.0.1, plain to the broker behind. Counts the
 /// handshakes that failed.
 struct TlsProxy {
@@ -163,7 +135,7 @@ async fn send_orders(q: &str, prefix: &str, n: usize) {
 async fn a_listener_over_amqps_trusts_the_configured_ca_and_only_it() {
     const N: u64 = 50;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, acceptor) = private_ca(dir.path());
+    let (ca, acceptor) = common::private_ca(dir.path(), "localhost");
     let proxy = TlsProxy::start(acceptor).await;
     let (_conn, ch) = channel().await;
     let run = uuid::Uuid::new_v4().simple().to_string();

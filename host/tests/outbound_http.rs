@@ -310,39 +310,11 @@ async fn recursion_is_a_stack_overflow_and_the_whole_cap_at_once_is_memory() {
     res.unwrap();
 }
 
-/// A CA (PEM file in `dir`) and a TLS acceptor with a certificate it
-/// signed for 127.0.0.1.
-fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, issuer.pem()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &*issuer)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    (ca, tokio_rustls::TlsAcceptor::from(Arc::new(server)))
-}
-
 #[tokio::test]
 async fn https_to_a_private_ca_needs_its_ca_file() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let (ca, acceptor) = private_ca(dir.path());
+    let (ca, acceptor) = common::private_ca(dir.path(), "127.0.0.1");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));

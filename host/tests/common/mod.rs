@@ -127,3 +127,34 @@ pub async fn temp_store(
     s.migrate().await.unwrap();
     s
 }
+
+/// A private CA (its PEM written to `dir/ca.pem`) and a TLS acceptor with a
+/// certificate it signed for `name` (a host name or an IP address).
+pub fn private_ca(dir: &std::path::Path, name: &str) -> (PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, issuer.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &*issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (
+        ca,
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server)),
+    )
+}

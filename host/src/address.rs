@@ -346,13 +346,10 @@ impl Endpoint {
                         entity: entity.into(),
                     });
                 }
-                let namespace = if namespace.contains('.') {
-                    namespace.to_ascii_lowercase()
-                } else {
-                    format!("{}.servicebus.windows.net", namespace.to_ascii_lowercase())
-                };
                 Ok(Endpoint::Amqp(AmqpEndpoint {
-                    broker: AmqpBroker::ServiceBus { namespace },
+                    broker: AmqpBroker::ServiceBus {
+                        namespace: service_bus_namespace(namespace),
+                    },
                     address: entity.to_string(),
                 }))
             }
@@ -396,6 +393,17 @@ impl TryFrom<String> for Endpoint {
 
     fn try_from(uri: String) -> Result<Endpoint, AddressError> {
         Endpoint::parse(&uri)
+    }
+}
+
+/// A Service Bus namespace as the host spells it: lower case, and a bare
+/// `NAME` is Azure's `NAME.servicebus.windows.net`.
+pub(crate) fn service_bus_namespace(name: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    if name.is_empty() || name.contains('.') {
+        name
+    } else {
+        format!("{name}.servicebus.windows.net")
     }
 }
 

@@ -90,12 +90,7 @@ impl Default for ServiceBusConfig {
 impl ServiceBusConfig {
     /// The namespace as `asb://` URIs spell it after parsing.
     pub(crate) fn full_namespace(&self) -> String {
-        let ns = self.namespace.to_ascii_lowercase();
-        if ns.is_empty() || ns.contains('.') {
-            ns
-        } else {
-            format!("{ns}.servicebus.windows.net")
-        }
+        crate::address::service_bus_namespace(&self.namespace)
     }
 }
 

@@ -457,13 +457,17 @@ async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, H
         .map_err(|_| HttpError::ConnectionTimeout)?
 }
 
-fn web_roots() -> rustls::RootCertStore {
+/// The public web PKI roots (webpki-roots).
+pub(crate) fn web_roots() -> rustls::RootCertStore {
     rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.into(),
     }
 }
 
-fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+/// A TLS client config (ring, safe protocol versions) trusting `roots`.
+pub(crate) fn client_config(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     Ok(Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),

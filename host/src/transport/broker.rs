@@ -3,7 +3,8 @@
 //! transaction, and each message's fate comes back in order: stored, or
 //! refused (no type, a bad body, no plugin here takes it) with the
 //! dead-letter kind and reason. A broker with no dead-letter queue of its
-//! own has the refused ones written to the store's dead letters here.
+//! own has the refused ones written to the store's dead letters here. And
+//! [`Reconnect`]: when a listener whose connection was lost tries again.
 
 use std::time::Duration;
 
@@ -11,12 +12,10 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::backoff::{Backoff, Wake, pause};
-use crate::transport::LinkError;
-
 use crate::envelope::{Envelope, now_ms};
 use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
-use crate::transport::Verdict;
 use crate::transport::receive::Inbox;
+use crate::transport::{LinkError, Verdict};
 
 /// A listener's reconnection: after each connection's life, whether to
 /// start another and when (backoff from 100 ms doubling to 5 s, from the
@@ -82,7 +81,8 @@ impl Decoded {
 pub(crate) enum Taken {
     /// In the inbox (or a duplicate of what is there, or expired).
     Stored,
-    /// Not for this host; `dead_letters` wrote it to the store if asked.
+    /// Not for this host (written to the store's dead letters when
+    /// [`take`] was asked to).
     Refused(DeadLetterKind, String),
 }
 

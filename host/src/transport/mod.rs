@@ -85,6 +85,13 @@ impl Outgoing {
         }
     }
 
+    /// The envelope a link sends; a stored body that does not decode is a
+    /// refusal (the agent dead-letters it), not a reason to retry.
+    pub(crate) fn envelope(&self) -> Result<Envelope, Verdict> {
+        Envelope::decode(&self.body)
+            .map_err(|e| Verdict::Rejected(format!("the stored envelope cannot be decoded: {e}")))
+    }
+
     /// An outgoing row taken back from the store (recovery).
     pub(crate) fn from_row(row: OutgoingRow, message_type: String) -> Outgoing {
         Outgoing {

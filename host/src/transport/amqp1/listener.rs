@@ -19,6 +19,7 @@
 //! connection returns every unsettled delivery to the broker; the inbox
 //! drops the copies it already holds.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,7 +205,7 @@ async fn keep_locks(
     locks: &[Uuid],
     locked_until: Option<i64>,
     uri: &str,
-) {
+) -> Infallible {
     let (Some(renewer), Some(until)) = (renewer.as_mut(), locked_until) else {
         return std::future::pending().await;
     };
@@ -264,7 +265,7 @@ async fn store_batch(
         let keep = keep_locks(&mut link.renewer, &locks, until, uri);
         tokio::select! {
             t = store => t,
-            _ = keep => unreachable!("keep_locks never ends"),
+            never = keep => match never {},
         }
     };
     let receiver = &link.receiver;

@@ -66,9 +66,7 @@ fn tls_config(
     what: &'static str,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ClientConfig>, AmqpSettingsError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
+    let mut roots = crate::runtime::http::web_roots();
     if let Some(path) = ca_file {
         for c in crate::transport::tcp::tls::certs(what, path)? {
             roots
@@ -76,14 +74,7 @@ fn tls_config(
                 .map_err(|e| AmqpSettingsError::Tls(format!("{what}: {e}")))?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| AmqpSettingsError::Tls(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::runtime::http::client_config(roots).map_err(|e| AmqpSettingsError::Tls(e.to_string()))
 }
 
 /// An open connection and its session; on Service Bus with the entity's

@@ -22,7 +22,6 @@ use uuid::Uuid;
 use super::mapping::to_message;
 use super::{AmqpSettings, Opened};
 use crate::address::AmqpEndpoint;
-use crate::envelope::Envelope;
 use crate::transport::{Connector, Link, LinkError, Outgoing, Verdict};
 
 /// Opens sending links to one node or entity.
@@ -155,12 +154,10 @@ impl Link for AmqpLink {
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         for (i, o) in batch.iter().enumerate() {
-            let env = match Envelope::decode(&o.body) {
+            let env = match o.envelope() {
                 Ok(e) => e,
-                Err(e) => {
-                    verdicts.push(Some(Verdict::Rejected(format!(
-                        "the stored envelope cannot be decoded: {e}"
-                    ))));
+                Err(refused) => {
+                    verdicts.push(Some(refused));
                     continue;
                 }
             };

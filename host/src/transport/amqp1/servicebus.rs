@@ -135,9 +135,7 @@ impl Authorizer {
         tracing::debug!(audience = %self.audience, ttl_s = ttl.as_secs(), "put a Service Bus token");
         Ok(())
     }
-}
 
-impl Authorizer {
     /// Put a new token whenever one is due, in the background, for as long
     /// as the returned guard lives (a link idle past its token's life must
     /// still have one). A refused or failed put is logged; the broker then

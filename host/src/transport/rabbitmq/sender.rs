@@ -117,12 +117,10 @@ impl Link for RabbitLink {
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         let mut confirms = Vec::with_capacity(batch.len());
         for (i, o) in batch.iter().enumerate() {
-            let env = match Envelope::decode(&o.body) {
+            let env = match o.envelope() {
                 Ok(e) => e,
-                Err(e) => {
-                    verdicts.push(Some(Verdict::Rejected(format!(
-                        "the stored envelope cannot be decoded: {e}"
-                    ))));
+                Err(refused) => {
+                    verdicts.push(Some(refused));
                     continue;
                 }
             };

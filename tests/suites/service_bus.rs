@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use jasper_e2e::asb_double::{AsbDouble, AsbOptions, entity_of, events_of};
 use jasper_e2e::orders::{amount, assert_no_error_lines, audit_check};
 use jasper_e2e::proxy::FreezingProxy;
-use jasper_e2e::{Backend, HostConfig, TestHost, json, place_order, wait_until};
+use jasper_e2e::{Backend, HostConfig, Progress, TestHost, json, place_order, wait_until};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(120);
@@ -90,6 +90,22 @@ async fn spawn_consuming(host: &TestHost, d: &AsbDouble, entity: &str) {
     .await;
 }
 
+/// Wait until the double's state satisfies `done`; that state.
+async fn wait_state(
+    d: &AsbDouble,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(
+        what,
+        timeout,
+        || async { Ok::<_, anyhow::Error>(d.state().await) },
+        |s| done(s),
+    )
+    .await
+}
+
 /// Wait until the double's `entity` satisfies `done`.
 async fn wait_entity(
     d: &AsbDouble,
@@ -97,13 +113,25 @@ async fn wait_entity(
     entity: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_until(
-        what,
-        SETTLE,
-        || async { Ok::<_, anyhow::Error>(d.state().await) },
-        |s| done(entity_of(s, entity)),
-    )
-    .await
+    wait_state(d, what, SETTLE, |s| done(entity_of(s, entity))).await
+}
+
+/// Wait until `host` handled `m` OrderPlaced, then check that audit
+/// counted each order `{prefix}-{i}` exactly once; the host's progress.
+async fn handled_once(host: &TestHost, prefix: &str, m: usize) -> Progress {
+    let db = host.db();
+    let p = host
+        .wait_for(
+            "every order handled",
+            SETTLE,
+            || db.progress(),
+            |p| p.get("OrderPlaced", "handled") >= m as i64,
+        )
+        .await;
+    let c = audit_check(&db, &ids(prefix, m)).await;
+    c.print("host");
+    c.assert_exactly_once(m);
+    p
 }
 
 fn n(v: &Value, key: &str) -> i64 {
@@ -164,16 +192,7 @@ async fn orders_are_completed_and_strangers_dead_lettered_with_their_reason() {
     let (kind, why) = reason("typeless");
     assert_eq!(kind, "bad-message");
     assert!(why.contains("no type"), "{why}");
-    host.wait_for(
-        "every order handled",
-        SETTLE,
-        || db.progress(),
-        |p| p.get("OrderPlaced", "handled") >= M as i64,
-    )
-    .await;
-    let c = audit_check(&db, &ids("c", M)).await;
-    c.print("host");
-    c.assert_exactly_once(M);
+    handled_once(&host, "c", M).await;
     assert!(db.dead_letter_rows().await.unwrap().is_empty());
     let tokens = events_of(&s, "put-token");
     assert!(
@@ -208,10 +227,10 @@ async fn a_wrong_key_is_refused_and_named_and_nothing_is_taken() {
         )
         .await;
     println!("[bad key] {line}");
-    let s = wait_until(
+    let s = wait_state(
+        &d,
         "two refused put-tokens (the host tries again)",
         Duration::from_secs(30),
-        || async { Ok::<_, anyhow::Error>(d.state().await) },
         |s| {
             events_of(s, "put-token")
                 .iter()
@@ -257,12 +276,9 @@ async fn a_failed_inbox_abandons_the_batch_and_the_redelivery_is_handled_once() 
     spawn_consuming(&host, &d, "orders").await;
     proxy.freeze();
     d.send("orders", orders_placed("a", 0..M)).await;
-    let s = wait_until(
-        "an abandoned batch",
-        Duration::from_secs(60),
-        || async { Ok::<_, anyhow::Error>(d.state().await) },
-        |s| !events_of(s, "abandon").is_empty(),
-    )
+    let s = wait_state(&d, "an abandoned batch", Duration::from_secs(60), |s| {
+        !events_of(s, "abandon").is_empty()
+    })
     .await;
     let abandoned = events_of(&s, "abandon").len();
     proxy.thaw();
@@ -290,19 +306,8 @@ async fn a_failed_inbox_abandons_the_batch_and_the_redelivery_is_handled_once() 
         delivered_again += 1;
     }
     assert!(delivered_again > 0);
-    let db = host.db();
-    let p = host
-        .wait_for(
-            "every order handled",
-            SETTLE,
-            || db.progress(),
-            |p| p.get("OrderPlaced", "handled") >= M as i64,
-        )
-        .await;
+    let p = handled_once(&host, "a", M).await;
     println!("[abandon] host: {p:?}");
-    let c = audit_check(&db, &ids("a", M)).await;
-    c.print("host");
-    c.assert_exactly_once(M);
     assert!(host.stop().success());
 }
 
@@ -323,10 +328,10 @@ async fn locks_are_renewed_while_a_slow_batch_commits() {
     proxy.freeze();
     let frozen = Instant::now();
     d.send("orders", orders_placed("r", 0..M)).await;
-    let s = wait_until(
+    let s = wait_state(
+        &d,
         "two lock renewals while the commit hangs",
         Duration::from_secs(30),
-        || async { Ok::<_, anyhow::Error>(d.state().await) },
         |s| events_of(s, "renew-lock").len() >= 2,
     )
     .await;
@@ -362,15 +367,7 @@ async fn locks_are_renewed_while_a_slow_batch_commits() {
         (0, 0, M as i64),
         "{e}"
     );
-    let db = host.db();
-    host.wait_for(
-        "every order handled",
-        SETTLE,
-        || db.progress(),
-        |p| p.get("OrderPlaced", "handled") >= M as i64,
-    )
-    .await;
-    audit_check(&db, &ids("r", M)).await.assert_exactly_once(M);
+    handled_once(&host, "r", M).await;
     assert!(host.stop().success());
 }
 
@@ -578,15 +575,7 @@ async fn real_azure_service_bus() {
         .collect();
     a.send_file("PlaceOrder", &bodies).assert_sent(M);
     a.spawn();
-    let db = b.db();
-    b.wait_for(
-        "every order handled by B",
-        SETTLE,
-        || db.progress(),
-        |p| p.get("OrderPlaced", "handled") >= M as i64,
-    )
-    .await;
-    audit_check(&db, &ids("z", M)).await.assert_exactly_once(M);
+    handled_once(&b, "z", M).await;
     assert!(a.stop().success() && b.stop().success());
 }
 

@@ -95,64 +95,34 @@ pub async fn commit_probe(backend: &Backend, schema: &str, secs: f64) -> anyhow:
     }
 }
 
-/// Wait (up to 600 s) until `messages` are handled by `hosts`: counted from
-/// the batches they announce as committed (no query, so the database does
-/// only the hosts' work), checked against the store's counts every 250 ms
-/// (for batches committed before the subscription). The error names `what`
-/// and how far it got.
+/// Wait (up to 600 s) until `messages` are handled by `hosts`, counted by
+/// the hosts themselves ([`Metrics::handled_total`], once a batch commits):
+/// looked at on each batch they announce and every 5 ms, so the database
+/// does only the hosts' work and the clock stops with the batch that
+/// completes the count. The error names `what` and how far it got.
+///
+/// [`Metrics::handled_total`]: jasper_host::admin::Metrics::handled_total
 pub async fn wait_handled(
-    store: &dyn MessageStore,
     hosts: &[&jasper_host::Host],
     messages: usize,
     what: &str,
 ) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::sync::broadcast::error::RecvError;
-    let seen = Arc::new(AtomicUsize::new(0));
-    let more = Arc::new(tokio::sync::Notify::new());
-    let counters: Vec<_> = hosts
-        .iter()
-        .map(|h| {
-            let (mut events, seen, more) = (h.subscribe(), Arc::clone(&seen), Arc::clone(&more));
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(e) => {
-                            seen.fetch_add(e.handled.len(), Ordering::Relaxed);
-                            more.notify_one();
-                        }
-                        // The store's counts catch up.
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    }
-                }
-            })
-        })
-        .collect();
+    let handled = || -> u64 { hosts.iter().map(|h| h.metrics().handled_total()).sum() };
+    let mut events: Vec<_> = hosts.iter().map(|h| h.subscribe()).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    let result = loop {
-        tokio::select! {
-            _ = more.notified() => {}
-            _ = check.tick() => match store.counts().await {
-                Ok(c) => {
-                    seen.fetch_max(c.handled as usize, Ordering::Relaxed);
-                    if Instant::now() > deadline {
-                        break Err(anyhow::anyhow!("{what}: only {} of {messages} handled after 600 s", c.handled));
-                    }
-                }
-                Err(e) => break Err(e.into()),
-            },
+    let messages = messages as u64;
+    while handled() < messages {
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: only {} of {messages} handled after 600 s",
+                handled()
+            );
         }
-        if seen.load(Ordering::Relaxed) >= messages {
-            break Ok(());
-        }
-    };
-    for c in counters {
-        c.abort();
+        let any = futures::future::select_all(events.iter_mut().map(|e| Box::pin(e.recv())));
+        // An announcement, a lag or a closed channel: look again.
+        let _ = tokio::time::timeout(Duration::from_millis(5), any).await;
     }
-    result
+    Ok(())
 }
 
 /// `n` inbox rows for the no-op plugin, 200-byte bodies.

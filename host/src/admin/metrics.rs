@@ -99,6 +99,8 @@ pub struct Metrics {
     plugin_load_failures: Counter,
     circuit_open: Family<PeerLabel, Gauge>,
     outgoing_depth: Family<DestinationLabel, Gauge>,
+    /// Every message handled, whatever its labels (`handled_total`).
+    handled_total: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -204,7 +206,15 @@ impl Metrics {
             plugins_loaded,
             plugin_loads,
             plugin_load_failures,
+            handled_total: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Messages handled successfully since the host started, counted once
+    /// their batch committed (the sum of `messages_handled` over its labels).
+    pub fn handled_total(&self) -> u64 {
+        self.handled_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A committed batch of `rows` messages, its commit taking `took`.
@@ -212,6 +222,10 @@ impl Metrics {
         for l in &tally.handled {
             self.handled.get_or_create(l).inc();
         }
+        self.handled_total.fetch_add(
+            tally.handled.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for l in &tally.failed {
             self.failed.get_or_create(l).inc();
         }

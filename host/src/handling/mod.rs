@@ -252,6 +252,9 @@ impl Worker {
         // rows waiting in the inbox (retries, scheduled ones, what found no
         // room in the hand-off) keep moving.
         let mut claim_turn = false;
+        // Whether the last claim was full: a backlog waits, and more
+        // batches may be in hand (see `pipeline`).
+        let mut backlog = false;
         loop {
             if *shutdown.borrow() {
                 pipeline.drain().await;
@@ -287,7 +290,7 @@ impl Worker {
                 }
             }
             // A slot for the next batch before claiming it.
-            let slot = pipeline.slot().await;
+            let slot = pipeline.slot(backlog).await;
             let now = now_ms();
             let handed = if claim_turn {
                 None
@@ -315,6 +318,7 @@ impl Worker {
                     }
                 },
             };
+            backlog = rows.len() >= self.config.batch_size;
             if rows.is_empty() {
                 drop(slot);
                 if !self.handoff.is_empty() {

@@ -11,8 +11,10 @@
 //! default 1,000/s, for `--seconds`, default 5) on each backend, p99 beside
 //! the time of one commit of the probe.
 //!
-//! Usage: `jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S]`
-//! (`make bench` builds the plugin and runs it). Server URLs come from
+//! Usage: `jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S]
+//! [--batch-size N] [--batches-in-flight N] [--max-in-flight N]` (`make bench` builds the plugin and runs
+//! it). The last three change the defaults run (`handling.batch_size`, default 500 here;
+//! `handling.batches_in_flight`; `plugins.max_in_flight`), to try other settings. Server URLs come from
 //! `JASPER_BENCH_POSTGRES_URL` / `JASPER_BENCH_MYSQL_URL` (defaults: the local
 //! test servers); each run uses a schema of its own and drops it.
 
@@ -36,9 +38,13 @@ struct Args {
     backends: Vec<String>,
     rate: u64,
     seconds: u64,
+    /// Overrides of the defaults mode, to try other settings.
+    batch_size: usize,
+    batches_in_flight: Option<u32>,
+    max_in_flight: Option<usize>,
 }
 
-const USAGE: &str = "usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S]";
+const USAGE: &str = "usage: jasper-bench [--messages N] [--noop PATH] [--backends sqlite,postgres,mysql] [--rate R] [--seconds S] [--batch-size N] [--batches-in-flight N] [--max-in-flight N]";
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -47,6 +53,9 @@ fn args() -> anyhow::Result<Args> {
         backends: vec!["sqlite".into()],
         rate: 1000,
         seconds: 5,
+        batch_size: 500,
+        batches_in_flight: None,
+        max_in_flight: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,11 +74,38 @@ fn args() -> anyhow::Result<Args> {
             }
             "--rate" => a.rate = jasper_bench::value(&mut it, "--rate", "a rate per second")?,
             "--seconds" => a.seconds = jasper_bench::value(&mut it, "--seconds", "seconds")?,
+            "--batch-size" => {
+                a.batch_size = jasper_bench::value(&mut it, "--batch-size", "a count")?
+            }
+            "--batches-in-flight" => {
+                a.batches_in_flight = Some(jasper_bench::value(
+                    &mut it,
+                    "--batches-in-flight",
+                    "a count",
+                )?)
+            }
+            "--max-in-flight" => {
+                a.max_in_flight = Some(jasper_bench::value(&mut it, "--max-in-flight", "a count")?)
+            }
             other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
     }
     if a.rate == 0 || a.seconds == 0 {
         return Err(jasper_bench::bad("--rate and --seconds must be at least 1"));
+    }
+    // The bounds the host's config loader checks (`handling.*`, `plugins.*`).
+    if !(1..=10_000).contains(&a.batch_size) {
+        return Err(jasper_bench::bad(
+            "--batch-size must be between 1 and 10000",
+        ));
+    }
+    if a.batches_in_flight.is_some_and(|n| !(1..=8).contains(&n)) {
+        return Err(jasper_bench::bad(
+            "--batches-in-flight must be between 1 and 8",
+        ));
+    }
+    if a.max_in_flight == Some(0) {
+        return Err(jasper_bench::bad("--max-in-flight must be at least 1"));
     }
     if !a.noop.exists() {
         bail!(
@@ -102,10 +138,20 @@ impl Mode {
         }
     }
 
-    fn apply(self, config: &mut Config) {
-        if let Mode::OneAtATime = self {
-            config.plugins.max_in_flight = 1;
-            config.handling.batches_in_flight = 1;
+    fn apply(self, config: &mut Config, a: &Args) {
+        match self {
+            Mode::OneAtATime => {
+                config.plugins.max_in_flight = 1;
+                config.handling.batches_in_flight = 1;
+            }
+            Mode::EveryCore => {
+                if let Some(n) = a.batches_in_flight {
+                    config.handling.batches_in_flight = n;
+                }
+                if let Some(n) = a.max_in_flight {
+                    config.plugins.max_in_flight = n;
+                }
+            }
         }
     }
 }
@@ -119,9 +165,9 @@ fn bench_config(a: &Args, name: &str, dir: &Path, mode: Mode) -> anyhow::Result<
     config.storage.backend = backend(name, dir)?;
     config.storage.schema = format!("bench{}", std::process::id());
     config.plugins.dir = plugins;
-    config.handling.batch_size = 500;
+    config.handling.batch_size = a.batch_size;
     config.handling.poll_interval_ms = 10;
-    mode.apply(&mut config);
+    mode.apply(&mut config, a);
     Ok(config)
 }
 
@@ -139,14 +185,15 @@ async fn run_backend(a: &Args, name: &str, mode: Mode) -> anyhow::Result<Figures
 
     let t = Instant::now();
     let host = Host::start(config.clone()).await?;
-    wait_handled(&*store, &[&host], a.messages, name).await?;
+    let started_ms = t.elapsed().as_secs_f64() * 1e3;
+    wait_handled(&[&host], a.messages, name).await?;
     let handled = a.messages as f64 / t.elapsed().as_secs_f64();
     host.shutdown().await?;
     store.drop_all().await?;
     let probe_after = commit_probe(&config.storage.backend, &config.storage.schema, 2.0).await?;
     let probe = (probe_before + probe_after) / 2.0;
     println!(
-        "  {name:<9} {:<30} handled {handled:>7.0} msgs/s = {:>5.1}x its commit probe ({probe_before:.0} /s before, {probe_after:.0} /s after); enqueue {enqueue:.0} msgs/s",
+        "  {name:<9} {:<30} handled {handled:>7.0} msgs/s = {:>5.1}x its commit probe ({probe_before:.0} /s before, {probe_after:.0} /s after); enqueue {enqueue:.0} msgs/s; host start {started_ms:.0} ms of it",
         mode.label(),
         handled / probe
     );

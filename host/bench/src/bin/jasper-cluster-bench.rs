@@ -81,7 +81,7 @@ async fn run(a: &Args, config: &Config, hosts: usize) -> anyhow::Result<f64> {
         running.push(Host::start(c).await?);
     }
     let all: Vec<&Host> = running.iter().collect();
-    wait_handled(&*store, &all, a.messages, &format!("{hosts} host(s)")).await?;
+    wait_handled(&all, a.messages, &format!("{hosts} host(s)")).await?;
     let rate = a.messages as f64 / t.elapsed().as_secs_f64();
     for h in running {
         h.shutdown().await?;

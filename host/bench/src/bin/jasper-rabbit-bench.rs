@@ -147,7 +147,7 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
 /// `out_q` and no outgoing row left (checked every 5 ms from then on: the
 /// confirms and deletes trail the last commit by a few milliseconds).
 async fn relayed(host: &Host, conn: &Connection, out_q: &str, n: usize) -> anyhow::Result<()> {
-    jasper_bench::wait_handled(&*host.store, &[host], n, "jasper-host relay").await?;
+    jasper_bench::wait_handled(&[host], n, "jasper-host relay").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = queue_len(conn, out_q).await? as usize;

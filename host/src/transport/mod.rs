@@ -326,6 +326,7 @@ impl Senders {
                         peer.clone(),
                         r,
                         self.rabbit.clone(),
+                        self.config.batches_in_flight,
                     )),
                     Endpoint::Amqp(a) => Arc::new(amqp1::sender::AmqpConnector::new(
                         peer.clone(),

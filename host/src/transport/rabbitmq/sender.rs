@@ -4,8 +4,16 @@
 //! under the confirm timeout: an ack settles the envelope, an unroutable
 //! return is a refusal (dead letter), and a nack, a lost channel or a
 //! confirm that never comes fails the batch so the agent sends it again.
+//! Up to `[sending] batches_in_flight` batches are published before the
+//! confirms of the first are in (the agent's window): the broker confirms
+//! one while the next is on its way.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -24,14 +32,23 @@ pub(crate) struct RabbitConnector {
     peer: String,
     target: RabbitEndpoint,
     settings: Arc<RabbitSettings>,
+    window: usize,
 }
 
 impl RabbitConnector {
-    pub(crate) fn new(peer: String, target: RabbitEndpoint, settings: Arc<RabbitSettings>) -> Self {
+    /// `window`: batches published before the first one's confirms are in
+    /// (1: one at a time).
+    pub(crate) fn new(
+        peer: String,
+        target: RabbitEndpoint,
+        settings: Arc<RabbitSettings>,
+        window: usize,
+    ) -> Self {
         RabbitConnector {
             peer,
             target,
             settings,
+            window: window.max(1),
         }
     }
 }
@@ -44,6 +61,10 @@ fn lapin_err(what: &str) -> impl FnOnce(lapin::Error) -> LinkError + '_ {
 impl Connector for RabbitConnector {
     fn peer(&self) -> &str {
         &self.peer
+    }
+
+    fn window(&self) -> usize {
+        self.window
     }
 
     async fn connect(&self) -> Result<Box<dyn Link>, LinkError> {
@@ -74,9 +95,13 @@ impl Connector for RabbitConnector {
             ch,
             target: self.target.clone(),
             confirm_timeout: self.settings.confirm_timeout,
+            unanswered: VecDeque::new(),
         }))
     }
 }
+
+/// The verdicts of one published batch, once its confirms are in.
+type Verdicts = Pin<Box<dyn Future<Output = Result<Vec<Verdict>, LinkError>> + Send>>;
 
 /// One connection and its confirm-mode channel.
 pub(crate) struct RabbitLink {
@@ -84,6 +109,9 @@ pub(crate) struct RabbitLink {
     ch: Channel,
     target: RabbitEndpoint,
     confirm_timeout: std::time::Duration,
+    /// Batches published whose confirms are awaited (each on a task of
+    /// its own), oldest first.
+    unanswered: VecDeque<JoinHandle<Result<Vec<Verdict>, LinkError>>>,
 }
 
 /// A link dropped while the host runs (it failed; the agent connects
@@ -91,6 +119,10 @@ pub(crate) struct RabbitLink {
 /// ([`Link::close`]), since a task spawned then may never run.
 impl Drop for RabbitLink {
     fn drop(&mut self) {
+        // Their batches are sent again on the next link.
+        for waiting in self.unanswered.drain(..) {
+            waiting.abort();
+        }
         if let Some(conn) = self.conn.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
@@ -111,9 +143,10 @@ impl RabbitLink {
     }
 }
 
-#[async_trait]
-impl Link for RabbitLink {
-    async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
+impl RabbitLink {
+    /// Publish `batch` and return the wait for its confirms (under the
+    /// confirm timeout, which starts when it is first awaited).
+    async fn publish(&mut self, batch: &[Outgoing]) -> Result<Verdicts, LinkError> {
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         let mut confirms = Vec::with_capacity(batch.len());
         for (i, o) in batch.iter().enumerate() {
@@ -143,10 +176,11 @@ impl Link for RabbitLink {
             verdicts.push(None);
             confirms.push((i, confirm));
         }
-        crate::transport::await_answers(
+        let timeout = self.confirm_timeout;
+        Ok(Box::pin(crate::transport::await_answers(
             verdicts,
             confirms,
-            self.confirm_timeout,
+            timeout,
             "publisher confirm",
             |result| match result.map_err(lapin_err("waiting for a publisher confirm"))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Verdict::Accepted),
@@ -158,8 +192,31 @@ impl Link for RabbitLink {
                     "the broker nacked a message; the batch will be sent again".into(),
                 )),
             },
-        )
-        .await
+        )))
+    }
+}
+
+#[async_trait]
+impl Link for RabbitLink {
+    async fn send(&mut self, batch: &[Outgoing]) -> Result<Vec<Verdict>, LinkError> {
+        self.publish(batch).await?.await
+    }
+
+    async fn start(&mut self, batch: &[Outgoing]) -> Result<(), LinkError> {
+        let verdicts = self.publish(batch).await?;
+        self.unanswered.push_back(tokio::spawn(verdicts));
+        Ok(())
+    }
+
+    /// Cancel-safe: the oldest batch's wait stays at the front until it
+    /// has its verdicts.
+    async fn finish(&mut self) -> Result<Vec<Verdict>, LinkError> {
+        let Some(oldest) = self.unanswered.front_mut() else {
+            return Err(LinkError("no batch is waiting for its confirms".into()));
+        };
+        let verdicts = oldest.await;
+        self.unanswered.pop_front();
+        verdicts.map_err(|e| LinkError(format!("waiting for publisher confirms: {e}")))?
     }
 
     async fn ping(&mut self) -> Result<(), LinkError> {

@@ -41,9 +41,10 @@ pub struct SendingConfig {
     pub batch_size: usize,
     /// How long a batch waits for more envelopes once it has one, default 2 ms.
     pub batch_window_ms: u64,
-    /// Batches sent to one `tcp://` or `durable://` peer before the first
-    /// is acknowledged, default 4, so the link is busy while the peer
-    /// commits; 1 waits for each acknowledgement before the next batch.
+    /// Batches sent to one `tcp://` or `durable://` peer, or published to
+    /// one RabbitMQ destination, before the first is acknowledged (or
+    /// confirmed), default 4, so the link is busy while the peer commits;
+    /// 1 waits for each acknowledgement before the next batch.
     pub batches_in_flight: usize,
     /// Connecting and authenticating, default 5000.
     pub connect_timeout_ms: u64,

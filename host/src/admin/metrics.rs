@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -100,7 +101,7 @@ pub struct Metrics {
     circuit_open: Family<PeerLabel, Gauge>,
     outgoing_depth: Family<DestinationLabel, Gauge>,
     /// Every message handled, whatever its labels (`handled_total`).
-    handled_total: std::sync::atomic::AtomicU64,
+    handled_total: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -206,15 +207,14 @@ impl Metrics {
             plugins_loaded,
             plugin_loads,
             plugin_load_failures,
-            handled_total: std::sync::atomic::AtomicU64::new(0),
+            handled_total: AtomicU64::new(0),
         }
     }
 
     /// Messages handled successfully since the host started, counted once
     /// their batch committed (the sum of `messages_handled` over its labels).
     pub fn handled_total(&self) -> u64 {
-        self.handled_total
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.handled_total.load(Ordering::Relaxed)
     }
 
     /// A committed batch of `rows` messages, its commit taking `took`.
@@ -222,10 +222,8 @@ impl Metrics {
         for l in &tally.handled {
             self.handled.get_or_create(l).inc();
         }
-        self.handled_total.fetch_add(
-            tally.handled.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.handled_total
+            .fetch_add(tally.handled.len() as u64, Ordering::Relaxed);
         for l in &tally.failed {
             self.failed.get_or_create(l).inc();
         }

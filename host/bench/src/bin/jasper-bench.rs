@@ -161,13 +161,18 @@ impl Mode {
     }
 }
 
+/// `config` with the run's shared compile cache (see [`Args::cache`]).
+fn cached(mut config: Config, a: &Args) -> Config {
+    config.plugins.cache_dir = Some(a.cache.path().to_path_buf());
+    config
+}
+
 /// A host's config on backend `name` with the no-op plugin, in `dir`.
 fn bench_config(a: &Args, name: &str, dir: &Path, mode: Mode) -> anyhow::Result<Config> {
     let plugins = dir.join("plugins");
     std::fs::create_dir(&plugins)?;
     std::fs::copy(&a.noop, plugins.join("noop.wasm"))?;
-    let mut config = Config::for_dir(dir);
-    config.plugins.cache_dir = Some(a.cache.path().to_path_buf());
+    let mut config = cached(Config::for_dir(dir), a);
     config.storage.backend = backend(name, dir)?;
     config.storage.schema = format!("bench{}", std::process::id());
     config.plugins.dir = plugins;
@@ -290,13 +295,12 @@ fn main() -> std::process::ExitCode {
 async fn bench() -> anyhow::Result<()> {
     let a = args()?;
     println!(
-        "jasper-bench: {} messages of 200 bytes per backend and mode, no-op plugin, batch 500",
-        a.messages
+        "jasper-bench: {} messages of 200 bytes per backend and mode, no-op plugin, batch {}",
+        a.messages, a.batch_size
     );
     // Compiled once into the shared cache: every host of the run then starts
     // as a restarted host does, its plugin loaded from the cache.
-    let mut warm = Config::for_dir(a.cache.path());
-    warm.plugins.cache_dir = Some(a.cache.path().to_path_buf());
+    let warm = cached(Config::for_dir(a.cache.path()), &a);
     Runtime::new(&warm.plugins)?.load_plugin(&a.noop).await?;
     let mut results = Vec::new();
     for name in &a.backends {
@@ -325,7 +329,7 @@ async fn bench() -> anyhow::Result<()> {
     }
     // The call cost, against a throwaway SQLite store (the no-op reads no state).
     let dir = tempfile::tempdir()?;
-    let config = Config::for_dir(dir.path());
+    let config = cached(Config::for_dir(dir.path()), &a);
     let store = store::open(&config.storage).await?;
     let runtime = Arc::new(Runtime::new(&config.plugins)?);
     let plugin = Arc::new(runtime.load_plugin(&a.noop).await?);

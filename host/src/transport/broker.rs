@@ -1,7 +1,8 @@
 //! What the broker listeners (RabbitMQ, AMQP 1.0, Service Bus) share: one
 //! received batch, decoded, is stored through the shared [`Inbox`] in one
-//! transaction, and each message's fate comes back in order: stored, or
-//! refused (no type, a bad body, no plugin here takes it) with the
+//! transaction (its rows claimed for this node and handed to the worker
+//! when it has room, as `durable://` does), and each message's fate comes
+//! back in order: stored, or refused (no type, a bad body, no plugin here takes it) with the
 //! dead-letter kind and reason. A broker with no dead-letter queue of its
 //! own has the refused ones written to the store's dead letters here. And
 //! [`Reconnect`]: when a listener whose connection was lost tries again.
@@ -14,7 +15,7 @@ use tracing::warn;
 use crate::backoff::{Backoff, Wake, pause};
 use crate::envelope::{Envelope, now_ms};
 use crate::store::{CommitBatch, DeadLetter, DeadLetterCause, DeadLetterKind, GroupCommit};
-use crate::transport::receive::Inbox;
+use crate::transport::receive::{Inbox, Keep};
 use crate::transport::{LinkError, Verdict};
 
 /// A listener's reconnection: after each connection's life, whether to
@@ -122,8 +123,10 @@ pub(crate) async fn take(
         }
     }
     let entries = typed.iter().cloned().map(Ok).collect();
+    // Claimed for this node as they are written, and handed to the worker
+    // when it has room (as `durable://` does): no claim to run after.
     let verdicts = inbox
-        .receive(entries, true)
+        .receive_as(entries, Keep::Handed)
         .await
         .map_err(|e| crate::error_chain(&e))?;
     for ((env, v), i) in typed.into_iter().zip(verdicts).zip(at) {

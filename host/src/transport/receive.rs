@@ -61,7 +61,8 @@ pub(crate) struct Inbox {
 pub(crate) enum Keep {
     /// The worker's in-memory queue (`tcp://`).
     Memory,
-    /// The inbox, for the worker to claim (`durable://`).
+    /// The inbox, for the worker to claim (`durable://` with `[tcp]
+    /// hand_to_worker = false`).
     Inbox,
     /// The inbox, claimed for this node in the same transaction and handed
     /// to the worker once committed, when it has room; else as `Inbox`.
@@ -77,17 +78,8 @@ impl Inbox {
         }
     }
 
-    /// Route, store or queue one batch; a verdict per entry, in order.
-    pub(crate) async fn receive(
-        &self,
-        entries: Vec<Result<Envelope, CodecError>>,
-        durable: bool,
-    ) -> Result<Vec<Verdict>, ReceiveError> {
-        let keep = if durable { Keep::Inbox } else { Keep::Memory };
-        self.receive_as(entries, keep).await
-    }
-
-    /// [`Inbox::receive`], kept as `keep` says.
+    /// Route one batch, then store it or queue it as `keep` says; a
+    /// verdict per entry, in order.
     pub(crate) async fn receive_as(
         &self,
         entries: Vec<Result<Envelope, CodecError>>,

@@ -198,6 +198,17 @@ impl std::fmt::Display for BadArgument {
 
 impl std::error::Error for BadArgument {}
 
+/// The median of `v` (the mean of the middle two when even); 0 when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => 0.0,
+        n if n.is_multiple_of(2) => (v[mid - 1] + v[mid]) / 2.0,
+        _ => v[mid],
+    }
+}
+
 /// A bad argument as an error for `?`.
 pub fn bad(message: impl Into<String>) -> anyhow::Error {
     BadArgument(message.into()).into()

@@ -86,3 +86,24 @@ fn jasper_bench_names_the_value_at_fault() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn jasper_rabbit_bench_names_the_value_at_fault() {
+    let bench = BINARIES[3];
+    for (args, says) in [
+        (
+            &["--queue-type", "stream"][..],
+            "--queue-type \"stream\": expected classic or quorum",
+        ),
+        (
+            &["--reps", "0"][..],
+            "--messages and --reps must be at least 1",
+        ),
+        (&["--reps", "two"][..], "--reps \"two\": expected a count"),
+    ] {
+        let out = run(bench, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

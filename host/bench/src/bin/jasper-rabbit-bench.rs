@@ -1,13 +1,17 @@
 //! `jasper-rabbit-bench`: durable RabbitMQ throughput of a started host (consume →
 //! handle with the no-op plugin's `bench.Relay` → publish one `bench.Relayed`
 //! → confirmed, outgoing row deleted) beside raw lapin on the same broker in
-//! the same run: publish with confirms (awaited per 500), and consume with
-//! one ack per message and with one `multiple` ack per 500; then the same
-//! host path over RabbitMQ's AMQP 1.0 plugin (`amqp://…//amq/queue/…`, the
-//! fe2o3-amqp transport; skipped with a note when the plugin is off).
+//! the same rep: publish with confirms (awaited per 500), consume with one
+//! ack per message and with one `multiple` ack per 500, and a raw relay
+//! (consume → publish → confirmed → `multiple` ack; no store, no Wasm: the
+//! broker's ceiling for a relay). Each rep on fresh queues, medians printed
+//! after the reps (the broker's figures swing from run to run). Then the
+//! same host path over RabbitMQ's AMQP 1.0 plugin (`amqp://…//amq/queue/…`,
+//! the fe2o3-amqp transport; skipped with a note when the plugin is off).
 //!
-//! Usage: `jasper-rabbit-bench [--messages N] [--noop PATH] [--url AMQP_URL]`
-//! (`make bench` runs it). Queues are named per run and deleted after.
+//! Usage: `jasper-rabbit-bench [--messages N] [--reps N] [--queue-type classic|quorum]
+//! [--noop PATH] [--url AMQP_URL]`
+//! (`make bench` runs it). Queues are named per rep and deleted after.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,15 +29,19 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 struct Args {
     messages: usize,
+    reps: usize,
+    queue_type: String,
     noop: PathBuf,
     url: String,
 }
 
-const USAGE: &str = "usage: jasper-rabbit-bench [--messages N] [--noop PATH] [--url AMQP_URL]";
+const USAGE: &str = "usage: jasper-rabbit-bench [--messages N] [--reps N] [--queue-type classic|quorum] [--noop PATH] [--url AMQP_URL]";
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         messages: 20_000,
+        reps: 2,
+        queue_type: "classic".into(),
         noop: PathBuf::from("target/wasm32-wasip2/plugin/noop.wasm"),
         url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
     };
@@ -41,10 +49,25 @@ fn args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--messages" => a.messages = jasper_bench::value(&mut it, "--messages", "a count")?,
+            "--reps" => a.reps = jasper_bench::value(&mut it, "--reps", "a count")?,
+            "--queue-type" => {
+                a.queue_type = jasper_bench::value(&mut it, "--queue-type", "classic or quorum")?;
+                if !matches!(a.queue_type.as_str(), "classic" | "quorum") {
+                    return Err(jasper_bench::bad(format!(
+                        "--queue-type {:?}: expected classic or quorum",
+                        a.queue_type
+                    )));
+                }
+            }
             "--noop" => a.noop = jasper_bench::value::<String>(&mut it, "--noop", "a path")?.into(),
             "--url" => a.url = jasper_bench::value::<String>(&mut it, "--url", "AMQP_URL")?,
             other => return Err(jasper_bench::bad(format!("unknown argument {other}"))),
         }
+    }
+    if a.messages == 0 || a.reps == 0 {
+        return Err(jasper_bench::bad(
+            "--messages and --reps must be at least 1",
+        ));
     }
     if !a.noop.exists() {
         bail!(
@@ -61,13 +84,16 @@ fn body() -> Vec<u8> {
     format!("{{\"pad\":\"{}\"}}", "x".repeat(188)).into_bytes()
 }
 
-async fn declare(ch: &Channel, q: &str) -> anyhow::Result<()> {
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions::durable(),
-        FieldTable::default(),
-    )
-    .await?;
+/// Declare `q` durable, of `kind` (`classic` or `quorum`), as the host
+/// declares its queues with `[rabbitmq] queue_type`.
+async fn declare(ch: &Channel, q: &str, kind: &str) -> anyhow::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString(kind.into()),
+    );
+    ch.queue_declare(q.into(), QueueDeclareOptions::durable(), args)
+        .await?;
     Ok(())
 }
 
@@ -142,6 +168,98 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
     Ok(rate)
 }
 
+/// Raw lapin relay, nothing else (no store, no Wasm): consume `n` from
+/// `in_q` (prefetch 500), publish each to `out_q` as a persistent
+/// `bench.Relayed` in batches of what arrived (at most 250, as the host's
+/// listener gathers), up to 4 batches' confirms awaited at once (as the
+/// host's sender window), each batch acknowledged with one `multiple` ack
+/// once its confirms are in. The broker's share of the host's relay: its
+/// ceiling on this broker.
+async fn relay_raw(conn: &Connection, in_q: &str, out_q: &str, n: usize) -> anyhow::Result<f64> {
+    const WINDOW: usize = 4;
+    let consume_ch = conn.create_channel().await?;
+    consume_ch
+        .basic_qos(BATCH as u16, BasicQosOptions::default())
+        .await?;
+    let publish_ch = conn.create_channel().await?;
+    publish_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = consume_ch
+        .basic_consume(
+            in_q.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let t = Instant::now();
+    let mut unconfirmed = std::collections::VecDeque::new();
+    let (mut published, mut acked) = (0, 0);
+    while acked < n {
+        let room = published < n && unconfirmed.len() < WINDOW;
+        let oldest = async {
+            match unconfirmed.front_mut() {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            confirmed = oldest => {
+                unconfirmed.pop_front();
+                let (tag, size) = confirmed??;
+                consume_ch
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await?;
+                acked += size;
+            }
+            d = tokio::time::timeout(Duration::from_secs(60), consumer.next()),
+                if room =>
+            {
+                let mut gathered = vec![d.context("raw relay stalled")?.context("consumer ended")??];
+                // What else has arrived, up to half the prefetch.
+                while gathered.len() < BATCH / 2 && published + gathered.len() < n {
+                    match futures::FutureExt::now_or_never(consumer.next()) {
+                        Some(Some(d)) => gathered.push(d?),
+                        _ => break,
+                    }
+                }
+                let mut confirms = Vec::with_capacity(gathered.len());
+                for d in &gathered {
+                    let props = BasicProperties::default()
+                        .with_type("bench.Relayed".into())
+                        .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                        .with_delivery_mode(2);
+                    confirms.push(
+                        publish_ch
+                            .basic_publish(
+                                "".into(),
+                                out_q.into(),
+                                BasicPublishOptions::default(),
+                                &d.data,
+                                props,
+                            )
+                            .await?,
+                    );
+                }
+                let last = gathered.last().map(|d| d.delivery_tag).unwrap_or_default();
+                let size = gathered.len();
+                published += size;
+                unconfirmed.push_back(tokio::spawn(async move {
+                    for c in confirms {
+                        c.await?;
+                    }
+                    Ok::<_, lapin::Error>((last, size))
+                }));
+            }
+        }
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = consume_ch.close(200, "ok".into()).await;
+    let _ = publish_ch.close(200, "ok".into()).await;
+    Ok(rate)
+}
+
 /// Wait until the host has relayed `n`: handled (counted from the batches
 /// it announces, so no query competes with it), then every output in
 /// `out_q` and no outgoing row left (checked every 5 ms from then on: the
@@ -183,54 +301,72 @@ async fn bench() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (raw_q, in_q, out_q) = (
-        format!("bench-raw-{run}"),
-        format!("bench-in-{run}"),
-        format!("bench-out-{run}"),
-    );
     let conn = Connection::connect(&a.url, ConnectionProperties::default())
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", a.url))?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    for q in [&raw_q, &in_q, &out_q] {
-        declare(&ch, q).await?;
-    }
     println!(
-        "jasper-rabbit-bench: {} persistent messages of 200 bytes, classic durable queues, SQLite store",
-        a.messages
+        "jasper-rabbit-bench: {} persistent messages of 200 bytes, {} durable queues, SQLite store, {} reps",
+        a.messages, a.queue_type, a.reps
     );
-
-    let pub_rate = publish(&ch, &raw_q, a.messages, "bench.Noop").await?;
-    let ack_one = consume(&conn, &raw_q, a.messages, false).await?;
-    publish(&ch, &raw_q, a.messages, "bench.Noop").await?;
-    let ack_multi = consume(&conn, &raw_q, a.messages, true).await?;
-
-    let host_rate = host_relay(&a, &ch, &conn, &in_q, &out_q, Via::Rabbit).await?;
+    let mut reps = Vec::with_capacity(a.reps);
+    for k in 1..=a.reps {
+        let r = rep(&a, &conn, &ch).await?;
+        println!(
+            "  rep {k}: raw publish {:.0}, raw consume (ack each) {:.0}, (multiple ack) {:.0}, \
+             raw relay {:.0}, jasper-host relay {:.0} msgs/s: {:.2}x raw consume (ack each), \
+             {:.2}x the raw relay",
+            r.publish,
+            r.ack_one,
+            r.ack_multi,
+            r.raw_relay,
+            r.host,
+            r.host / r.ack_one,
+            r.host / r.raw_relay
+        );
+        reps.push(r);
+    }
+    let med = |f: fn(&Rates) -> f64| jasper_bench::median(reps.iter().map(f).collect());
+    let (pub_rate, ack_one, ack_multi, raw_relay, host_rate) = (
+        med(|r| r.publish),
+        med(|r| r.ack_one),
+        med(|r| r.ack_multi),
+        med(|r| r.raw_relay),
+        med(|r| r.host),
+    );
+    let run = uuid::Uuid::new_v4().simple().to_string();
     let (in10, out10) = (format!("bench-in10-{run}"), format!("bench-out10-{run}"));
-    declare(&ch, &in10).await?;
-    declare(&ch, &out10).await?;
+    declare(&ch, &in10, &a.queue_type).await?;
+    declare(&ch, &out10, &a.queue_type).await?;
     let amqp10 = if amqp10_plugin_on(&a.url).await {
         Some(host_relay(&a, &ch, &conn, &in10, &out10, Via::Amqp10).await?)
     } else {
         None
     };
-    for q in [&raw_q, &in_q, &out_q, &in10, &out10] {
+    for q in [&in10, &out10] {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
 
+    println!("medians of {} reps:", a.reps);
     println!("  raw lapin publish with confirms (per {BATCH}): {pub_rate:>7.0} msgs/s");
     println!("  raw lapin consume, one ack per message:      {ack_one:>7.0} msgs/s");
     println!("  raw lapin consume, multiple ack per {BATCH}:     {ack_multi:>7.0} msgs/s");
     println!(
+        "  raw lapin relay (consume -> publish -> confirmed -> multiple ack, no store): {raw_relay:>7.0} msgs/s \
+         = {:.2}x raw consume (ack each)",
+        raw_relay / ack_one
+    );
+    println!(
         "  jasper-host consume -> inbox -> no-op relay -> publish -> confirmed: {host_rate:>7.0} msgs/s \
-         = {:.2}x raw consume (ack each), {:.2}x raw consume (multiple ack), {:.2}x raw publish",
+         = {:.2}x raw consume (ack each), {:.2}x raw consume (multiple ack), {:.2}x raw publish, \
+         {:.2}x the raw lapin relay",
         host_rate / ack_one,
         host_rate / ack_multi,
-        host_rate / pub_rate
+        host_rate / pub_rate,
+        host_rate / raw_relay
     );
     match amqp10 {
         Some(r) => println!(
@@ -244,6 +380,51 @@ async fn bench() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// One rep's rates, msgs/s.
+struct Rates {
+    publish: f64,
+    ack_one: f64,
+    ack_multi: f64,
+    raw_relay: f64,
+    host: f64,
+}
+
+/// One rep on queues of its own (deleted after): raw publish, raw consume
+/// both ways, the raw relay, then the host's relay over AMQP 0-9-1.
+async fn rep(a: &Args, conn: &Connection, ch: &Channel) -> anyhow::Result<Rates> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let queues = [
+        format!("bench-raw-{run}"),
+        format!("bench-raw-out-{run}"),
+        format!("bench-in-{run}"),
+        format!("bench-out-{run}"),
+    ];
+    let [raw_q, relay_out, in_q, out_q] = &queues;
+    for q in &queues {
+        declare(ch, q, &a.queue_type).await?;
+    }
+    let n = a.messages;
+    let publish_rate = publish(ch, raw_q, n, "bench.Noop").await?;
+    let ack_one = consume(conn, raw_q, n, false).await?;
+    publish(ch, raw_q, n, "bench.Noop").await?;
+    let ack_multi = consume(conn, raw_q, n, true).await?;
+    publish(ch, raw_q, n, "bench.Noop").await?;
+    let raw_relay = relay_raw(conn, raw_q, relay_out, n).await?;
+    let host = host_relay(a, ch, conn, in_q, out_q, Via::Rabbit).await?;
+    for q in &queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    Ok(Rates {
+        publish: publish_rate,
+        ack_one,
+        ack_multi,
+        raw_relay,
+        host,
+    })
 }
 
 /// Publish `n` persistent messages of type `kind` to queue `q` over AMQP
@@ -360,6 +541,7 @@ async fn host_relay(
     config.handling.batch_size = 500;
     config.handling.poll_interval_ms = 10;
     config.rabbitmq.url = a.url.clone();
+    config.rabbitmq.queue_type = a.queue_type.clone();
     let (addr, user, pass) = broker_of(&a.url);
     config.amqp.username = user;
     config.amqp.password = pass;

@@ -267,16 +267,8 @@ async fn bench() -> anyhow::Result<()> {
             new / old
         );
     }
-    let median = |pick: fn(&(f64, f64)) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(pick).collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len().is_multiple_of(2) {
-            (v[mid - 1] + v[mid]) / 2.0
-        } else {
-            v[mid]
-        }
-    };
+    let median =
+        |pick: fn(&(f64, f64)) -> f64| jasper_bench::median(runs.iter().map(pick).collect());
     let (durable, previous) = (median(|r| r.0), median(|r| r.1));
     println!(
         "  durable:// {durable:>7.0} msgs/s = {:.2}x the previous durable:// ({previous:.0} msgs/s: \

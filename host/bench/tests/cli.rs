@@ -25,6 +25,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `bench` with `args` ends with status 2 and says `says`.
+fn refused(bench: &str, args: &[&str], says: &str) {
+    let out = run(bench, args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains(says), "{args:?}: {err}");
+}
+
 #[test]
 fn help_prints_the_usage_and_succeeds() {
     for bin in BINARIES {
@@ -80,10 +88,7 @@ fn jasper_bench_names_the_value_at_fault() {
         ),
         (&["--rate"][..], "--rate needs a value"),
     ] {
-        let out = run(bench, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = text(&out.stderr);
-        assert!(err.contains(says), "{args:?}: {err}");
+        refused(bench, args, says);
     }
 }
 
@@ -101,9 +106,6 @@ fn jasper_rabbit_bench_names_the_value_at_fault() {
         ),
         (&["--reps", "two"][..], "--reps \"two\": expected a count"),
     ] {
-        let out = run(bench, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = text(&out.stderr);
-        assert!(err.contains(says), "{args:?}: {err}");
+        refused(bench, args, says);
     }
 }

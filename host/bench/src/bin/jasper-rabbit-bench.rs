@@ -138,12 +138,12 @@ async fn publish(ch: &Channel, q: &str, n: usize, kind: &str) -> anyhow::Result<
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Consume `n` with prefetch 500, one ack per message or one `multiple` ack per 500.
-async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow::Result<f64> {
+/// A channel consuming `q` with prefetch 500.
+async fn consumer(conn: &Connection, q: &str) -> anyhow::Result<(Channel, lapin::Consumer)> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(BATCH as u16, BasicQosOptions::default())
         .await?;
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(
             q.into(),
             "".into(),
@@ -151,6 +151,12 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
             FieldTable::default(),
         )
         .await?;
+    Ok((ch, consumer))
+}
+
+/// Consume `n` with prefetch 500, one ack per message or one `multiple` ack per 500.
+async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow::Result<f64> {
+    let (ch, mut consumer) = consumer(conn, q).await?;
     let t = Instant::now();
     for i in 0..n {
         let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
@@ -177,21 +183,10 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
 /// ceiling on this broker.
 async fn relay_raw(conn: &Connection, in_q: &str, out_q: &str, n: usize) -> anyhow::Result<f64> {
     const WINDOW: usize = 4;
-    let consume_ch = conn.create_channel().await?;
-    consume_ch
-        .basic_qos(BATCH as u16, BasicQosOptions::default())
-        .await?;
+    let (consume_ch, mut consumer) = consumer(conn, in_q).await?;
     let publish_ch = conn.create_channel().await?;
     publish_ch
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut consumer = consume_ch
-        .basic_consume(
-            in_q.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
         .await?;
     let t = Instant::now();
     let mut unconfirmed = std::collections::VecDeque::new();

@@ -2,10 +2,11 @@
 //! received batch, decoded, is stored through the shared [`Inbox`] in one
 //! transaction (its rows claimed for this node and handed to the worker
 //! when it has room, as `durable://` does), and each message's fate comes
-//! back in order: stored, or refused (no type, a bad body, no plugin here takes it) with the
-//! dead-letter kind and reason. A broker with no dead-letter queue of its
-//! own has the refused ones written to the store's dead letters here. And
-//! [`Reconnect`]: when a listener whose connection was lost tries again.
+//! back in order: stored, or refused (no type, a bad body, no plugin here
+//! takes it) with the dead-letter kind and reason. A broker with no
+//! dead-letter queue of its own has the refused ones written to the
+//! store's dead letters here. And [`Reconnect`]: when a listener whose
+//! connection was lost tries again.
 
 use std::time::Duration;
 

@@ -114,23 +114,35 @@ async fn queue_len(conn: &Connection, q: &str) -> anyhow::Result<u32> {
     Ok(n)
 }
 
+/// Publish one persistent message of type `kind` with a fresh id to queue
+/// `q`; its confirm, for a channel in confirm mode.
+async fn publish_one(
+    ch: &Channel,
+    q: &str,
+    kind: &str,
+    body: &[u8],
+) -> anyhow::Result<lapin::PublisherConfirm> {
+    let props = BasicProperties::default()
+        .with_type(kind.into())
+        .with_message_id(uuid::Uuid::now_v7().to_string().into())
+        .with_delivery_mode(2);
+    Ok(ch
+        .basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await?)
+}
+
 /// Publish `n` persistent messages of `type`, confirms awaited per 500.
 async fn publish(ch: &Channel, q: &str, n: usize, kind: &str) -> anyhow::Result<f64> {
     let body = body();
     let t = Instant::now();
     for i in 0..n {
-        let props = BasicProperties::default()
-            .with_type(kind.into())
-            .with_message_id(uuid::Uuid::now_v7().to_string().into())
-            .with_delivery_mode(2);
-        ch.basic_publish(
-            "".into(),
-            q.into(),
-            BasicPublishOptions::default(),
-            &body,
-            props,
-        )
-        .await?;
+        publish_one(ch, q, kind, &body).await?;
         if (i + 1) % BATCH == 0 || i + 1 == n {
             ch.wait_for_confirms().await?;
         }
@@ -172,6 +184,15 @@ async fn consume(conn: &Connection, q: &str, n: usize, multiple: bool) -> anyhow
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let _ = ch.close(200, "ok".into()).await;
     Ok(rate)
+}
+
+/// Delete the bench's `queues` (what is left in them with them).
+async fn delete(ch: &Channel, queues: &[String]) {
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
 }
 
 /// Raw lapin relay, nothing else (no store, no Wasm): consume `n` from
@@ -221,21 +242,7 @@ async fn relay_raw(conn: &Connection, in_q: &str, out_q: &str, n: usize) -> anyh
                 }
                 let mut confirms = Vec::with_capacity(gathered.len());
                 for d in &gathered {
-                    let props = BasicProperties::default()
-                        .with_type("bench.Relayed".into())
-                        .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                        .with_delivery_mode(2);
-                    confirms.push(
-                        publish_ch
-                            .basic_publish(
-                                "".into(),
-                                out_q.into(),
-                                BasicPublishOptions::default(),
-                                &d.data,
-                                props,
-                            )
-                            .await?,
-                    );
+                    confirms.push(publish_one(&publish_ch, out_q, "bench.Relayed", &d.data).await?);
                 }
                 let last = gathered.last().map(|d| d.delivery_tag).unwrap_or_default();
                 let size = gathered.len();
@@ -339,11 +346,7 @@ async fn bench() -> anyhow::Result<()> {
     } else {
         None
     };
-    for q in [&in10, &out10] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete(&ch, &[in10, out10]).await;
 
     println!("medians of {} reps:", a.reps);
     println!("  raw lapin publish with confirms (per {BATCH}): {pub_rate:>7.0} msgs/s");
@@ -408,11 +411,7 @@ async fn rep(a: &Args, conn: &Connection, ch: &Channel) -> anyhow::Result<Rates>
     publish(ch, raw_q, n, "bench.Noop").await?;
     let raw_relay = relay_raw(conn, raw_q, relay_out, n).await?;
     let host = host_relay(a, ch, conn, in_q, out_q, Via::Rabbit).await?;
-    for q in &queues {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete(ch, &queues).await;
     Ok(Rates {
         publish: publish_rate,
         ack_one,
